@@ -1,0 +1,159 @@
+//! The platform's services, independent of HTTP: environments, credentials, sub-accounts, the audit
+//! log, the usage ledger (with quotas and rate limits) and webhooks. The server crate calls these; so do
+//! later surfaces that need to meter, audit or mint.
+
+pub mod audit;
+pub mod auth;
+pub mod envs;
+pub mod error;
+pub mod keys;
+pub mod ledger;
+pub mod limits;
+pub mod principals;
+pub mod runtime;
+pub mod webhooks;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use protocol::EnvId;
+use store::{Blobs, Db};
+use tenancy::EnvLayout;
+
+pub use error::{PlatformError, Result};
+pub use runtime::{Clock, Entropy, OsEntropy, SystemClock};
+
+/// Settings the platform runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where SQLite files, env directories and (by default) blobs live.
+    pub data_dir: PathBuf,
+    /// Base URL of the listener, used for path-form URLs (`http://127.0.0.1:8787`).
+    pub public_url: String,
+    /// Apps domain for host-form URLs (`localhost` by default).
+    pub apps_domain: String,
+    /// Scheme and port suffix for host-form URLs, e.g. `http` and `:8787`.
+    pub site_scheme: String,
+    pub site_port_suffix: String,
+    /// Prefix of every key this platform issues (`vb`).
+    pub key_prefix: String,
+    /// White-label mode: nothing an end user's browser receives names vibebase.
+    pub white_label: bool,
+    /// Default per-env request rate (requests per second) when an env sets none.
+    pub default_rate_per_second: u32,
+    /// How often buffered meters are written to the ledger.
+    pub meter_flush_interval: std::time::Duration,
+    /// How often the webhook worker looks for due deliveries.
+    pub webhook_poll_interval: std::time::Duration,
+}
+
+impl Config {
+    /// Defaults for a data dir and listen URL; the binary overrides from flags.
+    pub fn new(data_dir: PathBuf, public_url: String) -> Self {
+        Self {
+            data_dir,
+            public_url,
+            apps_domain: "localhost".to_owned(),
+            site_scheme: "http".to_owned(),
+            site_port_suffix: String::new(),
+            key_prefix: "vb".to_owned(),
+            white_label: false,
+            default_rate_per_second: 1000,
+            meter_flush_interval: std::time::Duration::from_secs(1),
+            webhook_poll_interval: std::time::Duration::from_millis(500),
+        }
+    }
+}
+
+/// The platform: shared state behind every request. Cheap to clone.
+#[derive(Clone)]
+pub struct Platform {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    db: Db,
+    blobs: Blobs,
+    clock: Arc<dyn Clock>,
+    entropy: Arc<dyn Entropy>,
+    admin_key_hash: String,
+    meters: ledger::MeterBuffer,
+    limiter: limits::Limiter,
+    /// Identifies this process in idempotency keys of the events it emits.
+    instance: String,
+}
+
+impl Platform {
+    /// Builds the platform on an open (migrated) database and object store.
+    pub fn new(
+        config: Config,
+        db: Db,
+        blobs: Blobs,
+        admin_key: &str,
+        clock: Arc<dyn Clock>,
+        entropy: Arc<dyn Entropy>,
+    ) -> Self {
+        let instance = tenancy::credential::random_id(&mut entropy.rng(), 12);
+        Self {
+            inner: Arc::new(Inner {
+                admin_key_hash: tenancy::credential::hash_key(admin_key),
+                meters: ledger::MeterBuffer::default(),
+                limiter: limits::Limiter::default(),
+                config,
+                db,
+                blobs,
+                clock,
+                entropy,
+                instance,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    pub fn blobs(&self) -> &Blobs {
+        &self.inner.blobs
+    }
+
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.inner.clock
+    }
+
+    /// The names `env` owns (data dir, object prefix, database name, cache prefix, cgroup).
+    pub fn layout(&self, env: &EnvId) -> EnvLayout {
+        EnvLayout::new(&self.inner.config.data_dir, env)
+    }
+
+    /// A random lowercase id of `len` characters.
+    pub fn random_id(&self, len: usize) -> String {
+        tenancy::credential::random_id(&mut self.inner.entropy.rng(), len)
+    }
+
+    /// A new key of `kind` with this platform's prefix.
+    pub fn new_key(&self, kind: protocol::api::KeyKind) -> tenancy::credential::NewKey {
+        tenancy::credential::generate(&self.inner.config.key_prefix, kind, &mut self.inner.entropy.rng())
+    }
+
+    /// Starts the background tasks (meter flushing, webhook delivery). They stop when `shutdown` fires,
+    /// after a last flush.
+    pub fn spawn_background(&self, shutdown: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![
+            tokio::spawn(ledger::flush_loop(self.clone(), shutdown.clone())),
+            tokio::spawn(webhooks::delivery_loop(self.clone(), shutdown)),
+        ]
+    }
+}
+
+/// Who performs a mutation, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub name: String,
+    pub request_id: String,
+}

@@ -1,0 +1,12 @@
+//! Wire types of the vibebase platform API. No tokio, no axum, no database: everything here is data that
+//! crosses the wire, shared by the server, the CLI and tests.
+
+pub mod api;
+pub mod ids;
+pub mod meter;
+
+pub use ids::{EnvId, IdError};
+pub use meter::{Meter, MeterKind};
+
+/// The header every response carries with the request's id.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";

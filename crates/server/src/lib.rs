@@ -1,0 +1,133 @@
+//! The HTTP edge of vibebase: the listener, the router built from the route table, the one
+//! authorization path ([`gate`]), and the mapping of errors to each surface's wire shape.
+
+pub mod address;
+pub mod error;
+pub mod extract;
+pub mod gate;
+pub mod handlers;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod surface;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::from_fn_with_state;
+use axum::response::Response;
+use http::Method;
+use platform::Platform;
+use tower::ServiceExt as _;
+use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer, ExposeHeaders};
+
+use crate::error::ApiError;
+use crate::routes::RouteSpec;
+
+/// The largest JSON body the `/v1` API reads. Surfaces that take files set their own limits.
+pub const MAX_JSON_BODY: usize = 1024 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub platform: Platform,
+    specs: Arc<HashMap<(String, String), RouteSpec>>,
+    pub metrics: Arc<metrics::Metrics>,
+    openapi: bytes::Bytes,
+}
+
+impl AppState {
+    pub fn new(platform: Platform) -> Self {
+        let specs = routes::route_table().into_iter().map(|s| ((s.method.to_owned(), s.path.to_owned()), s)).collect();
+        let openapi = openapi::document().to_json().unwrap_or_else(|_| "{}".to_owned());
+        Self { platform, specs: Arc::new(specs), metrics: Arc::default(), openapi: bytes::Bytes::from(openapi) }
+    }
+
+    /// The route a matched path and method belong to.
+    fn spec(&self, method: &Method, path: &str) -> Option<&RouteSpec> {
+        let path = path.to_owned();
+        self.specs
+            .get(&(method.as_str().to_owned(), path.clone()))
+            .or_else(|| self.specs.get(&("ANY".to_owned(), path)))
+    }
+
+    /// The access rule of a route of the table (for handler-level decisions on per-env routes).
+    fn spec_access(&self, method: &str, path: &'static str) -> tenancy::Access {
+        self.specs.get(&(method.to_owned(), path.to_owned())).map_or(
+            // Unknown routes are a programming error; deny-only access keeps it safe.
+            tenancy::Access {
+                action: "none:None",
+                plane: tenancy::Plane::Control,
+                env_keys: tenancy::EnvKeyAccess::None,
+            },
+            |s| s.access,
+        )
+    }
+}
+
+async fn route_not_found() -> ApiError {
+    ApiError::not_found("route_not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+}
+
+/// The application as an axum router: table routes behind the gate, then the edge layers.
+pub fn router(state: AppState) -> axum::Router {
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_methods(AllowMethods::mirror_request())
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers(ExposeHeaders::list([
+            http::HeaderName::from_static(protocol::REQUEST_ID_HEADER),
+            http::header::RETRY_AFTER,
+            http::header::CONTENT_RANGE,
+        ]))
+        .max_age(std::time::Duration::from_secs(3600));
+    routes::router()
+        .route_layer(from_fn_with_state(state.clone(), gate::gate))
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(cors)
+        .layer(from_fn_with_state(state.clone(), gate::edge))
+        .with_state(state)
+}
+
+/// Rewrites host-form requests (`<env>.<apps-domain>`, …) to their path form before routing.
+pub fn rewrite_host(apps_domain: &str, mut req: Request) -> Request {
+    let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().host());
+    let Some(target) = host.and_then(|h| address::parse_host(h, apps_domain)) else { return req };
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    if let Ok(uri) = address::path_form(&target, pq).parse() {
+        *req.uri_mut() = uri;
+    }
+    req
+}
+
+/// Handles one request the way the listener does (host rewrite, then the router). For tests.
+pub async fn handle(router: axum::Router, apps_domain: &str, req: Request) -> Response {
+    let req = rewrite_host(apps_domain, req);
+    match router.oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let apps_domain = state.platform.config().apps_domain.clone();
+    let router = router(state);
+    let app = tower::util::MapRequestLayer::new(move |req: Request| rewrite_host(&apps_domain, req));
+    let service = tower::Layer::layer(&app, router);
+    axum::serve(listener, axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(service))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

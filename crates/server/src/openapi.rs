@@ -1,0 +1,177 @@
+//! The OpenAPI 3.1 document, generated from the route table and the wire types, so it covers every
+//! `/v1` route by construction.
+
+use protocol::api::*;
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{
+    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, PathsBuilder, Ref, RefOr, Required,
+    ResponseBuilder, Schema,
+};
+
+use crate::routes::{RouteSpec, Scope, route_table};
+
+fn list_of(item: &str, paged: bool) -> Schema {
+    let mut o = ObjectBuilder::new()
+        .property("items", ArrayBuilder::new().items(Ref::from_schema_name(item)))
+        .required("items");
+    if paged {
+        o = o.property("next_cursor", ObjectBuilder::new().schema_type(Type::String));
+    }
+    o.into()
+}
+
+fn components() -> utoipa::openapi::Components {
+    ComponentsBuilder::new()
+        .schema_from::<ErrorBody>()
+        .schema_from::<Health>()
+        .schema_from::<CreateEnvRequest>()
+        .schema_from::<EnvRecord>()
+        .schema_from::<KeyRecord>()
+        .schema_from::<RotateKeyRequest>()
+        .schema_from::<RotatedKey>()
+        .schema_from::<MintTokenRequest>()
+        .schema_from::<MintedToken>()
+        .schema_from::<AuditEntry>()
+        .schema_from::<UsageReport>()
+        .schema_from::<UsageEventInput>()
+        .schema_from::<UsageEventAccepted>()
+        .schema_from::<EnvLimits>()
+        .schema_from::<QuotaAlert>()
+        .schema_from::<MeterInfo>()
+        .schema_from::<CreatePrincipalRequest>()
+        .schema_from::<PrincipalRecord>()
+        .schema_from::<SetPolicyRequest>()
+        .schema_from::<OwnerPolicyRequest>()
+        .schema_from::<CreateWebhookRequest>()
+        .schema_from::<WebhookRecord>()
+        .schema_from::<DeliveryRecord>()
+        .schema("EnvPage", list_of("EnvRecord", true))
+        .schema("AuditPage", list_of("AuditEntry", true))
+        .schema("KeyList", list_of("KeyRecord", false))
+        .schema("AlertList", list_of("QuotaAlert", false))
+        .schema("MeterList", list_of("MeterInfo", false))
+        .schema("PrincipalList", list_of("PrincipalRecord", false))
+        .schema("WebhookList", list_of("WebhookRecord", false))
+        .schema("DeliveryList", list_of("DeliveryRecord", false))
+        .security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()))
+        .build()
+}
+
+fn json_content(schema: RefOr<Schema>) -> utoipa::openapi::Content {
+    ContentBuilder::new().schema(Some(schema)).build()
+}
+
+/// The error statuses any guarded `/v1` route may answer.
+const ERROR_STATUSES: &[(&str, &str)] = &[
+    ("400", "Invalid request (bad JSON, wrong types, unknown fields, invalid values)."),
+    ("401", "Missing, malformed, unknown, revoked or expired credential."),
+    ("402", "A hard quota is used up."),
+    ("403", "The credential may not do this (other env, kind, policy, suspended env)."),
+    ("404", "Not found."),
+    ("409", "Conflicts with existing state."),
+    ("413", "Body too large."),
+    ("415", "Body is not JSON."),
+    ("429", "Rate limited; see Retry-After."),
+];
+
+fn operation(spec: &RouteSpec) -> utoipa::openapi::path::Operation {
+    let mut op = OperationBuilder::new().summary(Some(spec.summary)).operation_id(Some(format!(
+        "{}_{}",
+        spec.method.to_lowercase(),
+        spec.path.replace(['/', '{', '}', '.'], "_").trim_matches('_')
+    )));
+    for segment in spec.path.split('/').filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}'))) {
+        let schema: RefOr<Schema> = if segment == "env" {
+            <protocol::EnvId as utoipa::PartialSchema>::schema()
+        } else {
+            ObjectBuilder::new().schema_type(Type::String).min_length(Some(1)).max_length(Some(128)).into()
+        };
+        op = op.parameter(
+            ParameterBuilder::new()
+                .name(segment)
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .schema(Some(schema)),
+        );
+    }
+    for (name, ty, description) in spec.query {
+        let ty = if *ty == "integer" { Type::Integer } else { Type::String };
+        let schema = ObjectBuilder::new().schema_type(ty);
+        let schema = if *name == "limit" { schema.minimum(Some(1)).maximum(Some(1000)) } else { schema };
+        op = op.parameter(
+            ParameterBuilder::new()
+                .name(*name)
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .description(Some(*description))
+                .schema(Some(schema)),
+        );
+    }
+    if let Some(request) = spec.request {
+        op = op.request_body(Some(
+            RequestBodyBuilder::new()
+                .required(Some(Required::True))
+                .content("application/json", json_content(Ref::from_schema_name(request).into()))
+                .build(),
+        ));
+    }
+    let (status, body) = spec.response;
+    let mut ok = ResponseBuilder::new().description("Success.");
+    ok = match (spec.path, body) {
+        ("/metrics", _) => ok.content(
+            "text/plain",
+            ContentBuilder::new().schema(Some(ObjectBuilder::new().schema_type(Type::String))).build(),
+        ),
+        ("/openapi.json", _) | ("/v1/policies/owner", _) => {
+            ok.content("application/json", json_content(ObjectBuilder::new().schema_type(Type::Object).into()))
+        }
+        (_, Some(name)) => {
+            let mut r = ok.content("application/json", json_content(Ref::from_schema_name(name).into()));
+            if spec.query.iter().any(|q| q.0 == "format") {
+                r = r.content(
+                    "text/csv",
+                    ContentBuilder::new().schema(Some(ObjectBuilder::new().schema_type(Type::String))).build(),
+                );
+            }
+            r
+        }
+        (_, None) => ok,
+    };
+    op = op.response(status.to_string(), ok.build());
+    if spec.scope != Scope::Public {
+        op = op.security(SecurityRequirement::new("bearer", Vec::<String>::new()));
+        for (code, description) in ERROR_STATUSES {
+            op = op.response(
+                *code,
+                ResponseBuilder::new()
+                    .description(*description)
+                    .content("application/json", json_content(Ref::from_schema_name("ErrorBody").into()))
+                    .build(),
+            );
+        }
+    }
+    op.build()
+}
+
+/// Builds the document.
+pub fn document() -> OpenApi {
+    let mut paths = PathsBuilder::new();
+    for spec in route_table().iter().filter(|s| s.method != "ANY") {
+        let method = match spec.method {
+            "GET" => HttpMethod::Get,
+            "POST" => HttpMethod::Post,
+            "PUT" => HttpMethod::Put,
+            "PATCH" => HttpMethod::Patch,
+            _ => HttpMethod::Delete,
+        };
+        paths = paths.path(spec.path, PathItem::new(method, operation(spec)));
+    }
+    OpenApiBuilder::new()
+        .info(InfoBuilder::new().title("vibebase platform API").version(env!("CARGO_PKG_VERSION")).build())
+        .paths(paths)
+        .components(Some(components()))
+        .build()
+}

@@ -1,0 +1,480 @@
+//! The route table: every route the server answers, with the access rule the gate enforces before any
+//! handler runs. The router, the OpenAPI document and the cross-tenant test matrix are all generated from
+//! this one table, so a new route cannot skip authorization, documentation or the matrix.
+
+use axum::routing::{MethodRouter, any, delete, get, post, put};
+use tenancy::{Access, EnvKeyAccess, Plane};
+
+use crate::surface::Surface;
+use crate::{AppState, handlers};
+
+/// How the gate scopes a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// No credential.
+    Public,
+    /// The path names an env (`{env}`); the CAM resource is `vrn:vibebase:env/<env>`.
+    Env,
+    /// Platform-wide; the CAM resource is `vrn:vibebase:platform`. Env-bound keys never pass.
+    Platform,
+    /// Platform-wide, but decided per env by the handler (list filters, create checks the new id) with
+    /// the same [`tenancy::authorize`]; env-bound keys never pass.
+    PerEnv,
+}
+
+/// One route of the table.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSpec {
+    /// HTTP method, or `ANY` for a surface's catch-all.
+    pub method: &'static str,
+    /// axum path template.
+    pub path: &'static str,
+    pub access: Access,
+    pub scope: Scope,
+    pub surface: Surface,
+    pub summary: &'static str,
+    /// Schema name of the JSON request body.
+    pub request: Option<&'static str>,
+    /// Success status and schema name of its JSON body (`None` = no body or not JSON).
+    pub response: (u16, Option<&'static str>),
+    /// Query parameters: (name, type, description).
+    pub query: &'static [(&'static str, &'static str, &'static str)],
+    /// False while the surface is routed and guarded but its protocol is not built yet (501).
+    pub built: bool,
+}
+
+const fn access(action: &'static str, plane: Plane, env_keys: EnvKeyAccess) -> Access {
+    Access { action, plane, env_keys }
+}
+
+const PUBLIC: Access = access("public:Get", Plane::Public, EnvKeyAccess::Any);
+const PAGE_QUERY: &[(&str, &str, &str)] =
+    &[("cursor", "string", "Continue after this cursor."), ("limit", "integer", "Page size, 1-1000.")];
+const USAGE_QUERY: &[(&str, &str, &str)] = &[
+    ("from", "string", "RFC 3339 start (default: 30 days ago)."),
+    ("to", "string", "RFC 3339 end (default: now)."),
+    ("granularity", "string", "`total` (default) or `minute`."),
+    ("format", "string", "`json` (default) or `csv`."),
+];
+
+struct R {
+    spec: RouteSpec,
+    handler: MethodRouter<AppState>,
+}
+
+impl R {
+    fn query(mut self, query: &'static [(&'static str, &'static str, &'static str)]) -> Self {
+        self.spec.query = query;
+        self
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn r(
+    method: &'static str,
+    path: &'static str,
+    access: Access,
+    scope: Scope,
+    summary: &'static str,
+    request: Option<&'static str>,
+    response: (u16, Option<&'static str>),
+    handler: MethodRouter<AppState>,
+) -> R {
+    R {
+        spec: RouteSpec {
+            method,
+            path,
+            access,
+            scope,
+            surface: Surface::Platform,
+            summary,
+            request,
+            response,
+            query: &[],
+            built: true,
+        },
+        handler,
+    }
+}
+
+fn control(action: &'static str, env_keys: EnvKeyAccess) -> Access {
+    access(action, Plane::Control, env_keys)
+}
+
+/// A data-plane surface whose protocol a later capability implements: routed and guarded now.
+fn surface(
+    path: &'static str,
+    surface: Surface,
+    action: &'static str,
+    env_keys: EnvKeyAccess,
+    summary: &'static str,
+) -> R {
+    let plane = if matches!(surface, Surface::Hosting) { Plane::Public } else { Plane::Data };
+    let scope = if plane == Plane::Public { Scope::Public } else { Scope::Env };
+    R {
+        spec: RouteSpec {
+            method: "ANY",
+            path,
+            access: access(action, plane, env_keys),
+            scope,
+            surface,
+            summary,
+            request: None,
+            response: (501, None),
+            query: &[],
+            built: false,
+        },
+        handler: any(handlers::surface_not_built),
+    }
+}
+
+fn table() -> Vec<R> {
+    use EnvKeyAccess::{Any, None as Platform, Secret, SecretOrMinted};
+    use Scope::{Env, PerEnv, Platform as Plat, Public};
+    let mut routes = vec![
+        r(
+            "GET",
+            "/healthz",
+            PUBLIC,
+            Public,
+            "Liveness and version.",
+            None,
+            (200, Some("Health")),
+            get(handlers::healthz),
+        ),
+        r("GET", "/metrics", PUBLIC, Public, "Prometheus metrics.", None, (200, None), get(handlers::metrics)),
+        r("GET", "/openapi.json", PUBLIC, Public, "This document.", None, (200, None), get(handlers::openapi)),
+        r(
+            "POST",
+            "/v1/envs",
+            control("env:Create", Platform),
+            PerEnv,
+            "Create an environment.",
+            Some("CreateEnvRequest"),
+            (201, Some("EnvRecord")),
+            post(handlers::create_env),
+        ),
+        r(
+            "GET",
+            "/v1/envs",
+            control("env:List", Platform),
+            PerEnv,
+            "List environments.",
+            None,
+            (200, Some("EnvPage")),
+            get(handlers::list_envs),
+        )
+        .query(PAGE_QUERY),
+        r(
+            "GET",
+            "/v1/envs/{env}",
+            control("env:Get", Secret),
+            Env,
+            "Get an environment.",
+            None,
+            (200, Some("EnvRecord")),
+            get(handlers::get_env),
+        ),
+        r(
+            "DELETE",
+            "/v1/envs/{env}",
+            control("env:Delete", Platform),
+            Env,
+            "Delete an environment and everything it owns.",
+            None,
+            (204, None),
+            delete(handlers::delete_env),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/suspend",
+            control("env:Suspend", Platform),
+            Env,
+            "Suspend an environment.",
+            None,
+            (200, Some("EnvRecord")),
+            post(handlers::suspend_env),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/resume",
+            control("env:Resume", Platform),
+            Env,
+            "Resume a suspended environment.",
+            None,
+            (200, Some("EnvRecord")),
+            post(handlers::resume_env),
+        ),
+        r(
+            "GET",
+            "/v1/envs/{env}/keys",
+            control("keys:List", Secret),
+            Env,
+            "List the env's keys and tokens (metadata only).",
+            None,
+            (200, Some("KeyList")),
+            get(handlers::list_keys),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/keys/rotate",
+            control("keys:Rotate", Secret),
+            Env,
+            "Rotate the secret or publishable key with an overlap window.",
+            Some("RotateKeyRequest"),
+            (200, Some("RotatedKey")),
+            post(handlers::rotate_key),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/keys/{key}/revoke",
+            control("keys:Revoke", Secret),
+            Env,
+            "Revoke a key or minted token now.",
+            None,
+            (200, Some("KeyRecord")),
+            post(handlers::revoke_key),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/tokens",
+            control("tokens:Mint", Secret),
+            Env,
+            "Mint a short-lived token for a sandbox or function.",
+            Some("MintTokenRequest"),
+            (201, Some("MintedToken")),
+            post(handlers::mint_token),
+        ),
+        r(
+            "GET",
+            "/v1/envs/{env}/audit",
+            control("audit:Read", Secret),
+            Env,
+            "The env's audit log, newest first.",
+            None,
+            (200, Some("AuditPage")),
+            get(handlers::audit_log),
+        )
+        .query(PAGE_QUERY),
+        r(
+            "GET",
+            "/v1/envs/{env}/usage",
+            control("usage:Read", Secret),
+            Env,
+            "The env's usage (JSON or CSV).",
+            None,
+            (200, Some("UsageReport")),
+            get(handlers::env_usage),
+        )
+        .query(USAGE_QUERY),
+        r(
+            "POST",
+            "/v1/envs/{env}/usage/events",
+            control("usage:Record", Platform),
+            Env,
+            "Record a usage event (idempotent).",
+            Some("UsageEventInput"),
+            (200, Some("UsageEventAccepted")),
+            post(handlers::record_usage),
+        ),
+        r(
+            "GET",
+            "/v1/envs/{env}/limits",
+            control("limits:Get", Secret),
+            Env,
+            "The env's quotas and rate limit.",
+            None,
+            (200, Some("EnvLimits")),
+            get(handlers::get_limits),
+        ),
+        r(
+            "PUT",
+            "/v1/envs/{env}/limits",
+            control("limits:Set", Platform),
+            Env,
+            "Set the env's quotas and rate limit.",
+            Some("EnvLimits"),
+            (200, Some("EnvLimits")),
+            put(handlers::set_limits),
+        ),
+        r(
+            "GET",
+            "/v1/envs/{env}/alerts",
+            control("usage:Read", Secret),
+            Env,
+            "Soft-limit alerts of the env.",
+            None,
+            (200, Some("AlertList")),
+            get(handlers::alerts),
+        ),
+        r(
+            "GET",
+            "/v1/usage",
+            control("usage:ReadPlatform", Platform),
+            Plat,
+            "Usage of every env (JSON or CSV).",
+            None,
+            (200, Some("UsageReport")),
+            get(handlers::platform_usage),
+        )
+        .query(USAGE_QUERY),
+        r(
+            "GET",
+            "/v1/meters",
+            control("meters:List", Platform),
+            Plat,
+            "The meter catalogue.",
+            None,
+            (200, Some("MeterList")),
+            get(handlers::meters),
+        ),
+        r(
+            "POST",
+            "/v1/principals",
+            control("principals:Create", Platform),
+            Plat,
+            "Create a sub-account with a CAM policy.",
+            Some("CreatePrincipalRequest"),
+            (201, Some("PrincipalRecord")),
+            post(handlers::create_principal),
+        ),
+        r(
+            "GET",
+            "/v1/principals",
+            control("principals:List", Platform),
+            Plat,
+            "List sub-accounts.",
+            None,
+            (200, Some("PrincipalList")),
+            get(handlers::list_principals),
+        ),
+        r(
+            "GET",
+            "/v1/principals/{principal}",
+            control("principals:Get", Platform),
+            Plat,
+            "Get a sub-account.",
+            None,
+            (200, Some("PrincipalRecord")),
+            get(handlers::get_principal),
+        ),
+        r(
+            "PUT",
+            "/v1/principals/{principal}/policy",
+            control("principals:SetPolicy", Platform),
+            Plat,
+            "Replace a sub-account's policy.",
+            Some("SetPolicyRequest"),
+            (200, Some("PrincipalRecord")),
+            put(handlers::set_policy),
+        ),
+        r(
+            "DELETE",
+            "/v1/principals/{principal}",
+            control("principals:Delete", Platform),
+            Plat,
+            "Delete a sub-account and its key.",
+            None,
+            (204, None),
+            delete(handlers::delete_principal),
+        ),
+        r(
+            "POST",
+            "/v1/policies/owner",
+            control("policies:Render", Platform),
+            Plat,
+            "The standard owner-of-environment policy.",
+            Some("OwnerPolicyRequest"),
+            (200, None),
+            post(handlers::owner_policy),
+        ),
+        r(
+            "POST",
+            "/v1/webhooks",
+            control("webhooks:Create", Platform),
+            Plat,
+            "Subscribe to platform events.",
+            Some("CreateWebhookRequest"),
+            (201, Some("WebhookRecord")),
+            post(handlers::create_webhook),
+        ),
+        r(
+            "GET",
+            "/v1/webhooks",
+            control("webhooks:List", Platform),
+            Plat,
+            "List webhooks.",
+            None,
+            (200, Some("WebhookList")),
+            get(handlers::list_webhooks),
+        ),
+        r(
+            "DELETE",
+            "/v1/webhooks/{webhook}",
+            control("webhooks:Delete", Platform),
+            Plat,
+            "Delete a webhook.",
+            None,
+            (204, None),
+            delete(handlers::delete_webhook),
+        ),
+        r(
+            "GET",
+            "/v1/webhooks/{webhook}/deliveries",
+            control("webhooks:List", Platform),
+            Plat,
+            "The delivery log of a webhook.",
+            None,
+            (200, Some("DeliveryList")),
+            get(handlers::webhook_deliveries),
+        ),
+    ];
+    routes.extend([
+        surface("/env/{env}/rest/v1/{*rest}", Surface::Rest, "db:Request", Any, "PostgREST data API."),
+        surface("/env/{env}/auth/v1/{*rest}", Surface::Auth, "auth:Request", Any, "GoTrue auth API."),
+        surface("/env/{env}/storage/v1/{*rest}", Surface::Storage, "storage:Request", Any, "Supabase Storage API."),
+        surface("/env/{env}/functions/v1/{*rest}", Surface::Functions, "functions:Invoke", Any, "Cloud functions."),
+        surface(
+            "/env/{env}/llm/v1/{*rest}",
+            Surface::Llm,
+            "llm:Request",
+            SecretOrMinted,
+            "Model gateway (OpenAI and Anthropic APIs).",
+        ),
+        surface(
+            "/env/{env}/e2b/{*rest}",
+            Surface::E2b,
+            "sandboxes:Request",
+            SecretOrMinted,
+            "E2B control plane and envd.",
+        ),
+        surface("/env/{env}/mcp", Surface::Mcp, "mcp:Request", Secret, "MCP (streamable HTTP)."),
+        surface("/env/{env}/site/{*rest}", Surface::Hosting, "site:Get", Any, "The published site."),
+        surface(
+            "/env/{env}/deployments/{deployment}/{*rest}",
+            Surface::Hosting,
+            "site:Get",
+            Any,
+            "A deployment preview.",
+        ),
+        surface("/env/{env}/apps/{app}/{*rest}", Surface::Hosting, "site:Get", Any, "A container app."),
+        surface(
+            "/env/{env}/sandboxes/{sandbox}/ports/{port}/{*rest}",
+            Surface::Hosting,
+            "site:Get",
+            Any,
+            "A sandbox port preview.",
+        ),
+    ]);
+    routes
+}
+
+/// The route table.
+pub fn route_table() -> Vec<RouteSpec> {
+    table().into_iter().map(|r| r.spec).collect()
+}
+
+/// The router for the table (without the gate and the outer layers; see [`crate::app`]).
+pub(crate) fn router() -> axum::Router<AppState> {
+    table().into_iter().fold(axum::Router::new(), |router, r| router.route(r.spec.path, r.handler))
+}

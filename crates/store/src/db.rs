@@ -1,0 +1,376 @@
+//! One SQL interface over SQLite and PostgreSQL.
+//!
+//! Both backends are driven synchronously on tokio's blocking pool, so the data-access code above is
+//! written once: a closure receives a `&mut dyn Conn` inside a transaction. SQL is written in the common
+//! subset of both dialects with `$1`-style parameters (SQLite binds `$1…$n` by first appearance, which
+//! matches PostgreSQL when parameters first appear in order). Columns use only BIGINT and TEXT, so a
+//! [`Value`] maps to both without conversion tables.
+
+use std::sync::{Arc, Mutex};
+
+use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+
+/// What can go wrong talking to the metadata database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL reported an error or the connection failed.
+    #[error("postgres: {0}")]
+    Postgres(#[from] postgres::Error),
+    /// A row violated a unique constraint (e.g. an id already taken).
+    #[error("unique constraint violated")]
+    Conflict,
+    /// A column held a value of another type than the code expects: a schema/code mismatch.
+    #[error("column {0} has an unexpected type")]
+    Type(usize),
+    /// The URL given with `--database-url` is not a PostgreSQL URL.
+    #[error("unsupported database url (expected postgres://…)")]
+    BadUrl,
+    /// The blocking task running the query panicked or was cancelled.
+    #[error("database task failed: {0}")]
+    Task(String),
+    /// The schema in the database is newer than this binary knows.
+    #[error("database schema version {found} is newer than this binary's {known}")]
+    SchemaTooNew { found: i64, known: i64 },
+}
+
+/// A SQL value: the two column types the platform schema uses, plus NULL.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Self::Int(v)
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Self::Text(v.to_owned())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Self::Text(v)
+    }
+}
+impl From<&String> for Value {
+    fn from(v: &String) -> Self {
+        Self::Text(v.clone())
+    }
+}
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Self::Int(i64::from(v))
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Self::Null, Into::into)
+    }
+}
+
+/// One result row.
+#[derive(Debug, Clone)]
+pub struct Row(Vec<Value>);
+
+impl Row {
+    pub fn int(&self, i: usize) -> Result<i64, StoreError> {
+        match self.0.get(i) {
+            Some(Value::Int(v)) => Ok(*v),
+            _ => Err(StoreError::Type(i)),
+        }
+    }
+    pub fn text(&self, i: usize) -> Result<String, StoreError> {
+        match self.0.get(i) {
+            Some(Value::Text(v)) => Ok(v.clone()),
+            _ => Err(StoreError::Type(i)),
+        }
+    }
+    pub fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        match self.0.get(i) {
+            Some(Value::Null) => Ok(None),
+            _ => self.int(i).map(Some),
+        }
+    }
+    pub fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        match self.0.get(i) {
+            Some(Value::Null) => Ok(None),
+            _ => self.text(i).map(Some),
+        }
+    }
+}
+
+/// A connection inside a transaction.
+pub trait Conn {
+    /// Runs a statement; returns the number of rows changed.
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError>;
+    /// Runs a query; returns all rows.
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError>;
+    /// Runs several statements without parameters (migrations).
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError>;
+    /// Which dialect this is, for the rare statement that differs.
+    fn dialect(&self) -> Dialect;
+
+    /// The first row of a query, if any.
+    fn query_opt(&mut self, sql: &str, params: &[Value]) -> Result<Option<Row>, StoreError> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// The metadata database: a handle that is cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    backend: Arc<Backend>,
+}
+
+enum Backend {
+    /// One connection: SQLite serialises writers anyway, and WAL keeps each commit cheap.
+    Sqlite(Mutex<rusqlite::Connection>),
+    Postgres(PgPool),
+}
+
+impl Db {
+    /// Opens (creating if needed) a SQLite database file.
+    pub fn open_sqlite(path: &std::path::Path) -> Result<Self, StoreError> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+        )?;
+        Ok(Self { backend: Arc::new(Backend::Sqlite(Mutex::new(conn))) })
+    }
+
+    /// Connects to PostgreSQL (`postgres://…`; `options=-csearch_path%3D…` selects a schema).
+    pub fn connect_postgres(url: &str) -> Result<Self, StoreError> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(StoreError::BadUrl);
+        }
+        let config: postgres::Config = url.parse()?;
+        let pool = PgPool { config, idle: Mutex::new(Vec::new()) };
+        // Connect once now so a bad URL fails at start, not at the first request.
+        let client = pool.take()?;
+        pool.give_back(client);
+        Ok(Self { backend: Arc::new(Backend::Postgres(pool)) })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match &*self.backend {
+            Backend::Sqlite(_) => Dialect::Sqlite,
+            Backend::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Runs `f` in one transaction on the blocking pool: committed if it returns `Ok`, rolled back if not.
+    pub async fn tx<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut dyn Conn) -> Result<T, E> + Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || db.tx_blocking(f))
+            .await
+            .map_err(|e| E::from(StoreError::Task(e.to_string())))?
+    }
+
+    /// [`Db::tx`] for callers already on a blocking thread.
+    pub fn tx_blocking<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        E: From<StoreError>,
+        F: FnOnce(&mut dyn Conn) -> Result<T, E>,
+    {
+        match &*self.backend {
+            Backend::Sqlite(conn) => {
+                let mut guard = conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let tx = guard.transaction().map_err(StoreError::from)?;
+                let mut conn = SqliteConn(tx);
+                let out = f(&mut conn)?;
+                conn.0.commit().map_err(StoreError::from)?;
+                Ok(out)
+            }
+            Backend::Postgres(pool) => {
+                let mut client = pool.take()?;
+                let result = (|| {
+                    let tx = client.transaction().map_err(StoreError::from)?;
+                    let mut conn = PgConn(tx);
+                    let out = f(&mut conn)?;
+                    conn.0.commit().map_err(StoreError::from)?;
+                    Ok(out)
+                })();
+                if !client.is_closed() {
+                    pool.give_back(client);
+                }
+                result
+            }
+        }
+    }
+}
+
+struct SqliteConn<'a>(rusqlite::Transaction<'a>);
+
+impl Conn for SqliteConn<'_> {
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+        let mut stmt = self.0.prepare_cached(sql)?;
+        let n = stmt.execute(rusqlite::params_from_iter(params.iter())).map_err(sqlite_error)?;
+        Ok(n as u64)
+    }
+
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        let mut stmt = self.0.prepare_cached(sql)?;
+        let width = stmt.column_count();
+        let mut rows = stmt.query(rusqlite::params_from_iter(params.iter())).map_err(sqlite_error)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(sqlite_error)? {
+            let mut values = Vec::with_capacity(width);
+            for i in 0..width {
+                values.push(match row.get_ref(i)? {
+                    rusqlite::types::ValueRef::Null => Value::Null,
+                    rusqlite::types::ValueRef::Integer(v) => Value::Int(v),
+                    rusqlite::types::ValueRef::Real(v) => Value::Int(v as i64),
+                    rusqlite::types::ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                    rusqlite::types::ValueRef::Blob(_) => return Err(StoreError::Type(i)),
+                });
+            }
+            out.push(Row(values));
+        }
+        Ok(out)
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        Ok(self.0.execute_batch(sql)?)
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+}
+
+fn sqlite_error(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            {
+                StoreError::Conflict
+            } else {
+                StoreError::Sqlite(e)
+            }
+        }
+        _ => StoreError::Sqlite(e),
+    }
+}
+
+impl rusqlite::ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(match self {
+            Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Value::Int(v) => ToSqlOutput::Borrowed(ValueRef::Integer(*v)),
+            Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+        })
+    }
+}
+
+struct PgPool {
+    config: postgres::Config,
+    idle: Mutex<Vec<postgres::Client>>,
+}
+
+impl PgPool {
+    fn take(&self) -> Result<postgres::Client, StoreError> {
+        let idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+        match idle {
+            Some(c) if !c.is_closed() => Ok(c),
+            _ => Ok(self.config.connect(postgres::NoTls)?),
+        }
+    }
+
+    fn give_back(&self, client: postgres::Client) {
+        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // More idle connections than blocking threads that could use them would only hold server slots.
+        if idle.len() < 16 {
+            idle.push(client);
+        }
+    }
+}
+
+struct PgConn<'a>(postgres::Transaction<'a>);
+
+impl Conn for PgConn<'_> {
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        self.0.execute(sql, &refs).map_err(pg_error)
+    }
+
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let rows = self.0.query(sql, &refs).map_err(pg_error)?;
+        rows.iter()
+            .map(|row| {
+                (0..row.len())
+                    .map(|i| {
+                        let ty = row.columns()[i].type_();
+                        Ok(if *ty == Type::INT8 {
+                            row.try_get::<_, Option<i64>>(i)?.map_or(Value::Null, Value::Int)
+                        } else if *ty == Type::INT4 {
+                            row.try_get::<_, Option<i32>>(i)?.map_or(Value::Null, |v| Value::Int(v.into()))
+                        } else if *ty == Type::INT2 {
+                            row.try_get::<_, Option<i16>>(i)?.map_or(Value::Null, |v| Value::Int(v.into()))
+                        } else if *ty == Type::BOOL {
+                            row.try_get::<_, Option<bool>>(i)?.map_or(Value::Null, |v| Value::Int(v.into()))
+                        } else if *ty == Type::TEXT || *ty == Type::VARCHAR || *ty == Type::NAME {
+                            row.try_get::<_, Option<String>>(i)?.map_or(Value::Null, Value::Text)
+                        } else {
+                            return Err(StoreError::Type(i));
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()
+                    .map(Row)
+            })
+            .collect()
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        Ok(self.0.batch_execute(sql)?)
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+}
+
+fn pg_error(e: postgres::Error) -> StoreError {
+    if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
+        StoreError::Conflict
+    } else {
+        StoreError::Postgres(e)
+    }
+}
+
+impl ToSql for Value {
+    fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Int(v) if *ty == Type::INT4 => i32::try_from(*v)?.to_sql(ty, out),
+            Value::Int(v) => v.to_sql(ty, out),
+            Value::Text(s) => s.as_str().to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <i64 as ToSql>::accepts(ty) || <i32 as ToSql>::accepts(ty) || <&str as ToSql>::accepts(ty)
+    }
+
+    to_sql_checked!();
+}

@@ -1,0 +1,144 @@
+//! The platform's own schema, versioned and migrated on start. Each migration runs in one transaction;
+//! `{seq}` stands for an auto-increment primary key, the one construct the two dialects spell differently.
+
+use crate::db::{Conn, Db, Dialect, StoreError};
+
+/// (version, SQL). Append only: never edit a migration that has shipped.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE envs (
+    id TEXT PRIMARY KEY,
+    name TEXT,
+    status TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE principals (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE keys (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    env_id TEXT,
+    principal_id TEXT,
+    hash TEXT NOT NULL UNIQUE,
+    hint TEXT NOT NULL,
+    value TEXT,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT,
+    revoked_at BIGINT,
+    session TEXT,
+    holder TEXT,
+    actions TEXT
+);
+CREATE INDEX keys_env ON keys (env_id);
+CREATE INDEX keys_principal ON keys (principal_id);
+CREATE TABLE audit (
+    seq {seq},
+    at BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    env_id TEXT,
+    target TEXT,
+    result TEXT NOT NULL,
+    request_id TEXT NOT NULL
+);
+CREATE INDEX audit_env ON audit (env_id, seq);
+CREATE TABLE usage_events (
+    env_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    meter TEXT NOT NULL,
+    quantity BIGINT NOT NULL,
+    at BIGINT NOT NULL,
+    dimensions TEXT NOT NULL,
+    PRIMARY KEY (env_id, source, event_id)
+);
+CREATE TABLE usage_minutes (
+    env_id TEXT NOT NULL,
+    meter TEXT NOT NULL,
+    minute BIGINT NOT NULL,
+    quantity BIGINT NOT NULL,
+    PRIMARY KEY (env_id, meter, minute)
+);
+CREATE INDEX usage_minutes_minute ON usage_minutes (minute);
+CREATE TABLE env_limits (
+    env_id TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
+CREATE TABLE quota_alerts (
+    env_id TEXT NOT NULL,
+    meter TEXT NOT NULL,
+    period_start BIGINT NOT NULL,
+    soft_limit BIGINT NOT NULL,
+    observed BIGINT NOT NULL,
+    at BIGINT NOT NULL,
+    PRIMARY KEY (env_id, meter, period_start)
+);
+CREATE TABLE webhooks (
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    events TEXT NOT NULL,
+    env_id TEXT,
+    secret TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE webhook_deliveries (
+    id TEXT PRIMARY KEY,
+    webhook_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    env_id TEXT,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts BIGINT NOT NULL,
+    last_status_code BIGINT,
+    last_error TEXT,
+    created_at BIGINT NOT NULL,
+    next_attempt_at BIGINT
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at);
+CREATE INDEX webhook_deliveries_hook ON webhook_deliveries (webhook_id, created_at);
+"#,
+)];
+
+/// The schema version this binary writes.
+pub fn current_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
+/// Brings the schema up to [`current_version`]. Safe to run on every start and from several processes:
+/// on PostgreSQL an advisory lock serialises concurrent starters.
+pub async fn migrate(db: &Db) -> Result<i64, StoreError> {
+    db.tx(|conn: &mut dyn Conn| {
+        if conn.dialect() == Dialect::Postgres {
+            conn.batch("SELECT pg_advisory_xact_lock(7273350000001)")?;
+        }
+        conn.batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )?;
+        let found = conn
+            .query_opt("SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) FROM schema_migrations", &[])?
+            .map(|r| r.int(0))
+            .transpose()?
+            .unwrap_or(0);
+        if found > current_version() {
+            return Err(StoreError::SchemaTooNew { found, known: current_version() });
+        }
+        let seq = match conn.dialect() {
+            Dialect::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
+            Dialect::Postgres => "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        };
+        for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > found) {
+            conn.batch(&sql.replace("{seq}", seq))?;
+            conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                &[(*version).into(), 0i64.into()],
+            )?;
+        }
+        Ok(current_version())
+    })
+    .await
+}

@@ -1,0 +1,423 @@
+//! The CLI of the platform API. Readable output by default, `--json` for scripts, and exit codes that
+//! say what went wrong: 0 ok, 1 other error, 2 bad usage, 3 not authorized, 4 not found, 5 conflict,
+//! 6 quota or rate limit, 7 cannot reach the server.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+#[derive(Args, Debug)]
+pub struct Connection {
+    /// Platform URL.
+    #[arg(long, global = true, env = "VIBEBASE_URL", default_value = "http://127.0.0.1:8787")]
+    url: String,
+    /// Admin key, sub-account key or env secret key.
+    #[arg(long, global = true, env = "VIBEBASE_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// Print raw JSON.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Manage environments.
+    Env {
+        #[command(subcommand)]
+        command: EnvCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Manage an env's keys and minted tokens.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Show usage (one env with --env, else the whole platform).
+    Usage {
+        #[arg(long)]
+        env: Option<String>,
+        /// RFC 3339 start (default: 30 days ago).
+        #[arg(long)]
+        from: Option<String>,
+        /// RFC 3339 end (default: now).
+        #[arg(long)]
+        to: Option<String>,
+        /// Per-minute buckets instead of totals.
+        #[arg(long)]
+        minute: bool,
+        /// CSV export.
+        #[arg(long)]
+        csv: bool,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Show an env's audit log.
+    Audit {
+        #[arg(long)]
+        env: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        conn: Connection,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EnvCommand {
+    /// Create an environment (prints its keys; the secret is shown only now).
+    Create {
+        /// Env id (DNS label); generated if absent.
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List environments.
+    List,
+    /// Show one environment.
+    Get { id: String },
+    /// Delete an environment and everything it owns.
+    Delete { id: String },
+    /// Suspend an environment.
+    Suspend { id: String },
+    /// Resume a suspended environment.
+    Resume { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// List an env's keys and tokens.
+    List {
+        #[arg(long)]
+        env: String,
+    },
+    /// Rotate the secret or publishable key.
+    Rotate {
+        #[arg(long)]
+        env: String,
+        #[arg(long, value_parser = ["secret", "publishable"], default_value = "secret")]
+        kind: String,
+        /// Seconds the old key keeps working.
+        #[arg(long, default_value_t = 0)]
+        overlap: u64,
+    },
+    /// Revoke a key or token by id.
+    Revoke {
+        #[arg(long)]
+        env: String,
+        id: String,
+    },
+    /// Mint a short-lived token.
+    Mint {
+        #[arg(long)]
+        env: String,
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        #[arg(long)]
+        session: Option<String>,
+        /// Allowed action patterns (repeatable), e.g. `db:*`.
+        #[arg(long = "action")]
+        actions: Vec<String>,
+    },
+}
+
+/// Prints an error line to stderr.
+pub fn fail(message: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "error: {message}");
+}
+
+fn out(text: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
+
+fn progress(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    conn: Connection,
+}
+
+enum Reply {
+    Json(Value),
+    Text(String),
+    Empty,
+}
+
+impl Client {
+    fn new(conn: Connection) -> Result<Self, Failure> {
+        let http = reqwest::Client::builder().build().map_err(|e| Failure::new(1, e.to_string()))?;
+        Ok(Self { http, conn })
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Reply, Failure> {
+        let key = self.conn.key.as_deref().ok_or_else(|| Failure::new(3, "no key: set VIBEBASE_KEY or pass --key"))?;
+        let url = format!("{}{path}", self.conn.url.trim_end_matches('/'));
+        let mut req = self.http.request(method, &url).bearer_auth(key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| Failure::new(7, format!("cannot reach {url}: {e}")))?;
+        let status = resp.status();
+        let is_json = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        let text = resp.text().await.map_err(|e| Failure::new(7, e.to_string()))?;
+        if !status.is_success() {
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let code = v["code"].as_str().unwrap_or("error");
+            let message = v["message"].as_str().unwrap_or(&text);
+            let exit = match status.as_u16() {
+                401 | 403 => 3,
+                404 => 4,
+                409 => 5,
+                402 | 429 => 6,
+                400 | 413 | 415 => 2,
+                _ => 1,
+            };
+            return Err(Failure::new(exit, format!("{code}: {message} (HTTP {})", status.as_u16())));
+        }
+        Ok(if text.is_empty() {
+            Reply::Empty
+        } else if is_json {
+            Reply::Json(serde_json::from_str(&text).map_err(|e| Failure::new(1, e.to_string()))?)
+        } else {
+            Reply::Text(text)
+        })
+    }
+
+    fn show(&self, reply: Reply, human: impl Fn(&Value) -> String) {
+        match reply {
+            Reply::Json(v) if self.conn.json => out(&serde_json::to_string_pretty(&v).unwrap_or_default()),
+            Reply::Json(v) => out(human(&v).trim_end()),
+            Reply::Text(t) => out(t.trim_end()),
+            Reply::Empty if self.conn.json => out("{}"),
+            Reply::Empty => {}
+        }
+    }
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+fn env_text(v: &Value) -> String {
+    let mut t = format!(
+        "id:          {}\nstatus:      {}\ncreated:     {}\napi:         {}\nsite:        {}\nllm:         {}\nmcp:         {}\npublishable: {}\n",
+        s(&v["id"]),
+        s(&v["status"]),
+        s(&v["created_at"]),
+        s(&v["urls"]["api"]),
+        s(&v["urls"]["site"]),
+        s(&v["urls"]["llm"]),
+        s(&v["urls"]["mcp"]),
+        s(&v["keys"]["publishable"])
+    );
+    if let Some(secret) = v["keys"]["secret"].as_str() {
+        t.push_str(&format!("secret:      {secret}\n             (shown once: store it now)\n"));
+    }
+    t
+}
+
+fn table(rows: &[Value], cols: &[(&str, &str)]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            cols.iter()
+                .map(|(k, _)| match &r[*k] {
+                    Value::String(x) => x.clone(),
+                    Value::Null => "-".to_owned(),
+                    o => o.to_string(),
+                })
+                .collect()
+        })
+        .collect();
+    let widths: Vec<usize> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, (_, h))| cells.iter().map(|c| c[i].len()).chain([h.len()]).max().unwrap_or(0))
+        .collect();
+    let mut t = String::new();
+    for (i, (_, h)) in cols.iter().enumerate() {
+        t.push_str(&format!("{h:<w$}  ", w = widths[i]));
+    }
+    t.push('\n');
+    for row in cells {
+        for (i, c) in row.iter().enumerate() {
+            t.push_str(&format!("{c:<w$}  ", w = widths[i]));
+        }
+        t.push('\n');
+    }
+    t
+}
+
+pub async fn run(command: ClientCommand) -> ExitCode {
+    match dispatch(command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            fail(&f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn dispatch(command: ClientCommand) -> Result<(), Failure> {
+    use reqwest::Method;
+    match command {
+        ClientCommand::Env { command, conn } => {
+            let c = Client::new(conn)?;
+            match command {
+                EnvCommand::Create { id, name } => {
+                    let r = c.call(Method::POST, "/v1/envs", Some(json!({"id": id, "name": name}))).await?;
+                    c.show(r, env_text);
+                }
+                EnvCommand::List => {
+                    let mut cursor: Option<String> = None;
+                    let mut all = Vec::new();
+                    loop {
+                        let q = cursor.as_ref().map_or(String::new(), |c| format!("&cursor={c}"));
+                        let Reply::Json(page) = c.call(Method::GET, &format!("/v1/envs?limit=1000{q}"), None).await?
+                        else {
+                            break;
+                        };
+                        all.extend(page["items"].as_array().cloned().unwrap_or_default());
+                        cursor = page["next_cursor"].as_str().map(str::to_owned);
+                        if cursor.is_none() {
+                            break;
+                        }
+                    }
+                    c.show(Reply::Json(json!({"items": all})), |v| {
+                        table(
+                            v["items"].as_array().map_or(&[], |a| a.as_slice()),
+                            &[("id", "ID"), ("status", "STATUS"), ("created_at", "CREATED"), ("name", "NAME")],
+                        )
+                    });
+                }
+                EnvCommand::Get { id } => c.show(c.call(Method::GET, &format!("/v1/envs/{id}"), None).await?, env_text),
+                EnvCommand::Delete { id } => {
+                    progress(&format!("deleting environment {id} and everything it owns…"));
+                    c.show(c.call(Method::DELETE, &format!("/v1/envs/{id}"), None).await?, |_| String::new());
+                    if !c.conn.json {
+                        out(&format!("deleted {id}"));
+                    }
+                }
+                EnvCommand::Suspend { id } => {
+                    c.show(c.call(Method::POST, &format!("/v1/envs/{id}/suspend"), None).await?, env_text)
+                }
+                EnvCommand::Resume { id } => {
+                    c.show(c.call(Method::POST, &format!("/v1/envs/{id}/resume"), None).await?, env_text)
+                }
+            }
+        }
+        ClientCommand::Keys { command, conn } => {
+            let c = Client::new(conn)?;
+            let key_cols: &[(&str, &str)] = &[
+                ("id", "ID"),
+                ("kind", "KIND"),
+                ("hint", "KEY"),
+                ("created_at", "CREATED"),
+                ("expires_at", "EXPIRES"),
+                ("revoked_at", "REVOKED"),
+            ];
+            match command {
+                KeysCommand::List { env } => {
+                    let r = c.call(Method::GET, &format!("/v1/envs/{env}/keys"), None).await?;
+                    c.show(r, |v| table(v["items"].as_array().map_or(&[], |a| a.as_slice()), key_cols));
+                }
+                KeysCommand::Rotate { env, kind, overlap } => {
+                    let r = c
+                        .call(
+                            Method::POST,
+                            &format!("/v1/envs/{env}/keys/rotate"),
+                            Some(json!({"kind": kind, "overlap_seconds": overlap})),
+                        )
+                        .await?;
+                    c.show(r, |v| format!("new {kind} key: {}\nid: {}", s(&v["key"]), s(&v["record"]["id"])));
+                }
+                KeysCommand::Revoke { env, id } => {
+                    let r = c.call(Method::POST, &format!("/v1/envs/{env}/keys/{id}/revoke"), None).await?;
+                    c.show(r, |v| format!("revoked {} at {}", s(&v["id"]), s(&v["revoked_at"])));
+                }
+                KeysCommand::Mint { env, ttl, session, actions } => {
+                    let body = json!({"ttl_seconds": ttl, "session": session, "actions": actions});
+                    let r = c.call(Method::POST, &format!("/v1/envs/{env}/tokens"), Some(body)).await?;
+                    c.show(r, |v| {
+                        format!(
+                            "token:   {}\nid:      {}\nexpires: {}",
+                            s(&v["token"]),
+                            s(&v["id"]),
+                            s(&v["expires_at"])
+                        )
+                    });
+                }
+            }
+        }
+        ClientCommand::Usage { env, from, to, minute, csv, conn } => {
+            let c = Client::new(conn)?;
+            let mut q = vec![];
+            if let Some(f) = from {
+                q.push(format!("from={f}"));
+            }
+            if let Some(t) = to {
+                q.push(format!("to={t}"));
+            }
+            if minute {
+                q.push("granularity=minute".to_owned());
+            }
+            if csv {
+                q.push("format=csv".to_owned());
+            }
+            let base = env.map_or("/v1/usage".to_owned(), |e| format!("/v1/envs/{e}/usage"));
+            let r = c.call(Method::GET, &format!("{base}?{}", q.join("&")), None).await?;
+            c.show(r, |v| {
+                if minute {
+                    table(
+                        v["buckets"].as_array().map_or(&[], |a| a.as_slice()),
+                        &[("env", "ENV"), ("meter", "METER"), ("minute", "MINUTE"), ("quantity", "QUANTITY")],
+                    )
+                } else {
+                    table(
+                        v["totals"].as_array().map_or(&[], |a| a.as_slice()),
+                        &[("env", "ENV"), ("meter", "METER"), ("quantity", "QUANTITY")],
+                    )
+                }
+            });
+        }
+        ClientCommand::Audit { env, limit, conn } => {
+            let c = Client::new(conn)?;
+            let r = c.call(Method::GET, &format!("/v1/envs/{env}/audit?limit={limit}"), None).await?;
+            c.show(r, |v| {
+                table(
+                    v["items"].as_array().map_or(&[], |a| a.as_slice()),
+                    &[
+                        ("at", "AT"),
+                        ("actor", "ACTOR"),
+                        ("action", "ACTION"),
+                        ("target", "TARGET"),
+                        ("result", "RESULT"),
+                    ],
+                )
+            });
+        }
+    }
+    Ok(())
+}

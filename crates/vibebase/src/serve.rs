@@ -1,0 +1,154 @@
+//! `vibebase serve`: opens the stores, migrates, and serves until SIGINT or SIGTERM.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use platform::{Config, OsEntropy, Platform, SystemClock};
+use store::{Blobs, Db};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8787", env = "VIBEBASE_LISTEN")]
+    listen: SocketAddr,
+    /// Directory for the embedded databases, env directories and (by default) blobs.
+    #[arg(long, default_value = ".vibebase", env = "VIBEBASE_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Keep platform metadata in PostgreSQL instead of SQLite (postgres://…).
+    #[arg(long, env = "VIBEBASE_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Keep blobs in an S3-compatible store (s3://bucket[/prefix]; AWS_* variables configure access).
+    #[arg(long, env = "VIBEBASE_OBJECT_STORE_URL")]
+    object_store_url: Option<String>,
+    /// Domain whose subdomains serve env sites and APIs (`<env>.<domain>`).
+    #[arg(long, default_value = "localhost", env = "VIBEBASE_APPS_DOMAIN")]
+    apps_domain: String,
+    /// Base URL clients use to reach this server (default: http://<listen>).
+    #[arg(long, env = "VIBEBASE_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Prefix of every key this platform issues.
+    #[arg(long, default_value = "vb", env = "VIBEBASE_KEY_PREFIX")]
+    key_prefix: String,
+    /// White-label mode: nothing end users' browsers receive names vibebase.
+    #[arg(long, env = "VIBEBASE_WHITE_LABEL")]
+    white_label: bool,
+    /// Default per-env request rate limit (requests per second).
+    #[arg(long, default_value_t = 1000, env = "VIBEBASE_RATE_LIMIT")]
+    rate_limit: u32,
+    /// Log format.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"], env = "VIBEBASE_LOG_FORMAT")]
+    log_format: String,
+}
+
+/// The admin key: `VIBEBASE_ADMIN_KEY`, else the one saved in the data dir, else a new one saved there
+/// (mode 0600) and printed once.
+fn admin_key(data_dir: &Path, prefix: &str) -> anyhow::Result<String> {
+    if let Ok(key) = std::env::var("VIBEBASE_ADMIN_KEY") {
+        if key.len() < tenancy::credential::MIN_ADMIN_KEY_LEN {
+            bail!("VIBEBASE_ADMIN_KEY must be at least {} characters", tenancy::credential::MIN_ADMIN_KEY_LEN);
+        }
+        return Ok(key);
+    }
+    let path = data_dir.join("admin.key");
+    match std::fs::read_to_string(&path) {
+        Ok(key) => return Ok(key.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    }
+    let key =
+        tenancy::credential::generate(prefix, protocol::api::KeyKind::Admin, &mut platform::Entropy::rng(&OsEntropy))
+            .key;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path).with_context(|| format!("create {}", path.display()))?;
+    file.write_all(key.as_bytes()).context("write admin key")?;
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(
+        err,
+        "\nGenerated the platform admin key (shown once; saved to {} with mode 0600):\n\n    {key}\n",
+        path.display()
+    );
+    Ok(key)
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(&args.log_format);
+    tenancy::credential::validate_prefix(&args.key_prefix).context("--key-prefix")?;
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("create data dir {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize().context("resolve data dir")?;
+    let db = match &args.database_url {
+        Some(url) => Db::connect_postgres(url).context("connect to --database-url")?,
+        None => Db::open_sqlite(&data_dir.join("platform.db")).context("open platform.db")?,
+    };
+    let version = store::schema::migrate(&db).await.context("migrate platform schema")?;
+    let blobs = match &args.object_store_url {
+        Some(url) => Blobs::from_url(url).context("open --object-store-url")?,
+        None => Blobs::local(&data_dir.join("objects")).context("open local object store")?,
+    };
+    let admin_key = admin_key(&data_dir, &args.key_prefix)?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+    let local = listener.local_addr().context("listener address")?;
+    let public_url = args.public_url.clone().unwrap_or_else(|| {
+        let host = if local.ip().is_unspecified() { "127.0.0.1".to_owned() } else { local.ip().to_string() };
+        format!("http://{}", SocketAddr::new(host.parse().unwrap_or(local.ip()), local.port()))
+    });
+    let mut config = Config::new(data_dir.clone(), public_url.clone());
+    config.apps_domain = args.apps_domain.to_ascii_lowercase();
+    config.site_port_suffix = if local.port() == 80 { String::new() } else { format!(":{}", local.port()) };
+    config.key_prefix = args.key_prefix.clone();
+    config.white_label = args.white_label;
+    config.default_rate_per_second = args.rate_limit.max(1);
+    let platform = Platform::new(config, db, blobs, &admin_key, Arc::new(SystemClock), Arc::new(OsEntropy));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let background = platform.spawn_background(stop_rx);
+    tracing::info!(
+        listen = %local, %public_url, data_dir = %data_dir.display(), schema_version = version,
+        metadata = if args.database_url.is_some() { "postgres" } else { "sqlite" },
+        blobs = platform.blobs().describe(), "vibebase is serving"
+    );
+    server::serve(listener, server::AppState::new(platform), shutdown_signal()).await.context("serve")?;
+    tracing::info!("shutting down: flushing meters");
+    let _ = stop_tx.send(true);
+    for task in background {
+        let _ = task.await;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
