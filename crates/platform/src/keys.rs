@@ -218,7 +218,8 @@ impl Platform {
         self.db()
             .tx(move |conn| {
                 Ok(conn.execute(
-                    "UPDATE keys SET revoked_at = $1 WHERE env_id = $2 AND kind = 'minted' AND session = $3 AND revoked_at IS NULL",
+                    "UPDATE keys SET revoked_at = $1 WHERE env_id = $2 AND kind = 'minted' AND session = $3 AND revoked_at IS NULL \
+                     AND expires_at > $1",
                     &[now.into(), env.into(), session.into()],
                 )?)
             })

@@ -9,7 +9,7 @@ use crate::{Actor, Platform, PlatformError, Result, runtime::rfc3339};
 
 fn validate_policy(policy: &serde_json::Value) -> Result<String> {
     let parsed =
-        Policy::parse(policy).map_err(|e| PlatformError::Invalid { code: "policy_invalid", message: e.to_string() })?;
+        Policy::parse(policy).map_err(|e| PlatformError::Invalid { code: e.code(), message: e.to_string() })?;
     Ok(parsed.to_json().to_string())
 }
 

@@ -40,7 +40,13 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(platform: Platform) -> Self {
-        let specs = routes::route_table().into_iter().map(|s| ((s.method.to_owned(), s.path.to_owned()), s)).collect();
+        let mut specs = HashMap::new();
+        for s in routes::route_table() {
+            if let Some(prefix) = routes::bare_prefix(s.path) {
+                specs.insert((s.method.to_owned(), prefix.to_owned()), s);
+            }
+            specs.insert((s.method.to_owned(), s.path.to_owned()), s);
+        }
         let openapi = openapi::document().to_json().unwrap_or_else(|_| "{}".to_owned());
         Self { platform, specs: Arc::new(specs), metrics: Arc::default(), openapi: bytes::Bytes::from(openapi) }
     }

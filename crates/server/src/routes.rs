@@ -476,5 +476,13 @@ pub fn route_table() -> Vec<RouteSpec> {
 
 /// The router for the table (without the gate and the outer layers; see [`crate::app`]).
 pub(crate) fn router() -> axum::Router<AppState> {
-    table().into_iter().fold(axum::Router::new(), |router, r| router.route(r.spec.path, r.handler))
+    table().into_iter().fold(axum::Router::new(), |router, r| match bare_prefix(r.spec.path) {
+        Some(prefix) => router.route(prefix, r.handler.clone()).route(r.spec.path, r.handler),
+        None => router.route(r.spec.path, r.handler),
+    })
+}
+
+/// A catch-all `…/{*rest}` also answers its bare prefix `…/` (a site's root), under the same spec.
+pub(crate) fn bare_prefix(path: &'static str) -> Option<&'static str> {
+    path.strip_suffix("{*rest}")
 }
