@@ -60,30 +60,38 @@ pub fn record_in(conn: &mut dyn Conn, e: &UsageEvent) -> Result<bool> {
     Ok(true)
 }
 
-/// In-memory counts of high-rate meters not yet written, keyed by (env, meter, one dimension).
+/// What the buffer counts by: env, meter, one dimension (name, value), and the minute of the requests.
+type BufferKey = (String, Meter, String, String, i64);
+
+/// In-memory counts of high-rate meters not yet written.
 #[derive(Default)]
 pub struct MeterBuffer {
-    counts: Mutex<HashMap<(String, Meter, String, String), i64>>,
+    counts: Mutex<HashMap<BufferKey, i64>>,
     flushes: std::sync::atomic::AtomicU64,
 }
 
 impl MeterBuffer {
-    fn add(&self, env: &str, meter: Meter, dim: (&str, &str), quantity: i64) {
+    fn add(&self, env: &str, meter: Meter, dim: (&str, &str), quantity: i64, at_ms: i64) {
         let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        *counts.entry((env.to_owned(), meter, dim.0.to_owned(), dim.1.to_owned())).or_insert(0) += quantity;
+        *counts.entry((env.to_owned(), meter, dim.0.to_owned(), dim.1.to_owned(), minute_of(at_ms))).or_insert(0) +=
+            quantity;
     }
 
-    /// Counted but not yet written.
-    pub fn pending(&self, env: &str, meter: Meter) -> i64 {
+    /// Counted since `since_ms` but not yet written.
+    pub fn pending(&self, env: &str, meter: Meter, since_ms: i64) -> i64 {
         let counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        counts.iter().filter(|((e, m, _, _), _)| e == env && *m == meter).map(|(_, q)| q).sum()
+        counts
+            .iter()
+            .filter(|((e, m, _, _, minute), _)| e == env && *m == meter && *minute >= since_ms)
+            .map(|(_, q)| q)
+            .sum()
     }
 
-    fn take(&self) -> HashMap<(String, Meter, String, String), i64> {
+    fn take(&self) -> HashMap<BufferKey, i64> {
         std::mem::take(&mut *self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
-    fn put_back(&self, batch: HashMap<(String, Meter, String, String), i64>) {
+    fn put_back(&self, batch: HashMap<BufferKey, i64>) {
         let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (k, q) in batch {
             *counts.entry(k).or_insert(0) += q;
@@ -99,12 +107,12 @@ pub fn minute_of(ms: i64) -> i64 {
 impl Platform {
     /// Counts one API request of `env` on `surface` (the platform core's meter).
     pub fn meter_api_request(&self, env: &EnvId, surface: &str) {
-        self.inner.meters.add(env.as_str(), Meter::ApiRequests, ("surface", surface), 1);
+        self.inner.meters.add(env.as_str(), Meter::ApiRequests, ("surface", surface), 1, self.clock().now_ms());
     }
 
-    /// Counted but not yet in the ledger.
-    pub fn pending_usage(&self, env: &str, meter: Meter) -> i64 {
-        self.inner.meters.pending(env, meter)
+    /// Counted since `since_ms` but not yet in the ledger.
+    pub fn pending_usage(&self, env: &str, meter: Meter, since_ms: i64) -> i64 {
+        self.inner.meters.pending(env, meter, since_ms)
     }
 
     /// Writes buffered meters to the ledger. On failure they stay buffered for the next flush.
@@ -114,16 +122,15 @@ impl Platform {
             return Ok(0);
         }
         let seq = self.inner.meters.flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let now = self.clock().now_ms();
         let events: Vec<UsageEvent> = batch
             .iter()
-            .map(|((env, meter, dk, dv), q)| UsageEvent {
+            .map(|((env, meter, dk, dv, minute), q)| UsageEvent {
                 env: env.clone(),
                 meter: *meter,
                 quantity: *q,
                 source: "platform".to_owned(),
-                event_id: format!("{}-{seq}-{}-{dv}", self.inner.instance, meter.name()),
-                at_ms: now,
+                event_id: format!("{}-{seq}-{}-{dv}-{minute}", self.inner.instance, meter.name()),
+                at_ms: *minute,
                 dimensions: BTreeMap::from([(dk.clone(), dv.clone())]),
             })
             .collect();

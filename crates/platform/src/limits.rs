@@ -183,7 +183,7 @@ impl Platform {
                 total
             }
         };
-        Ok(ledger + self.pending_usage(env, meter))
+        Ok(ledger + self.pending_usage(env, meter, start))
     }
 
     /// Records an alert (and fires `quota.alert`) the first time a soft limit is crossed in a period.

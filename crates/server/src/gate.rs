@@ -169,12 +169,13 @@ async fn admit(
             if status == EnvStatus::Suspended && (spec.access.plane == Plane::Data || !platform_principal) {
                 return Err(ApiError::new(StatusCode::FORBIDDEN, "env_suspended", "this environment is suspended"));
             }
-            // Tenant limits bind the tenant's own credentials; the operator can always manage the env.
+            // The tenant's own traffic is limited and billed; the operator managing the env is neither,
+            // so an operator can always inspect and lift a tenant's limits.
             if !platform_principal {
                 platform.check_rate(&env).await?;
                 platform.check_quota(&env, Meter::ApiRequests).await?;
+                platform.meter_api_request(&env, spec.surface.name());
             }
-            platform.meter_api_request(&env, spec.surface.name());
             Some(env)
         }
     };
@@ -225,6 +226,12 @@ pub async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(protocol::REQUEST_ID_HEADER, v);
+    }
+    // White-label deployments never name the product to end users; others say who answered.
+    if !state.platform.config().white_label {
+        response
+            .headers_mut()
+            .insert(http::header::SERVER, HeaderValue::from_static(concat!("vibebase/", env!("CARGO_PKG_VERSION"))));
     }
     let status = response.status();
     state.metrics.observe(surface, status, started.elapsed());

@@ -1,5 +1,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
 
+mod blobs;
+mod delete;
 mod envs;
 mod harness;
+mod ledger;
 mod matrix;
+mod surfaces;
+mod webhooks;
