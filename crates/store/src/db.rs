@@ -152,16 +152,21 @@ impl Db {
     }
 
     /// Connects to PostgreSQL (`postgres://…`; `options=-csearch_path%3D…` selects a schema).
-    pub fn connect_postgres(url: &str) -> Result<Self, StoreError> {
+    pub async fn connect_postgres(url: &str) -> Result<Self, StoreError> {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(StoreError::BadUrl);
         }
         let config: postgres::Config = url.parse()?;
         let pool = PgPool { config, idle: Mutex::new(Vec::new()) };
-        // Connect once now so a bad URL fails at start, not at the first request.
-        let client = pool.take()?;
-        pool.give_back(client);
-        Ok(Self { backend: Arc::new(Backend::Postgres(pool)) })
+        // The synchronous client runs its own small runtime, so it is only ever created, used and
+        // dropped on blocking threads. Connecting once now makes a bad URL fail at start.
+        tokio::task::spawn_blocking(move || {
+            let client = pool.take()?;
+            pool.give_back(client);
+            Ok(Self { backend: Arc::new(Backend::Postgres(pool)) })
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -301,6 +306,17 @@ impl PgPool {
         // More idle connections than blocking threads that could use them would only hold server slots.
         if idle.len() < 16 {
             idle.push(client);
+        }
+    }
+}
+
+impl Drop for PgPool {
+    fn drop(&mut self) {
+        // Closing a synchronous client blocks on its runtime, which panics on an async thread; the pool
+        // may be dropped anywhere, so its idle clients are closed on a thread of their own.
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        if !idle.is_empty() {
+            std::thread::spawn(move || drop(idle));
         }
     }
 }

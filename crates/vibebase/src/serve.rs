@@ -94,7 +94,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("create data dir {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize().context("resolve data dir")?;
     let db = match &args.database_url {
-        Some(url) => Db::connect_postgres(url).context("connect to --database-url")?,
+        Some(url) => Db::connect_postgres(url).await.context("connect to --database-url")?,
         None => Db::open_sqlite(&data_dir.join("platform.db")).context("open platform.db")?,
     };
     let version = store::schema::migrate(&db).await.context("migrate platform schema")?;

@@ -64,7 +64,7 @@ impl Harness {
         let (db, pg_schema) = match std::env::var("VIBEBASE_TEST_DATABASE_URL") {
             Ok(url) => {
                 let schema = unique("t_");
-                let admin = Db::connect_postgres(&url).unwrap();
+                let admin = Db::connect_postgres(&url).await.unwrap();
                 let s = schema.clone();
                 admin
                     .tx(move |c| {
@@ -74,7 +74,7 @@ impl Harness {
                     .await
                     .unwrap();
                 let sep = if url.contains('?') { '&' } else { '?' };
-                (Db::connect_postgres(&format!("{url}{sep}options=-csearch_path%3D{schema}")).unwrap(), Some(schema))
+                (Db::connect_postgres(&format!("{url}{sep}options=-csearch_path%3D{schema}")).await.unwrap(), Some(schema))
             }
             Err(_) => (Db::open_sqlite(&dir.path().join("platform.db")).unwrap(), None),
         };
