@@ -15,12 +15,16 @@ use crate::{Actor, Platform, PlatformError, Result, runtime::rfc3339, webhooks};
 
 const CACHE_TTL_MS: i64 = 1000;
 
+/// (env, meter, period start).
+type PeriodKey = (String, Meter, i64);
+/// (ledger total, fetched at ms).
+type CachedTotal = (i64, i64);
+
 /// Token buckets and cached limits of the envs that received traffic.
 #[derive(Default)]
 pub struct Limiter {
     limits: Mutex<HashMap<String, (EnvLimits, i64)>>,
-    /// (env, meter, period start) → (ledger total, fetched at).
-    totals: Mutex<HashMap<(String, Meter, i64), (i64, i64)>>,
+    totals: Mutex<HashMap<PeriodKey, CachedTotal>>,
     buckets: Mutex<HashMap<String, Bucket>>,
 }
 
@@ -74,10 +78,9 @@ impl Platform {
         let now = self.clock().now_ms();
         if let Some((limits, at)) =
             self.inner.limiter.limits.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(env.as_str())
+            && now - at < CACHE_TTL_MS
         {
-            if now - at < CACHE_TTL_MS {
-                return Ok(limits.clone());
-            }
+            return Ok(limits.clone());
         }
         let id = env.to_string();
         let body = self
@@ -130,7 +133,7 @@ impl Platform {
     pub async fn check_rate(&self, env: &EnvId) -> Result<()> {
         let limits = self.get_env_limits(env).await?;
         let rate = f64::from(limits.rate_limit_per_second.unwrap_or(self.config().default_rate_per_second));
-        let burst = f64::from(limits.rate_limit_burst.unwrap_or_else(|| (rate * 2.0) as u32).max(1));
+        let burst = f64::from(limits.rate_limit_burst.unwrap_or((rate * 2.0) as u32).max(1));
         let now = self.clock().now_ms();
         let mut buckets = self.inner.limiter.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let b = buckets.entry(env.to_string()).or_insert(Bucket { tokens: burst, last_ms: now });

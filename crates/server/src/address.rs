@@ -54,12 +54,13 @@ pub fn parse_host(host: &str, apps_domain: &str) -> Option<HostTarget> {
         return EnvId::parse(label).ok().map(HostTarget::Env);
     };
     let env = EnvId::parse(env).ok()?;
-    if let Some((port, sandbox)) = first.split_once('-') {
-        if let Ok(port) = port.parse::<u16>() {
-            if port > 0 && !port.to_string().starts_with('0') && protocol::ids::validate_label(sandbox, 63).is_ok() {
-                return Some(HostTarget::SandboxPort { env, sandbox: sandbox.to_owned(), port });
-            }
-        }
+    if let Some((port, sandbox)) = first.split_once('-')
+        && let Ok(port) = port.parse::<u16>()
+        && port > 0
+        && !port.to_string().starts_with('0')
+        && protocol::ids::validate_label(sandbox, 63).is_ok()
+    {
+        return Some(HostTarget::SandboxPort { env, sandbox: sandbox.to_owned(), port });
     }
     protocol::ids::validate_label(first, 63).ok()?;
     if is_deployment_id(first) {

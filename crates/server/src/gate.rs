@@ -106,16 +106,17 @@ pub async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Re
     };
     req.extensions_mut().insert(caller.clone());
     let response = next.run(req).await;
-    if spec.access.plane == Plane::Control && spec.method != "GET" {
-        if let Some(err) = response.extensions().get::<ApiError>() {
-            let env = caller.env.as_ref().map(ToString::to_string);
-            if let Err(e) = state
-                .platform
-                .audit_failure(caller.actor.clone(), spec.access.action.to_owned(), env, err.code.clone())
-                .await
-            {
-                tracing::error!(error = %e, "could not write audit row for a failed mutation");
-            }
+    if spec.access.plane == Plane::Control
+        && spec.method != "GET"
+        && let Some(err) = response.extensions().get::<ApiError>()
+    {
+        let env = caller.env.as_ref().map(ToString::to_string);
+        if let Err(e) = state
+            .platform
+            .audit_failure(caller.actor.clone(), spec.access.action.to_owned(), env, err.code.clone())
+            .await
+        {
+            tracing::error!(error = %e, "could not write audit row for a failed mutation");
         }
     }
     response

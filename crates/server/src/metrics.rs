@@ -10,10 +10,13 @@ use http::StatusCode;
 
 use crate::surface::Surface;
 
+/// (count, total seconds).
+type Observed = (u64, f64);
+
 #[derive(Default)]
 pub struct Metrics {
     /// (surface, status) → (count, total seconds).
-    requests: Mutex<BTreeMap<(&'static str, u16), (u64, f64)>>,
+    requests: Mutex<BTreeMap<(&'static str, u16), Observed>>,
 }
 
 impl Metrics {

@@ -178,7 +178,8 @@ async fn bad_input_gets_stable_codes_and_changes_nothing() {
     let audit_before =
         h.call("GET", "/v1/envs/shop/audit", Some(&h.admin), None).await.json["items"].as_array().unwrap().len();
     let admin = vec![("authorization", format!("Bearer {}", h.admin))];
-    let cases: Vec<(&str, &str, Vec<(&str, String)>, Option<String>, u16, &str)> = vec![
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, String)>, Option<String>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("POST", "/v1/envs", admin.clone(), Some("{not json".into()), 400, "invalid_json"),
         ("POST", "/v1/envs", admin.clone(), Some(r#"{"id": 42}"#.into()), 400, "invalid_body"),
         ("POST", "/v1/envs", admin.clone(), Some(r#"{"id": "x1", "colour": "red"}"#.into()), 400, "invalid_body"),

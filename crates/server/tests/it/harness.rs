@@ -34,8 +34,6 @@ pub struct Harness {
     pub admin: String,
     pub clock: Arc<TestClock>,
     pub dir: tempfile::TempDir,
-    /// The schema this harness owns on PostgreSQL, if any.
-    pub pg_schema: Option<String>,
 }
 
 pub struct Resp {
@@ -61,7 +59,7 @@ impl Harness {
 
     pub async fn with_config(adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (db, pg_schema) = match std::env::var("VIBEBASE_TEST_DATABASE_URL") {
+        let db = match std::env::var("VIBEBASE_TEST_DATABASE_URL") {
             Ok(url) => {
                 let schema = unique("t_");
                 let admin = Db::connect_postgres(&url).await.unwrap();
@@ -74,9 +72,9 @@ impl Harness {
                     .await
                     .unwrap();
                 let sep = if url.contains('?') { '&' } else { '?' };
-                (Db::connect_postgres(&format!("{url}{sep}options=-csearch_path%3D{schema}")).await.unwrap(), Some(schema))
+                Db::connect_postgres(&format!("{url}{sep}options=-csearch_path%3D{schema}")).await.unwrap()
             }
-            Err(_) => (Db::open_sqlite(&dir.path().join("platform.db")).unwrap(), None),
+            Err(_) => Db::open_sqlite(&dir.path().join("platform.db")).unwrap(),
         };
         store::schema::migrate(&db).await.unwrap();
         let blobs = match std::env::var("VIBEBASE_TEST_OBJECT_STORE_URL") {
@@ -89,7 +87,7 @@ impl Harness {
         let clock = Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc())));
         let platform = Platform::new(config, db, blobs, ADMIN_KEY, clock.clone(), Arc::new(OsEntropy));
         let router = server::router(server::AppState::new(platform.clone()));
-        Self { platform, router, admin: ADMIN_KEY.to_owned(), clock, dir, pg_schema }
+        Self { platform, router, admin: ADMIN_KEY.to_owned(), clock, dir }
     }
 
     /// Sends a request; `key` goes in `Authorization: Bearer`.

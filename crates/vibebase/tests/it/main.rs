@@ -110,7 +110,13 @@ impl Drop for Server {
 }
 
 fn json(out: &Output) -> Value {
-    assert!(out.status.success(), "exit {:?}: {}{}", out.status.code(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -138,7 +144,8 @@ fn first_start_generates_the_admin_key_once_with_mode_0600() {
     assert!(server.cli(&key, &["env", "list"]).status.success());
     assert!(!server.stop().contains(&key));
     // VIBEBASE_ADMIN_KEY wins over the file; a short one is refused at start.
-    let out = Command::new(BIN).args(["serve", "--data-dir"]).arg(&dir).env("VIBEBASE_ADMIN_KEY", "short").output().unwrap();
+    let out =
+        Command::new(BIN).args(["serve", "--data-dir"]).arg(&dir).env("VIBEBASE_ADMIN_KEY", "short").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16"));
 }
@@ -158,7 +165,8 @@ fn cli_drives_the_platform_with_meaningful_exit_codes() {
     let list = server.cli(admin, &["env", "list"]);
     assert!(String::from_utf8_lossy(&list.stdout).lines().any(|l| l.starts_with("shop ")));
     // The env's own secret key works for tenant self-service.
-    let minted = json(&server.cli(&secret, &["keys", "mint", "--env", "shop", "--ttl", "60", "--action", "db:*", "--json"]));
+    let minted =
+        json(&server.cli(&secret, &["keys", "mint", "--env", "shop", "--ttl", "60", "--action", "db:*", "--json"]));
     assert!(minted["token"].as_str().unwrap().starts_with("vb_tok_"));
     let keys = json(&server.cli(&secret, &["keys", "list", "--env", "shop", "--json"]));
     assert_eq!(keys["items"].as_array().unwrap().len(), 3);
@@ -172,16 +180,29 @@ fn cli_drives_the_platform_with_meaningful_exit_codes() {
     let bad = server.cli(admin, &["env", "create", "--id", "Not Valid"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid_body"));
-    let unreachable = Command::new(BIN).args(["env", "list"]).env("VIBEBASE_URL", format!("http://127.0.0.1:{}", free_port())).env("VIBEBASE_KEY", admin).output().unwrap();
+    let unreachable = Command::new(BIN)
+        .args(["env", "list"])
+        .env("VIBEBASE_URL", format!("http://127.0.0.1:{}", free_port()))
+        .env("VIBEBASE_KEY", admin)
+        .output()
+        .unwrap();
     assert_eq!(unreachable.status.code(), Some(7));
-    let no_key = Command::new(BIN).args(["env", "list"]).env("VIBEBASE_URL", &server.url).env_remove("VIBEBASE_KEY").output().unwrap();
+    let no_key = Command::new(BIN)
+        .args(["env", "list"])
+        .env("VIBEBASE_URL", &server.url)
+        .env_remove("VIBEBASE_KEY")
+        .output()
+        .unwrap();
     assert_eq!(no_key.status.code(), Some(3));
     // Usage (CSV) and audit.
     let csv = server.cli(admin, &["usage", "--env", "shop", "--csv"]);
     assert!(String::from_utf8_lossy(&csv.stdout).starts_with("env,meter,from,to,quantity"));
     let audit = json(&server.cli(admin, &["audit", "--env", "shop", "--json"]));
     let actions: Vec<&str> = audit["items"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert!(actions.contains(&"env:Create") && actions.contains(&"tokens:Mint") && actions.contains(&"keys:Rotate"), "{actions:?}");
+    assert!(
+        actions.contains(&"env:Create") && actions.contains(&"tokens:Mint") && actions.contains(&"keys:Rotate"),
+        "{actions:?}"
+    );
     let deleted = server.cli(admin, &["env", "delete", "shop"]);
     assert!(deleted.status.success());
     assert!(String::from_utf8_lossy(&deleted.stderr).contains("deleting environment shop"), "progress is shown");
@@ -202,14 +223,20 @@ fn graceful_shutdown_flushes_metered_requests() {
     rt.block_on(async {
         let client = reqwest::Client::new();
         for _ in 0..7 {
-            let r = client.get(format!("{}/env/shop/rest/v1/t", server.url)).header("apikey", &pk).send().await.unwrap();
+            let r =
+                client.get(format!("{}/env/shop/rest/v1/t", server.url)).header("apikey", &pk).send().await.unwrap();
             assert_eq!(r.status().as_u16(), 501);
         }
     });
     server.stop();
     let server = Server::start(&dir, &args, Some(admin));
     let usage = json(&server.cli(admin, &["usage", "--env", "shop", "--json"]));
-    let total = usage["totals"].as_array().unwrap().iter().find(|t| t["meter"] == "api_requests").map(|t| t["quantity"].clone());
+    let total = usage["totals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["meter"] == "api_requests")
+        .map(|t| t["quantity"].clone());
     assert_eq!(total, Some(Value::from(7)), "{usage}");
     server.stop();
 }
