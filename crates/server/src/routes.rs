@@ -449,6 +449,13 @@ fn table() -> Vec<R> {
             "E2B control plane and envd.",
         ),
         surface("/env/{env}/mcp", Surface::Mcp, "mcp:Request", Secret, "MCP (streamable HTTP)."),
+        R {
+            spec: RouteSpec {
+                method: "POST",
+                ..surface("/v1/envs/{env}/agent", Surface::Platform, "agent:Run", Secret, "AG-UI entry point.").spec
+            },
+            handler: post(handlers::surface_not_built),
+        },
         surface("/env/{env}/site/{*rest}", Surface::Hosting, "site:Get", Any, "The published site."),
         surface(
             "/env/{env}/deployments/{deployment}/{*rest}",

@@ -87,7 +87,7 @@ async fn main() {
     // Authorization cost: an authenticated, authorized, metered data-plane request vs. a public one.
     let pk = first.unwrap()["keys"]["publishable"].as_str().unwrap().to_owned();
     let n = 5000;
-    let mut timed = |url: String, key: Option<String>| {
+    let timed = |url: String, key: Option<String>| {
         let client = client.clone();
         async move {
             let mut v = Vec::with_capacity(n);
@@ -108,7 +108,12 @@ async fn main() {
     let guarded = timed(format!("{base}/env/bench-0/rest/v1/todos"), Some(pk)).await;
 
     println!("vibebase platform-core benchmark ({envs} environments, SQLite, loopback HTTP, sequential)");
-    println!("env create: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms", ms(pct(&create, 0.5)), ms(pct(&create, 0.99)), ms(*create.last().unwrap()));
+    println!(
+        "env create: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms(pct(&create, 0.5)),
+        ms(pct(&create, 0.99)),
+        ms(*create.last().unwrap())
+    );
     println!("{envs} envs created in {:.1} s ({:.0} envs/s)", total.as_secs_f64(), envs as f64 / total.as_secs_f64());
     println!(
         "server RSS: {:.1} MiB at start, {:.1} MiB with {envs} envs: {:.2} KiB per env",
