@@ -8,10 +8,7 @@ use tenancy::credential::NewKey;
 use crate::audit::{self, Record};
 use crate::{Actor, Platform, PlatformError, Result, runtime::rfc3339};
 
-/// The longest overlap a rotation may keep the old key alive.
-pub const MAX_OVERLAP_SECONDS: u64 = 30 * 24 * 3600;
-/// The longest lifetime of a minted token.
-pub const MAX_TOKEN_TTL_SECONDS: u64 = 24 * 3600;
+use protocol::api::{MAX_OVERLAP_SECONDS, MAX_TOKEN_TTL_SECONDS};
 
 /// Stores an env key. `value` is kept only for publishable keys, which are not secret.
 pub fn insert_env_key(
@@ -85,9 +82,6 @@ impl Platform {
 
     /// Issues a new secret or publishable key; the current one keeps working for `overlap_seconds`.
     pub async fn rotate_key(&self, actor: &Actor, env: &EnvId, req: RotateKeyRequest) -> Result<RotatedKey> {
-        if !matches!(req.kind, KeyKind::Secret | KeyKind::Publishable) {
-            return Err(PlatformError::invalid("invalid_key_kind", "only secret and publishable keys rotate"));
-        }
         if req.overlap_seconds > MAX_OVERLAP_SECONDS {
             return Err(PlatformError::invalid(
                 "invalid_overlap",
@@ -95,9 +89,9 @@ impl Platform {
             ));
         }
         let now = self.clock().now_ms();
-        let key = self.new_key(req.kind);
+        let key = self.new_key(req.kind.into());
         let id = self.random_id(16);
-        let (env, actor, kind) = (env.clone(), actor.clone(), req.kind);
+        let (env, actor, kind) = (env.clone(), actor.clone(), KeyKind::from(req.kind));
         let overlap_ms = (req.overlap_seconds * 1000) as i64;
         let record = self
             .db()

@@ -25,6 +25,8 @@ pub struct UsageEvent {
 }
 
 const MINUTE_MS: i64 = 60_000;
+/// The largest quantity one usage event may carry.
+pub const MAX_EVENT_QUANTITY: i64 = 1_000_000_000_000_000;
 
 /// Writes one event and its minute bucket; returns false if the idempotency key was already recorded.
 pub fn record_in(conn: &mut dyn Conn, e: &UsageEvent) -> Result<bool> {
@@ -159,8 +161,12 @@ impl Platform {
     pub async fn record_usage(&self, env: &EnvId, input: UsageEventInput) -> Result<bool> {
         let meter = Meter::parse(&input.meter)
             .ok_or_else(|| PlatformError::invalid("unknown_meter", format!("unknown meter {:?}", input.meter)))?;
-        if input.quantity < 0 {
-            return Err(PlatformError::invalid("invalid_quantity", "quantity must not be negative"));
+        // Bounded so that years of sums stay far from i64 overflow on either database.
+        if !(0..=MAX_EVENT_QUANTITY).contains(&input.quantity) {
+            return Err(PlatformError::invalid(
+                "invalid_quantity",
+                format!("quantity must be 0..={MAX_EVENT_QUANTITY}"),
+            ));
         }
         for (what, v) in [("source", &input.source), ("event_id", &input.event_id)] {
             if v.is_empty() || v.len() > 200 {

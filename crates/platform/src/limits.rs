@@ -57,12 +57,6 @@ fn validate(limits: &EnvLimits) -> Result<()> {
         if Meter::parse(&q.meter).is_none() {
             return Err(PlatformError::invalid("unknown_meter", format!("unknown meter {:?}", q.meter)));
         }
-        if q.hard_limit.is_none() && q.soft_limit.is_none() {
-            return Err(PlatformError::invalid(
-                "invalid_limits",
-                format!("quota on {} sets neither hard_limit nor soft_limit", q.meter),
-            ));
-        }
         if q.hard_limit.is_some_and(|l| l < 0) || q.soft_limit.is_some_and(|l| l < 0) {
             return Err(PlatformError::invalid("invalid_limits", "limits must not be negative"));
         }

@@ -15,8 +15,7 @@ use store::{Conn, Value};
 use crate::audit::{self, Record};
 use crate::{Actor, Platform, PlatformError, Result, runtime::rfc3339};
 
-/// Event types the platform core emits; later capabilities add theirs (deploys, agent runs).
-pub const EVENT_TYPES: &[&str] = &["env.created", "env.suspended", "env.resumed", "env.deleted", "quota.alert"];
+pub use protocol::api::EVENT_TYPES;
 /// Attempts before a delivery is marked failed.
 pub const MAX_ATTEMPTS: i64 = 8;
 const BASE_BACKOFF_MS: i64 = 1000;
@@ -98,9 +97,7 @@ impl Platform {
         if req.events.is_empty() || req.events.len() > 50 {
             return Err(PlatformError::invalid("invalid_events", "events must list 1..=50 event types"));
         }
-        if let Some(bad) =
-            req.events.iter().find(|e| *e != "*" && !EVENT_TYPES.contains(&e.as_str()) && !is_later_event(e))
-        {
+        if let Some(bad) = req.events.iter().find(|e| *e != "*" && !EVENT_TYPES.contains(&e.as_str())) {
             return Err(PlatformError::invalid("invalid_events", format!("unknown event type {bad:?}")));
         }
         let now = self.clock().now_ms();
@@ -260,12 +257,6 @@ impl Platform {
         }
         Ok(count)
     }
-}
-
-/// Event types that later capabilities emit; accepted in subscriptions now so integrators can subscribe
-/// ahead of them.
-fn is_later_event(e: &str) -> bool {
-    ["deploy.", "agent_run.", "function."].iter().any(|p| e.starts_with(p)) && e.len() <= 64
 }
 
 /// Delivers due webhooks every `webhook_poll_interval` until shutdown.

@@ -60,6 +60,7 @@ pub struct CreateEnvRequest {
     pub id: Option<EnvId>,
     /// Free-form label for people, at most 200 characters.
     #[serde(default)]
+    #[schema(max_length = 200)]
     pub name: Option<String>,
 }
 
@@ -163,14 +164,36 @@ pub struct KeyRecord {
     pub value: Option<String>,
 }
 
+/// The env keys that rotate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RotatableKey {
+    Secret,
+    Publishable,
+}
+
+impl From<RotatableKey> for KeyKind {
+    fn from(k: RotatableKey) -> Self {
+        match k {
+            RotatableKey::Secret => Self::Secret,
+            RotatableKey::Publishable => Self::Publishable,
+        }
+    }
+}
+
+/// The longest overlap a rotation may keep the old key alive: 30 days.
+pub const MAX_OVERLAP_SECONDS: u64 = 30 * 24 * 3600;
+/// The longest lifetime of a minted token: one day.
+pub const MAX_TOKEN_TTL_SECONDS: u64 = 24 * 3600;
+
 /// `POST /v1/envs/{env}/keys/rotate`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateKeyRequest {
-    /// `secret` or `publishable`.
-    pub kind: KeyKind,
+    pub kind: RotatableKey,
     /// How long the replaced key keeps working, in seconds (0 = revoke now). At most 30 days.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 2592000)]
     pub overlap_seconds: u64,
 }
 
@@ -186,15 +209,19 @@ pub struct RotatedKey {
 #[serde(deny_unknown_fields)]
 pub struct MintTokenRequest {
     /// Lifetime in seconds, 1..=86400.
+    #[schema(minimum = 1, maximum = 86400)]
     pub ttl_seconds: u64,
     /// Bind the token to an agent session: its usage is billed to that session.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     pub session: Option<String>,
-    /// Actions the token may perform (CAM action patterns such as `db:*`). Empty = the env's service role.
+    /// Actions the token may perform (CAM action patterns such as `db:*`). Empty = every data-plane action.
     #[serde(default)]
+    #[schema(max_items = 100, inline, schema_with = action_patterns_schema)]
     pub actions: Vec<String>,
     /// Who the token's holder is, for the audit log and metering (`sandbox`, `function`, …).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     pub holder: Option<String>,
 }
 
@@ -211,6 +238,7 @@ pub struct PrincipalRecord {
     pub id: String,
     pub name: String,
     /// The CAM policy document (`{"version":"2.0","statement":[…]}`).
+    #[schema(value_type = Object)]
     pub policy: serde_json::Value,
     pub created_at: String,
     /// Present only in the response that created the principal.
@@ -222,8 +250,10 @@ pub struct PrincipalRecord {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePrincipalRequest {
-    /// 1..=100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
+    /// A CAM policy document.
+    #[schema(value_type = Object)]
     pub policy: serde_json::Value,
 }
 
@@ -231,6 +261,8 @@ pub struct CreatePrincipalRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetPolicyRequest {
+    /// A CAM policy document.
+    #[schema(value_type = Object)]
     pub policy: serde_json::Value,
 }
 
@@ -293,15 +325,21 @@ pub struct UsageReport {
 #[serde(deny_unknown_fields)]
 pub struct UsageEventInput {
     /// A meter of the catalogue (`GET /v1/meters`).
+    #[schema(schema_with = meter_name_schema)]
     pub meter: String,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     pub quantity: i64,
     /// The emitter; with `event_id` it forms the idempotency key.
+    #[schema(min_length = 1, max_length = 200)]
     pub source: String,
+    #[schema(min_length = 1, max_length = 200)]
     pub event_id: String,
     /// RFC 3339; defaults to now.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub at: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = dimensions_schema)]
     pub dimensions: std::collections::BTreeMap<String, String>,
 }
 
@@ -341,11 +379,14 @@ impl QuotaPeriod {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Quota {
+    #[schema(schema_with = meter_name_schema)]
     pub meter: String,
     pub period: QuotaPeriod,
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub hard_limit: Option<i64>,
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub soft_limit: Option<i64>,
 }
 
@@ -354,12 +395,15 @@ pub struct Quota {
 #[serde(deny_unknown_fields)]
 pub struct EnvLimits {
     #[serde(default)]
+    #[schema(max_items = 50)]
     pub quotas: Vec<Quota>,
     /// Sustained requests per second across all surfaces; absent = the platform default.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub rate_limit_per_second: Option<u32>,
     /// Burst size; absent = twice the rate.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub rate_limit_burst: Option<u32>,
 }
 
@@ -379,8 +423,10 @@ pub struct QuotaAlert {
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhookRequest {
     /// `http` or `https` URL receiving `POST`ed JSON events.
+    #[schema(max_length = 2048, pattern = "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")]
     pub url: String,
     /// Event types to receive (`env.created`, `quota.alert`, …; `*` = all).
+    #[schema(schema_with = event_types_schema)]
     pub events: Vec<String>,
     /// Only events of this env; absent = all envs.
     #[serde(default)]
@@ -434,4 +480,43 @@ pub struct MeterInfo {
 pub struct Health {
     pub status: String,
     pub version: String,
+}
+
+/// Event types the platform core emits (later capabilities add theirs).
+pub const EVENT_TYPES: &[&str] = &["env.created", "env.suspended", "env.resumed", "env.deleted", "quota.alert"];
+
+fn string_enum(values: impl IntoIterator<Item = String>) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(values))
+        .build()
+}
+
+fn meter_name_schema() -> utoipa::openapi::Object {
+    string_enum(crate::Meter::ALL.iter().map(|m| m.name().to_owned()))
+}
+
+fn event_types_schema() -> utoipa::openapi::Array {
+    let items = string_enum(std::iter::once("*".to_owned()).chain(EVENT_TYPES.iter().map(|e| (*e).to_owned())));
+    utoipa::openapi::ArrayBuilder::new().items(items).min_items(Some(1)).max_items(Some(50)).build()
+}
+
+fn action_patterns_schema() -> utoipa::openapi::Array {
+    let item = utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some("^(\\*|[a-z][a-z0-9_-]*:[A-Za-z0-9*?]+)$"))
+        .max_length(Some(256));
+    utoipa::openapi::ArrayBuilder::new().items(item).max_items(Some(100)).build()
+}
+
+fn dimensions_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Object)
+        .additional_properties(Some(
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .max_length(Some(200)),
+        ))
+        .max_properties(Some(16))
+        .build()
 }

@@ -46,7 +46,7 @@ impl From<PlatformError> for ApiError {
             }
             PlatformError::Store(_) | PlatformError::Blob(_) | PlatformError::Io { .. } => {
                 // Logged here, where it is handled; the client learns only that it was our fault.
-                tracing::error!(error = %e, "internal error");
+                tracing::error!(error = ?e, "internal error");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
             }
         };

@@ -1,40 +1,63 @@
 //! Extractors whose rejections answer with the platform's stable error codes instead of axum's text.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use bytes::Bytes;
 use http::StatusCode;
 use http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// A JSON body. Malformed JSON, wrong types, unknown fields and oversized bodies each get their own code.
+/// A JSON body: a JSON object of the target shape. Malformed JSON, a non-object, wrong types, unknown
+/// fields, NUL characters (no database stores them) and oversized bodies each get their own code.
 pub struct Body<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Self(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let is_json = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| {
+                let m = m.trim().to_ascii_lowercase();
+                m == "application/json" || m.ends_with("+json")
+            });
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected Content-Type: application/json",
+            ));
         }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
+            } else {
+                ApiError::bad_request("invalid_body", "could not read the request body")
+            }
+        })?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+        if !value.is_object() {
+            return Err(ApiError::bad_request("invalid_body", "the body must be a JSON object"));
+        }
+        if has_nul(&value) {
+            return Err(ApiError::bad_request("invalid_body", "strings may not contain NUL characters"));
+        }
+        serde_json::from_value(value).map(Self).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    match rejection {
-        JsonRejection::JsonDataError(e) => ApiError::bad_request("invalid_body", body_text(&e.body_text())),
-        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request("invalid_json", body_text(&e.body_text())),
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "expected Content-Type: application/json",
-        ),
-        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
-        }
-        other => ApiError::bad_request("invalid_body", body_text(&other.body_text())),
+fn has_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(has_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
     }
 }
 

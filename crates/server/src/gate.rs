@@ -221,7 +221,13 @@ pub async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let surface = surface_for_path(&path);
-    let mut response = next.run(req).await;
+    // No store accepts NUL in text; refuse it in paths and queries before anything parses them.
+    let has_nul = req.uri().path_and_query().is_some_and(|pq| pq.as_str().to_ascii_lowercase().contains("%00"));
+    let mut response = if has_nul {
+        ApiError::bad_request("invalid_request", "the URL may not contain NUL characters").into_response()
+    } else {
+        next.run(req).await
+    };
     if let Some(err) = response.extensions().get::<ApiError>().cloned() {
         response = render_error(response, surface, &err, &request_id, &path);
     }

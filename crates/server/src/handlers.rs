@@ -54,6 +54,15 @@ pub async fn create_env(
     Ok((StatusCode::CREATED, Json(record)))
 }
 
+/// The page size a listing asked for (default 100), within 1..=1000.
+fn page_size(limit: Option<u32>) -> ApiResult<u32> {
+    match limit {
+        None => Ok(100),
+        Some(n) if (1..=crate::routes::MAX_PAGE as u32).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::bad_request("invalid_query", "limit must be 1..=1000")),
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
@@ -67,7 +76,7 @@ pub async fn list_envs(
     Query(q): Query<PageQuery>,
 ) -> ApiResult<Response> {
     let get = state.spec_access("GET", "/v1/envs/{env}");
-    let page = state.platform.list_envs(q.cursor, q.limit.unwrap_or(100), &|env| caller.may(get, env)).await?;
+    let page = state.platform.list_envs(q.cursor, page_size(q.limit)?, &|env| caller.may(get, env)).await?;
     Ok(Json(page).into_response())
 }
 
@@ -138,7 +147,7 @@ pub async fn audit_log(
     Extension(caller): Extension<Caller>,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Response> {
-    let page = state.platform.audit_log(env_of(&caller)?.as_str(), q.cursor, q.limit.unwrap_or(100)).await?;
+    let page = state.platform.audit_log(env_of(&caller)?.as_str(), q.cursor, page_size(q.limit)?).await?;
     Ok(Json(page).into_response())
 }
 
@@ -159,9 +168,8 @@ async fn usage(state: &AppState, env: Option<&EnvId>, q: UsageQuery) -> ApiResul
             .ok_or_else(|| ApiError::bad_request("invalid_time", "from and to must be RFC 3339 times")),
     };
     let (from, to) = (time(&q.from, now - 30 * 86_400_000)?, time(&q.to, now + 60_000)?);
-    if from >= to {
-        return Err(ApiError::bad_request("invalid_time", "from must be before to"));
-    }
+    // An empty or inverted range is a valid question with an empty answer.
+    let to = to.max(from);
     let buckets = match q.granularity.as_deref() {
         None | Some("total") => false,
         Some("minute") => true,

@@ -11,7 +11,7 @@ use utoipa::openapi::{
     ResponseBuilder, Schema,
 };
 
-use crate::routes::{RouteSpec, Scope, route_table};
+use crate::routes::{QueryType, RouteSpec, Scope, route_table};
 
 fn list_of(item: &str, paged: bool) -> Schema {
     let mut o = ObjectBuilder::new()
@@ -28,6 +28,7 @@ fn components() -> utoipa::openapi::Components {
         .schema_from::<ErrorBody>()
         .schema_from::<protocol::EnvId>()
         .schema_from::<Quota>()
+        .schema_from::<RotatableKey>()
         .schema_from::<QuotaPeriod>()
         .schema_from::<EnvStatus>()
         .schema_from::<EnvUrls>()
@@ -107,9 +108,18 @@ fn operation(spec: &RouteSpec) -> utoipa::openapi::path::Operation {
         );
     }
     for (name, ty, description) in spec.query {
-        let ty = if *ty == "integer" { Type::Integer } else { Type::String };
-        let schema = ObjectBuilder::new().schema_type(ty);
-        let schema = if *name == "limit" { schema.minimum(Some(1)).maximum(Some(1000)) } else { schema };
+        let schema = match ty {
+            QueryType::String => ObjectBuilder::new().schema_type(Type::String).max_length(Some(256)),
+            QueryType::Integer(min, max) => {
+                ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(*min)).maximum(Some(*max))
+            }
+            QueryType::DateTime => ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::DateTime))),
+            QueryType::OneOf(values) => {
+                ObjectBuilder::new().schema_type(Type::String).enum_values(Some(values.iter().copied()))
+            }
+        };
         op = op.parameter(
             ParameterBuilder::new()
                 .name(*name)

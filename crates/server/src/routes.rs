@@ -38,7 +38,7 @@ pub struct RouteSpec {
     /// Success status and schema name of its JSON body (`None` = no body or not JSON).
     pub response: (u16, Option<&'static str>),
     /// Query parameters: (name, type, description).
-    pub query: &'static [(&'static str, &'static str, &'static str)],
+    pub query: &'static [(&'static str, QueryType, &'static str)],
     /// False while the surface is routed and guarded but its protocol is not built yet (501).
     pub built: bool,
 }
@@ -47,14 +47,34 @@ const fn access(action: &'static str, plane: Plane, env_keys: EnvKeyAccess) -> A
     Access { action, plane, env_keys }
 }
 
+/// The type of a query parameter, for the OpenAPI document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryType {
+    String,
+    /// An integer in an inclusive range.
+    Integer(i64, i64),
+    /// An RFC 3339 time.
+    DateTime,
+    /// One of these strings.
+    OneOf(&'static [&'static str]),
+}
+
 const PUBLIC: Access = access("public:Get", Plane::Public, EnvKeyAccess::Any);
-const PAGE_QUERY: &[(&str, &str, &str)] =
-    &[("cursor", "string", "Continue after this cursor."), ("limit", "integer", "Page size, 1-1000.")];
-const USAGE_QUERY: &[(&str, &str, &str)] = &[
-    ("from", "string", "RFC 3339 start (default: 30 days ago)."),
-    ("to", "string", "RFC 3339 end (default: now)."),
-    ("granularity", "string", "`total` (default) or `minute`."),
-    ("format", "string", "`json` (default) or `csv`."),
+/// Largest page a listing returns.
+pub const MAX_PAGE: i64 = 1000;
+const PAGE_QUERY: &[(&str, QueryType, &str)] = &[
+    ("cursor", QueryType::String, "Continue after this cursor."),
+    ("limit", QueryType::Integer(1, MAX_PAGE), "Page size."),
+];
+const AUDIT_QUERY: &[(&str, QueryType, &str)] = &[
+    ("cursor", QueryType::Integer(0, i64::MAX), "Continue below this sequence number."),
+    ("limit", QueryType::Integer(1, MAX_PAGE), "Page size."),
+];
+const USAGE_QUERY: &[(&str, QueryType, &str)] = &[
+    ("from", QueryType::DateTime, "Start (default: 30 days ago)."),
+    ("to", QueryType::DateTime, "End (default: now)."),
+    ("granularity", QueryType::OneOf(&["total", "minute"]), "Totals (default) or minute buckets."),
+    ("format", QueryType::OneOf(&["json", "csv"]), "Response format (default JSON)."),
 ];
 
 struct R {
@@ -63,7 +83,7 @@ struct R {
 }
 
 impl R {
-    fn query(mut self, query: &'static [(&'static str, &'static str, &'static str)]) -> Self {
+    fn query(mut self, query: &'static [(&'static str, QueryType, &'static str)]) -> Self {
         self.spec.query = query;
         self
     }
@@ -255,7 +275,7 @@ fn table() -> Vec<R> {
             (200, Some("AuditPage")),
             get(handlers::audit_log),
         )
-        .query(PAGE_QUERY),
+        .query(AUDIT_QUERY),
         r(
             "GET",
             "/v1/envs/{env}/usage",
