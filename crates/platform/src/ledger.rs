@@ -176,8 +176,12 @@ impl Platform {
                 ));
             }
         }
-        if input.dimensions.len() > 16 {
-            return Err(PlatformError::invalid("invalid_usage_event", "at most 16 dimensions"));
+        if input.dimensions.len() > 16 || input.dimensions.iter().any(|(k, v)| k.len() > 200 || v.chars().count() > 200)
+        {
+            return Err(PlatformError::invalid(
+                "invalid_usage_event",
+                "at most 16 dimensions of at most 200 characters",
+            ));
         }
         let at_ms = match &input.at {
             None => self.clock().now_ms(),

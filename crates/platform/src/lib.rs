@@ -45,6 +45,9 @@ pub struct Config {
     pub meter_flush_interval: std::time::Duration,
     /// How often the webhook worker looks for due deliveries.
     pub webhook_poll_interval: std::time::Duration,
+    /// Whether this instance sends webhook deliveries. Off, deliveries are still queued and logged, and
+    /// an instance with it on (or a later start) sends them.
+    pub webhook_delivery: bool,
 }
 
 impl Config {
@@ -61,6 +64,7 @@ impl Config {
             default_rate_per_second: 1000,
             meter_flush_interval: std::time::Duration::from_secs(1),
             webhook_poll_interval: std::time::Duration::from_millis(500),
+            webhook_delivery: true,
         }
     }
 }
@@ -144,10 +148,11 @@ impl Platform {
     /// Starts the background tasks (meter flushing, webhook delivery). They stop when `shutdown` fires,
     /// after a last flush.
     pub fn spawn_background(&self, shutdown: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
-        vec![
-            tokio::spawn(ledger::flush_loop(self.clone(), shutdown.clone())),
-            tokio::spawn(webhooks::delivery_loop(self.clone(), shutdown)),
-        ]
+        let mut tasks = vec![tokio::spawn(ledger::flush_loop(self.clone(), shutdown.clone()))];
+        if self.inner.config.webhook_delivery {
+            tasks.push(tokio::spawn(webhooks::delivery_loop(self.clone(), shutdown)));
+        }
+        tasks
     }
 }
 

@@ -14,6 +14,8 @@ use crate::audit::{self, Record};
 use crate::{Actor, Platform, PlatformError, Result, runtime::rfc3339, webhooks};
 
 const CACHE_TTL_MS: i64 = 1000;
+/// The highest rate and burst an env may be given, per second.
+pub const MAX_RATE: u32 = 1_000_000;
 
 /// (env, meter, period start).
 type PeriodKey = (String, Meter, i64);
@@ -61,8 +63,9 @@ fn validate(limits: &EnvLimits) -> Result<()> {
             return Err(PlatformError::invalid("invalid_limits", "limits must not be negative"));
         }
     }
-    if limits.rate_limit_per_second == Some(0) || limits.rate_limit_burst == Some(0) {
-        return Err(PlatformError::invalid("invalid_limits", "rate limits must be positive"));
+    let in_range = |v: Option<u32>| v.is_none_or(|v| (1..=MAX_RATE).contains(&v));
+    if !in_range(limits.rate_limit_per_second) || !in_range(limits.rate_limit_burst) {
+        return Err(PlatformError::invalid("invalid_limits", format!("rate limits must be 1..={MAX_RATE}")));
     }
     Ok(())
 }

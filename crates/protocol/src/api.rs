@@ -399,11 +399,11 @@ pub struct EnvLimits {
     pub quotas: Vec<Quota>,
     /// Sustained requests per second across all surfaces; absent = the platform default.
     #[serde(default)]
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub rate_limit_per_second: Option<u32>,
     /// Burst size; absent = twice the rate.
     #[serde(default)]
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub rate_limit_burst: Option<u32>,
 }
 

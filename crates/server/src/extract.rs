@@ -48,7 +48,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         if has_nul(&value) {
             return Err(ApiError::bad_request("invalid_body", "strings may not contain NUL characters"));
         }
+        let mut value = value;
+        integral_floats_to_integers(&mut value);
         serde_json::from_value(value).map(Self).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
+    }
+}
+
+/// JSON does not distinguish `5` from `5.0`, and JSON Schema calls both integers; serde does. Numbers
+/// with no fractional part become integers, so integer fields accept both spellings.
+fn integral_floats_to_integers(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64() {
+                // 2^63: the first value past i64; every integral f64 below it converts exactly.
+                if f.fract() == 0.0 && f.abs() < 9.223_372_036_854_776e18 {
+                    *v = serde_json::Value::from(f as i64);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(integral_floats_to_integers),
+        serde_json::Value::Object(o) => o.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
     }
 }
 

@@ -109,7 +109,7 @@ fn operation(spec: &RouteSpec) -> utoipa::openapi::path::Operation {
     }
     for (name, ty, description) in spec.query {
         let schema = match ty {
-            QueryType::String => ObjectBuilder::new().schema_type(Type::String).max_length(Some(256)),
+            QueryType::String => ObjectBuilder::new().schema_type(Type::String),
             QueryType::Integer(min, max) => {
                 ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(*min)).maximum(Some(*max))
             }

@@ -67,7 +67,7 @@ const PAGE_QUERY: &[(&str, QueryType, &str)] = &[
     ("limit", QueryType::Integer(1, MAX_PAGE), "Page size."),
 ];
 const AUDIT_QUERY: &[(&str, QueryType, &str)] = &[
-    ("cursor", QueryType::Integer(0, i64::MAX), "Continue below this sequence number."),
+    ("cursor", QueryType::Integer(i64::MIN, i64::MAX), "Continue below this sequence number."),
     ("limit", QueryType::Integer(1, MAX_PAGE), "Page size."),
 ];
 const USAGE_QUERY: &[(&str, QueryType, &str)] = &[

@@ -39,6 +39,9 @@ pub struct ServeArgs {
     /// Default per-env request rate limit (requests per second).
     #[arg(long, default_value_t = 1000, env = "VIBEBASE_RATE_LIMIT")]
     rate_limit: u32,
+    /// Queue webhook deliveries without sending them (staging, maintenance, conformance runs).
+    #[arg(long, env = "VIBEBASE_NO_WEBHOOK_DELIVERY")]
+    no_webhook_delivery: bool,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"], env = "VIBEBASE_LOG_FORMAT")]
     log_format: String,
@@ -116,6 +119,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.key_prefix = args.key_prefix.clone();
     config.white_label = args.white_label;
     config.default_rate_per_second = args.rate_limit.max(1);
+    config.webhook_delivery = !args.no_webhook_delivery;
     let platform = Platform::new(config, db, blobs, &admin_key, Arc::new(SystemClock), Arc::new(OsEntropy));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let background = platform.spawn_background(stop_rx);
