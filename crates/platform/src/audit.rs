@@ -46,16 +46,27 @@ impl Platform {
             .await
     }
 
-    /// The audit log of one env, newest first. `cursor` is the `seq` to continue below.
-    pub async fn audit_log(&self, env: &str, cursor: Option<i64>, limit: u32) -> Result<Page<AuditEntry>> {
-        let env = env.to_owned();
+    /// The audit log of one env (live or deleted) or of the whole platform, newest first. `cursor` is
+    /// the `seq` to continue below.
+    pub async fn audit_log(&self, env: Option<&str>, cursor: Option<i64>, limit: u32) -> Result<Page<AuditEntry>> {
+        let env = env.map(str::to_owned);
         let limit = i64::from(limit.clamp(1, 1000));
         self.db()
             .tx(move |conn| {
+                let mut params = vec![Value::Int(cursor.unwrap_or(i64::MAX)), Value::Int(limit + 1)];
+                let env_filter = match env {
+                    Some(e) => {
+                        params.push(e.into());
+                        "AND env_id = $3"
+                    }
+                    None => "",
+                };
                 let rows = conn.query(
-                    "SELECT seq, at, actor, action, env_id, target, result, request_id FROM audit \
-                     WHERE env_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
-                    &[env.into(), Value::Int(cursor.unwrap_or(i64::MAX)), Value::Int(limit + 1)],
+                    &format!(
+                        "SELECT seq, at, actor, action, env_id, target, result, request_id FROM audit \
+                         WHERE seq < $1 {env_filter} ORDER BY seq DESC LIMIT $2"
+                    ),
+                    &params,
                 )?;
                 let mut items = rows
                     .iter()

@@ -97,6 +97,7 @@ pub fn path_form(target: &HostTarget, path_and_query: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -124,6 +125,29 @@ mod tests {
             assert_eq!(path_form(&target, path), want, "{host}{path}");
         }
         assert_eq!(parse_host("SHOP.Apps.Example.com", d), Some(HostTarget::Env(env("shop"))));
+    }
+
+    proptest::proptest! {
+        /// Host headers are untrusted: parsing never panics, and whatever env it finds is a valid id
+        /// whose path form stays under that env's prefix.
+        #[test]
+        fn host_parsing_never_panics_and_stays_in_its_env(host in "\\PC{0,60}", path in "/[a-z0-9/._-]{0,20}") {
+            if let Some(target) = parse_host(&host, "localhost") {
+                let env = match &target {
+                    HostTarget::Env(e) => e.clone(),
+                    HostTarget::Deployment { env, .. } | HostTarget::App { env, .. } | HostTarget::SandboxPort { env, .. } => env.clone(),
+                };
+                proptest::prop_assert!(EnvId::parse(env.as_str()).is_ok());
+                let prefix = format!("/env/{env}/");
+                proptest::prop_assert!(path_form(&target, &path).starts_with(&prefix));
+            }
+        }
+
+        #[test]
+        fn generated_env_hosts_round_trip(env in "[a-z]([a-z0-9]|-[a-z0-9]){0,14}") {
+            let host = format!("{env}.apps.example.com:8443");
+            proptest::prop_assert_eq!(parse_host(&host, "apps.example.com"), Some(HostTarget::Env(EnvId::parse(&env).unwrap())));
+        }
     }
 
     #[test]

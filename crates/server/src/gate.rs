@@ -42,6 +42,11 @@ impl Caller {
     pub fn may(&self, spec_action: tenancy::Access, env: &EnvId) -> bool {
         tenancy::authorize(&self.principal, &spec_action, Some(env), &policy::env_resource(env), &self.context).is_ok()
     }
+
+    /// Decides a platform-wide action (resource `vrn:vibebase:platform`).
+    pub fn may_platform(&self, spec_action: tenancy::Access) -> bool {
+        tenancy::authorize(&self.principal, &spec_action, None, PLATFORM_RESOURCE, &self.context).is_ok()
+    }
 }
 
 fn denial(d: Denial) -> ApiError {

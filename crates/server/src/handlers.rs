@@ -147,7 +147,38 @@ pub async fn audit_log(
     Extension(caller): Extension<Caller>,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Response> {
-    let page = state.platform.audit_log(env_of(&caller)?.as_str(), q.cursor, page_size(q.limit)?).await?;
+    let page = state.platform.audit_log(Some(env_of(&caller)?.as_str()), q.cursor, page_size(q.limit)?).await?;
+    Ok(Json(page).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformAuditQuery {
+    env: Option<EnvId>,
+    cursor: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// The platform-wide audit log, or one env's (live or deleted). Decided per env: a sub-account sees the
+/// log of the envs its policy covers, and the whole log only with a platform-wide grant.
+pub async fn platform_audit_log(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<PlatformAuditQuery>,
+) -> ApiResult<Response> {
+    let access = state.spec_access("GET", "/v1/audit");
+    let allowed = match &q.env {
+        Some(env) => caller.may(access, env),
+        None => caller.may_platform(access),
+    };
+    if !allowed {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "access_denied", "not allowed by policy"));
+    }
+    let env = q.env.as_ref().map(EnvId::as_str);
+    let mut page = state.platform.audit_log(env, q.cursor, page_size(q.limit)?).await?;
+    // A platform-wide grant does not override a deny on one env: its rows are filtered out.
+    page.items
+        .retain(|e| e.env.as_deref().and_then(|id| EnvId::parse(id).ok()).is_none_or(|id| caller.may(access, &id)));
     Ok(Json(page).into_response())
 }
 

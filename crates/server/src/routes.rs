@@ -70,6 +70,11 @@ const AUDIT_QUERY: &[(&str, QueryType, &str)] = &[
     ("cursor", QueryType::Integer(i64::MIN, i64::MAX), "Continue below this sequence number."),
     ("limit", QueryType::Integer(1, MAX_PAGE), "Page size."),
 ];
+const PLATFORM_AUDIT_QUERY: &[(&str, QueryType, &str)] = &[
+    ("env", QueryType::String, "Only this env id (live or deleted)."),
+    ("cursor", QueryType::Integer(i64::MIN, i64::MAX), "Continue below this sequence number."),
+    ("limit", QueryType::Integer(1, MAX_PAGE), "Page size."),
+];
 const USAGE_QUERY: &[(&str, QueryType, &str)] = &[
     ("from", QueryType::DateTime, "Start (default: 30 days ago)."),
     ("to", QueryType::DateTime, "End (default: now)."),
@@ -338,6 +343,17 @@ fn table() -> Vec<R> {
             get(handlers::platform_usage),
         )
         .query(USAGE_QUERY),
+        r(
+            "GET",
+            "/v1/audit",
+            control("audit:Read", Platform),
+            PerEnv,
+            "The platform-wide audit log (also of deleted envs), newest first.",
+            None,
+            (200, Some("AuditPage")),
+            get(handlers::platform_audit_log),
+        )
+        .query(PLATFORM_AUDIT_QUERY),
         r(
             "GET",
             "/v1/meters",

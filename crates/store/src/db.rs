@@ -2,9 +2,9 @@
 //!
 //! Both backends are driven synchronously on tokio's blocking pool, so the data-access code above is
 //! written once: a closure receives a `&mut dyn Conn` inside a transaction. SQL is written in the common
-//! subset of both dialects with `$1`-style parameters (SQLite binds `$1…$n` by first appearance, which
-//! matches PostgreSQL when parameters first appear in order). Columns use only BIGINT and TEXT, so a
-//! [`Value`] maps to both without conversion tables.
+//! subset of both dialects with PostgreSQL's `$1`-style parameters; for SQLite they become `?1`, which
+//! binds by number too. Columns use only BIGINT and TEXT, so a [`Value`] maps to both without
+//! conversion tables.
 
 use std::sync::{Arc, Mutex};
 
@@ -224,15 +224,33 @@ impl Db {
 
 struct SqliteConn<'a>(rusqlite::Transaction<'a>);
 
+/// PostgreSQL's `$N` placeholders as SQLite's `?N`. (SQLite also reads `$N`, but as a *named*
+/// parameter numbered by first appearance, which would silently reorder parameters.)
+fn sqlite_placeholders(sql: &str) -> std::borrow::Cow<'_, str> {
+    if !sql.contains('$') {
+        return std::borrow::Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 impl Conn for SqliteConn<'_> {
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
-        let mut stmt = self.0.prepare_cached(sql)?;
+        let mut stmt = self.0.prepare_cached(&sqlite_placeholders(sql))?;
         let n = stmt.execute(rusqlite::params_from_iter(params.iter())).map_err(sqlite_error)?;
         Ok(n as u64)
     }
 
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
-        let mut stmt = self.0.prepare_cached(sql)?;
+        let mut stmt = self.0.prepare_cached(&sqlite_placeholders(sql))?;
         let width = stmt.column_count();
         let mut rows = stmt.query(rusqlite::params_from_iter(params.iter())).map_err(sqlite_error)?;
         let mut out = Vec::new();
@@ -389,4 +407,27 @@ impl ToSql for Value {
     }
 
     to_sql_checked!();
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Parameters bind by number whatever order they appear in, on SQLite as on PostgreSQL.
+    #[tokio::test]
+    async fn parameters_bind_by_number_in_any_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_sqlite(&dir.path().join("t.db")).unwrap();
+        let row = db
+            .tx(|c| {
+                c.batch("CREATE TABLE t (a BIGINT, b TEXT)")?;
+                c.execute("INSERT INTO t (b, a) VALUES ($2, $1)", &[7i64.into(), "seven".into()])?;
+                c.query_opt("SELECT a, b FROM t WHERE b = $2 AND a = $1", &[7i64.into(), "seven".into()])
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((row.int(0).unwrap(), row.text(1).unwrap()), (7, "seven".to_owned()));
+    }
 }

@@ -141,6 +141,28 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The key parser sees untrusted input on every request: it never panics, and accepts only
+        /// strings whose checksum matches.
+        #[test]
+        fn parse_never_panics_and_accepts_only_checksummed_keys(s in "\\PC{0,80}") {
+            if let Ok(parsed) = parse(&s) {
+                let body = s.rsplit_once('_').map(|(_, b)| b).unwrap_or_default();
+                proptest::prop_assert_eq!(body.len(), RANDOM_LEN + CHECKSUM_LEN);
+                proptest::prop_assert!(s.starts_with(parsed.prefix));
+            }
+        }
+
+        #[test]
+        fn every_generated_key_parses(seed in proptest::prelude::any::<u64>(), prefix in "[a-z][a-z0-9]{0,15}") {
+            let mut rng = StdRng::seed_from_u64(seed);
+            for kind in KeyKind::ALL {
+                let k = generate(&prefix, kind, &mut rng);
+                proptest::prop_assert_eq!(parse(&k.key), Ok(ParsedKey { prefix: &prefix, kind }));
+            }
+        }
+    }
+
     #[test]
     fn prefixes_are_validated() {
         assert!(validate_prefix("vb").is_ok());

@@ -47,6 +47,8 @@ fn expected(class: &str) -> [Want; 11] {
         "create_env" => [OK, S(403), S(403), S(403), S(403), S(403), S(403), OK, S(401), S(401), S(401)],
         // Listing envs: any platform principal; the list is filtered (checked separately below).
         "list_envs" => [OK, S(403), S(403), S(403), S(403), S(403), OK, OK, S(401), S(401), S(401)],
+        // The platform audit log asked for env A: decided on A, like A's own routes, env keys excluded.
+        "env_log" => [OK, S(403), S(403), S(403), S(403), S(403), OK, S(403), S(401), S(401), S(401)],
         // Browser-facing data plane: every key of A, none of B.
         "data_any" => [OK, OK, OK, OK, S(403), S(403), OK, S(403), S(401), S(401), S(401)],
         // Data plane for the hands: secret key and minted tokens of A.
@@ -176,6 +178,7 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
         ("GET", "/v1/envs/{env}/alerts") => f("env_tenant", 200, "/v1/envs/tenant-a/alerts".into(), None),
         ("GET", "/v1/usage") => f("platform", 200, "/v1/usage".into(), None),
         ("GET", "/v1/meters") => f("platform", 200, "/v1/meters".into(), None),
+        ("GET", "/v1/audit") => f("env_log", 200, "/v1/audit?env=tenant-a".into(), None),
         ("POST", "/v1/principals") => f(
             "platform",
             201,
@@ -288,4 +291,21 @@ async fn listing_shows_a_sub_account_only_the_envs_its_policy_allows() {
     let r = w.h.call("GET", "/v1/envs", deny, None).await;
     let ids: Vec<&str> = r.json["items"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["tenant-b"]);
+}
+
+#[tokio::test]
+async fn platform_audit_log_hides_the_envs_a_policy_denies() {
+    let w = world().await;
+    let all = w.h.call("GET", "/v1/audit", w.creds[0].as_deref(), None).await;
+    let envs_of = |r: &crate::harness::Resp| -> Vec<String> {
+        r.json["items"].as_array().unwrap().iter().filter_map(|e| e["env"].as_str().map(str::to_owned)).collect()
+    };
+    assert!(envs_of(&all).iter().any(|e| e == "tenant-a"));
+    let deny = w.h.call("GET", "/v1/audit", w.creds[7].as_deref(), None).await;
+    assert_eq!(deny.status, StatusCode::OK);
+    let seen = envs_of(&deny);
+    assert!(seen.iter().any(|e| e == "tenant-b") && !seen.iter().any(|e| e == "tenant-a"), "{seen:?}");
+    // Owner of A has no platform-wide grant.
+    let owner = w.h.call("GET", "/v1/audit", w.creds[6].as_deref(), None).await;
+    assert_eq!(owner.status, StatusCode::FORBIDDEN);
 }
