@@ -230,3 +230,20 @@ impl Platform {
             .await
     }
 }
+
+/// Purges long-expired and long-revoked keys once an hour until shutdown. They are kept a week first,
+/// so a late request with one still gets `key_expired` / `key_revoked` rather than `invalid_key`.
+pub async fn housekeeping_loop(platform: Platform, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        match platform.purge_expired_keys().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "purged expired and revoked keys"),
+            Err(e) => tracing::warn!(error = %e, "key purge failed; will retry"),
+        }
+    }
+}

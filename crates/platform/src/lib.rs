@@ -145,10 +145,13 @@ impl Platform {
         tenancy::credential::generate(&self.inner.config.key_prefix, kind, &mut self.inner.entropy.rng())
     }
 
-    /// Starts the background tasks (meter flushing, webhook delivery). They stop when `shutdown` fires,
+    /// Starts the background tasks (meter flushing, key housekeeping, webhook delivery). They stop when `shutdown` fires,
     /// after a last flush.
     pub fn spawn_background(&self, shutdown: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks = vec![tokio::spawn(ledger::flush_loop(self.clone(), shutdown.clone()))];
+        let mut tasks = vec![
+            tokio::spawn(ledger::flush_loop(self.clone(), shutdown.clone())),
+            tokio::spawn(keys::housekeeping_loop(self.clone(), shutdown.clone())),
+        ];
         if self.inner.config.webhook_delivery {
             tasks.push(tokio::spawn(webhooks::delivery_loop(self.clone(), shutdown)));
         }

@@ -172,6 +172,14 @@ async fn minted_tokens_expire_and_revoke_at_once() {
     assert_eq!(h.platform.revoke_session_tokens(&env, "sess-1").await.unwrap(), 1);
     let r = h.call("GET", "/env/shop/rest/v1/t", Some(t.json["token"].as_str().unwrap()), None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // A week later, housekeeping purges dead tokens; the env's live keys stay.
+    h.clock.advance(Duration::from_secs(8 * 24 * 3600));
+    assert_eq!(h.platform.purge_expired_keys().await.unwrap(), 3);
+    let keys = h.call("GET", "/v1/envs/shop/keys", Some(a.secret()), None).await;
+    let mut kinds: Vec<&str> =
+        keys.json["items"].as_array().unwrap().iter().map(|k| k["kind"].as_str().unwrap()).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["publishable", "secret"]);
 }
 
 /// Each bad request gets its stable code and changes nothing.
