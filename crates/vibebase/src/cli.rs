@@ -56,6 +56,27 @@ pub enum ClientCommand {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Show or set an env's quotas and rate limit.
+    Limits {
+        #[command(subcommand)]
+        command: LimitsCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Manage CAM-style sub-accounts.
+    Principals {
+        #[command(subcommand)]
+        command: PrincipalsCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Manage webhooks.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Show an env's audit log.
     Audit {
         #[arg(long)]
@@ -87,6 +108,71 @@ pub enum EnvCommand {
     Suspend { id: String },
     /// Resume a suspended environment.
     Resume { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LimitsCommand {
+    /// Show an env's limits.
+    Get {
+        #[arg(long)]
+        env: String,
+    },
+    /// Replace an env's limits.
+    Set {
+        #[arg(long)]
+        env: String,
+        /// A quota `METER:PERIOD:HARD:SOFT` (period minute|hour|day|month; leave HARD or SOFT empty
+        /// for none), e.g. `api_requests:day:100000:80000`. Repeatable.
+        #[arg(long = "quota")]
+        quotas: Vec<String>,
+        /// Requests per second.
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Burst size.
+        #[arg(long)]
+        burst: Option<u32>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PrincipalsCommand {
+    /// Create a sub-account (prints its key once).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// A policy file (JSON), or `-` for standard input.
+        #[arg(long, conflicts_with = "owner_of", required_unless_present = "owner_of")]
+        policy: Option<String>,
+        /// Use the standard owner policy of this env.
+        #[arg(long)]
+        owner_of: Option<String>,
+    },
+    /// List sub-accounts.
+    List,
+    /// Delete a sub-account and its key.
+    Delete { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WebhooksCommand {
+    /// Subscribe a URL to events (prints the signing secret once).
+    Create {
+        /// The receiving URL (`--url` is the platform's).
+        #[arg(long)]
+        target: String,
+        /// Event type (repeatable; `*` for all).
+        #[arg(long = "event", required = true)]
+        events: Vec<String>,
+        /// Only events of this env.
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// List webhooks.
+    List,
+    /// Delete a webhook.
+    Delete { id: String },
+    /// Show a webhook's delivery log.
+    Deliveries { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -238,6 +324,31 @@ fn env_text(v: &Value) -> String {
     t
 }
 
+/// The `items` of a list answer.
+fn items(v: &Value) -> &[Value] {
+    v["items"].as_array().map_or(&[], Vec::as_slice)
+}
+
+/// Parses `METER:PERIOD:HARD:SOFT`.
+fn parse_quota(spec: &str) -> Result<Value, Failure> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let limit = |s: Option<&&str>| -> Result<Value, Failure> {
+        match s.map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            None => Ok(Value::Null),
+            Some(n) => n
+                .parse::<i64>()
+                .map(Value::from)
+                .map_err(|_| Failure::new(2, format!("bad limit {n:?} in --quota {spec}"))),
+        }
+    };
+    if !(2..=4).contains(&parts.len()) {
+        return Err(Failure::new(2, format!("--quota {spec}: expected METER:PERIOD:HARD:SOFT")));
+    }
+    Ok(
+        json!({"meter": parts[0], "period": parts[1], "hard_limit": limit(parts.get(2))?, "soft_limit": limit(parts.get(3))?}),
+    )
+}
+
 fn table(rows: &[Value], cols: &[(&str, &str)]) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
@@ -307,7 +418,7 @@ async fn dispatch(command: ClientCommand) -> Result<(), Failure> {
                     }
                     c.show(Reply::Json(json!({"items": all})), |v| {
                         table(
-                            v["items"].as_array().map_or(&[], |a| a.as_slice()),
+                            items(v),
                             &[("id", "ID"), ("status", "STATUS"), ("created_at", "CREATED"), ("name", "NAME")],
                         )
                     });
@@ -341,7 +452,7 @@ async fn dispatch(command: ClientCommand) -> Result<(), Failure> {
             match command {
                 KeysCommand::List { env } => {
                     let r = c.call(Method::GET, &format!("/v1/envs/{env}/keys"), None).await?;
-                    c.show(r, |v| table(v["items"].as_array().map_or(&[], |a| a.as_slice()), key_cols));
+                    c.show(r, |v| table(items(v), key_cols));
                 }
                 KeysCommand::Rotate { env, kind, overlap } => {
                     let r = c
@@ -402,12 +513,102 @@ async fn dispatch(command: ClientCommand) -> Result<(), Failure> {
                 }
             });
         }
+        ClientCommand::Limits { command, conn } => {
+            let c = Client::new(conn)?;
+            let show = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+            match command {
+                LimitsCommand::Get { env } => {
+                    c.show(c.call(Method::GET, &format!("/v1/envs/{env}/limits"), None).await?, show)
+                }
+                LimitsCommand::Set { env, quotas, rate, burst } => {
+                    let quotas = quotas.iter().map(|q| parse_quota(q)).collect::<Result<Vec<_>, _>>()?;
+                    let body = json!({"quotas": quotas, "rate_limit_per_second": rate, "rate_limit_burst": burst});
+                    c.show(c.call(Method::PUT, &format!("/v1/envs/{env}/limits"), Some(body)).await?, show);
+                }
+            }
+        }
+        ClientCommand::Principals { command, conn } => {
+            let c = Client::new(conn)?;
+            match command {
+                PrincipalsCommand::Create { name, policy, owner_of } => {
+                    let policy: Value = match (policy, owner_of) {
+                        (_, Some(env)) => {
+                            match c.call(Method::POST, "/v1/policies/owner", Some(json!({"env": env}))).await? {
+                                Reply::Json(p) => p,
+                                _ => return Err(Failure::new(1, "the server returned no policy")),
+                            }
+                        }
+                        (Some(file), None) => {
+                            let text = if file == "-" {
+                                std::io::read_to_string(std::io::stdin())
+                            } else {
+                                std::fs::read_to_string(&file)
+                            }
+                            .map_err(|e| Failure::new(2, format!("read policy {file}: {e}")))?;
+                            serde_json::from_str(&text)
+                                .map_err(|e| Failure::new(2, format!("policy {file} is not JSON: {e}")))?
+                        }
+                        (None, None) => return Err(Failure::new(2, "give --policy FILE or --owner-of ENV")),
+                    };
+                    let r =
+                        c.call(Method::POST, "/v1/principals", Some(json!({"name": name, "policy": policy}))).await?;
+                    c.show(r, |v| {
+                        format!("id:  {}\nkey: {}\n     (shown once: store it now)", s(&v["id"]), s(&v["key"]))
+                    });
+                }
+                PrincipalsCommand::List => {
+                    let r = c.call(Method::GET, "/v1/principals", None).await?;
+                    c.show(r, |v| table(items(v), &[("id", "ID"), ("name", "NAME"), ("created_at", "CREATED")]));
+                }
+                PrincipalsCommand::Delete { id } => {
+                    c.show(c.call(Method::DELETE, &format!("/v1/principals/{id}"), None).await?, |_| String::new());
+                }
+            }
+        }
+        ClientCommand::Webhooks { command, conn } => {
+            let c = Client::new(conn)?;
+            match command {
+                WebhooksCommand::Create { target, events, env } => {
+                    let r = c
+                        .call(Method::POST, "/v1/webhooks", Some(json!({"url": target, "events": events, "env": env})))
+                        .await?;
+                    c.show(r, |v| {
+                        format!(
+                            "id:     {}\nsecret: {}\n        (shown once: store it now)",
+                            s(&v["id"]),
+                            s(&v["secret"])
+                        )
+                    });
+                }
+                WebhooksCommand::List => {
+                    let r = c.call(Method::GET, "/v1/webhooks", None).await?;
+                    c.show(r, |v| {
+                        table(items(v), &[("id", "ID"), ("url", "URL"), ("env", "ENV"), ("events", "EVENTS")])
+                    });
+                }
+                WebhooksCommand::Delete { id } => {
+                    c.show(c.call(Method::DELETE, &format!("/v1/webhooks/{id}"), None).await?, |_| String::new());
+                }
+                WebhooksCommand::Deliveries { id } => {
+                    let r = c.call(Method::GET, &format!("/v1/webhooks/{id}/deliveries"), None).await?;
+                    let cols = [
+                        ("id", "ID"),
+                        ("event_type", "EVENT"),
+                        ("status", "STATUS"),
+                        ("attempts", "ATTEMPTS"),
+                        ("last_status_code", "HTTP"),
+                        ("created_at", "CREATED"),
+                    ];
+                    c.show(r, |v| table(items(v), &cols));
+                }
+            }
+        }
         ClientCommand::Audit { env, limit, conn } => {
             let c = Client::new(conn)?;
             let r = c.call(Method::GET, &format!("/v1/envs/{env}/audit?limit={limit}"), None).await?;
             c.show(r, |v| {
                 table(
-                    v["items"].as_array().map_or(&[], |a| a.as_slice()),
+                    items(v),
                     &[
                         ("at", "AT"),
                         ("actor", "ACTOR"),

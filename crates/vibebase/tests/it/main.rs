@@ -203,10 +203,44 @@ fn cli_drives_the_platform_with_meaningful_exit_codes() {
         actions.contains(&"env:Create") && actions.contains(&"tokens:Mint") && actions.contains(&"keys:Rotate"),
         "{actions:?}"
     );
+    // Limits, sub-accounts and webhooks.
+    let limits = json(&server.cli(
+        admin,
+        &["limits", "set", "--env", "shop", "--quota", "api_requests:day:100:80", "--rate", "50", "--json"],
+    ));
+    assert_eq!(limits["quotas"][0]["hard_limit"], 100);
+    assert_eq!(limits["quotas"][0]["soft_limit"], 80);
+    assert_eq!(
+        json(&server.cli(&new_secret, &["limits", "get", "--env", "shop", "--json"]))["rate_limit_per_second"],
+        50
+    );
+    assert_eq!(
+        server.cli(admin, &["limits", "set", "--env", "shop", "--quota", "api_requests"]).status.code(),
+        Some(2)
+    );
+    let owner =
+        json(&server.cli(admin, &["principals", "create", "--name", "shop-owner", "--owner-of", "shop", "--json"]));
+    let owner_key = owner["key"].as_str().unwrap().to_owned();
+    assert_eq!(server.cli(&owner_key, &["env", "get", "shop"]).status.code(), Some(0));
+    assert_eq!(server.cli(&owner_key, &["principals", "list"]).status.code(), Some(3));
+    let listed = server.cli(admin, &["principals", "list"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("shop-owner"));
+    let hook =
+        json(&server.cli(
+            admin,
+            &["webhooks", "create", "--target", "http://127.0.0.1:9/h", "--event", "env.deleted", "--json"],
+        ));
+    assert!(hook["secret"].as_str().unwrap().starts_with("whsec_"));
+    let hooks = json(&server.cli(admin, &["webhooks", "list", "--json"]));
+    assert_eq!(hooks["items"].as_array().unwrap().len(), 1);
     let deleted = server.cli(admin, &["env", "delete", "shop"]);
     assert!(deleted.status.success());
     assert!(String::from_utf8_lossy(&deleted.stderr).contains("deleting environment shop"), "progress is shown");
     assert_eq!(server.cli(admin, &["env", "get", "shop"]).status.code(), Some(4));
+    let log = json(&server.cli(admin, &["webhooks", "deliveries", hook["id"].as_str().unwrap(), "--json"]));
+    assert_eq!(log["items"][0]["event_type"], "env.deleted");
+    assert_eq!(server.cli(admin, &["principals", "delete", owner["id"].as_str().unwrap()]).status.code(), Some(0));
+    assert_eq!(server.cli(&owner_key, &["env", "list"]).status.code(), Some(3));
     server.stop();
 }
 
