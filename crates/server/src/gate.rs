@@ -49,7 +49,7 @@ impl Caller {
     }
 }
 
-fn denial(d: Denial) -> ApiError {
+pub(crate) fn denial(d: Denial) -> ApiError {
     match d {
         Denial::WrongEnv => {
             ApiError::new(StatusCode::FORBIDDEN, "env_mismatch", "this credential belongs to another environment")

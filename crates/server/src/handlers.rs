@@ -16,7 +16,8 @@ use serde::Deserialize;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Query};
-use crate::gate::Caller;
+use crate::gate::{Caller, denial};
+use tenancy::Denial;
 
 fn env_of(caller: &Caller) -> ApiResult<&EnvId> {
     // The gate sets `env` on every env-scoped route; its absence would be a routing bug, answered safely.
@@ -48,7 +49,7 @@ pub async fn create_env(
 ) -> ApiResult<(StatusCode, Json<EnvRecord>)> {
     let id = req.id.clone().unwrap_or_else(|| state.platform.generate_env_id());
     if !caller.may(state.spec_access("POST", "/v1/envs"), &id) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "access_denied", "not allowed by policy"));
+        return Err(denial(Denial::Policy));
     }
     let record = state.platform.create_env(&caller.actor, req, id).await?;
     Ok((StatusCode::CREATED, Json(record)))
@@ -172,7 +173,7 @@ pub async fn platform_audit_log(
         None => caller.may_platform(access),
     };
     if !allowed {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "access_denied", "not allowed by policy"));
+        return Err(denial(Denial::Policy));
     }
     let env = q.env.as_ref().map(EnvId::as_str);
     let mut page = state.platform.audit_log(env, q.cursor, page_size(q.limit)?).await?;

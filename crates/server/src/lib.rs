@@ -33,19 +33,21 @@ pub const MAX_JSON_BODY: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub platform: Platform,
-    specs: Arc<HashMap<(String, String), RouteSpec>>,
+    /// Route path (as axum matched it) → the specs of its methods. Keyed by path alone so the lookup on
+    /// every request borrows instead of allocating.
+    specs: Arc<HashMap<&'static str, Vec<RouteSpec>>>,
     pub metrics: Arc<metrics::Metrics>,
     openapi: bytes::Bytes,
 }
 
 impl AppState {
     pub fn new(platform: Platform) -> Self {
-        let mut specs = HashMap::new();
+        let mut specs: HashMap<&'static str, Vec<RouteSpec>> = HashMap::new();
         for s in routes::route_table() {
             if let Some(prefix) = routes::bare_prefix(s.path) {
-                specs.insert((s.method.to_owned(), prefix.to_owned()), s);
+                specs.entry(prefix).or_default().push(s);
             }
-            specs.insert((s.method.to_owned(), s.path.to_owned()), s);
+            specs.entry(s.path).or_default().push(s);
         }
         let openapi = openapi::document().to_json().unwrap_or_else(|_| "{}".to_owned());
         Self { platform, specs: Arc::new(specs), metrics: Arc::default(), openapi: bytes::Bytes::from(openapi) }
@@ -53,15 +55,13 @@ impl AppState {
 
     /// The route a matched path and method belong to.
     fn spec(&self, method: &Method, path: &str) -> Option<&RouteSpec> {
-        let path = path.to_owned();
-        self.specs
-            .get(&(method.as_str().to_owned(), path.clone()))
-            .or_else(|| self.specs.get(&("ANY".to_owned(), path)))
+        let specs = self.specs.get(path)?;
+        specs.iter().find(|s| s.method == method.as_str()).or_else(|| specs.iter().find(|s| s.method == "ANY"))
     }
 
     /// The access rule of a route of the table (for handler-level decisions on per-env routes).
     fn spec_access(&self, method: &str, path: &'static str) -> tenancy::Access {
-        self.specs.get(&(method.to_owned(), path.to_owned())).map_or(
+        self.specs.get(path).and_then(|specs| specs.iter().find(|s| s.method == method)).map_or(
             // Unknown routes are a programming error; deny-only access keeps it safe.
             tenancy::Access {
                 action: "none:None",
