@@ -46,6 +46,22 @@ impl Platform {
             .await
     }
 
+    /// Records a successful action on something that lives outside the platform store (a sandbox, a
+    /// process), where there is no transaction to write it in.
+    pub async fn audit_ok(&self, actor: &Actor, action: &str, env: &str, target: &str) -> Result<()> {
+        let at = self.clock().now_ms();
+        let (actor, action, env, target) = (actor.clone(), action.to_owned(), env.to_owned(), target.to_owned());
+        self.db()
+            .tx(move |conn| {
+                write(
+                    conn,
+                    at,
+                    &Record { actor: &actor, action: &action, env: Some(&env), target: Some(&target), result: "ok" },
+                )
+            })
+            .await
+    }
+
     /// The audit log of one env (live or deleted) or of the whole platform, newest first. `cursor` is
     /// the `seq` to continue below.
     pub async fn audit_log(&self, env: Option<&str>, cursor: Option<i64>, limit: u32) -> Result<Page<AuditEntry>> {

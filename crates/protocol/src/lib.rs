@@ -4,6 +4,7 @@
 pub mod api;
 pub mod ids;
 pub mod meter;
+pub mod sandbox;
 
 pub use ids::{EnvId, IdError};
 pub use meter::{Meter, MeterKind};

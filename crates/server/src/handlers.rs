@@ -89,7 +89,12 @@ pub async fn get_env(
 }
 
 pub async fn delete_env(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<StatusCode> {
-    state.platform.delete_env(&caller.actor, env_of(&caller)?).await?;
+    let env = env_of(&caller)?;
+    // Sandboxes first: their workspaces are mounted from the env's data directory.
+    if let Ok(sandboxes) = &state.sandboxes {
+        sandboxes.kill_env(env).await;
+    }
+    state.platform.delete_env(&caller.actor, env).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -9,6 +9,7 @@ pub mod handlers;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod sandboxes;
 pub mod surface;
 
 use std::collections::HashMap;
@@ -38,6 +39,8 @@ pub struct AppState {
     specs: Arc<HashMap<&'static str, Vec<RouteSpec>>>,
     pub metrics: Arc<metrics::Metrics>,
     openapi: bytes::Bytes,
+    /// The sandbox registry, or why this instance has none (no bubblewrap, no cgroups, not root).
+    pub sandboxes: Result<sandbox::Sandboxes, String>,
 }
 
 impl AppState {
@@ -50,7 +53,19 @@ impl AppState {
             specs.entry(s.path).or_default().push(s);
         }
         let openapi = openapi::document().to_json().unwrap_or_else(|_| "{}".to_owned());
-        Self { platform, specs: Arc::new(specs), metrics: Arc::default(), openapi: bytes::Bytes::from(openapi) }
+        Self {
+            platform,
+            specs: Arc::new(specs),
+            metrics: Arc::default(),
+            openapi: bytes::Bytes::from(openapi),
+            sandboxes: Err("sandboxes are not configured on this instance".to_owned()),
+        }
+    }
+
+    /// Attaches the sandbox registry (or the reason there is none).
+    pub fn with_sandboxes(mut self, sandboxes: Result<sandbox::Sandboxes, String>) -> Self {
+        self.sandboxes = sandboxes;
+        self
     }
 
     /// The route a matched path and method belong to.

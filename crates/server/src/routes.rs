@@ -6,7 +6,7 @@ use axum::routing::{MethodRouter, any, delete, get, post, put};
 use tenancy::{Access, EnvKeyAccess, Plane};
 
 use crate::surface::Surface;
-use crate::{AppState, handlers};
+use crate::{AppState, handlers, sandboxes};
 
 /// How the gate scopes a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -465,6 +465,7 @@ fn table() -> Vec<R> {
             get(handlers::webhook_deliveries),
         ),
     ];
+    routes.extend(sandbox_routes());
     routes.extend([
         surface("/env/{env}/rest/v1/{*rest}", Surface::Rest, "db:Request", Any, "PostgREST data API."),
         surface("/env/{env}/auth/v1/{*rest}", Surface::Auth, "auth:Request", Any, "GoTrue auth API."),
@@ -510,6 +511,177 @@ fn table() -> Vec<R> {
         ),
     ]);
     routes
+}
+
+const FILE_QUERY: &[(&str, QueryType, &str)] = &[("path", QueryType::String, "Absolute, or relative to /home/user.")];
+const LIST_QUERY: &[(&str, QueryType, &str)] = &[
+    ("path", QueryType::String, "Absolute, or relative to /home/user."),
+    ("depth", QueryType::Integer(1, 32), "Levels to descend (default 1)."),
+];
+
+/// The sandbox API: lifecycle, exec and files of an env's sandboxes (secret key or platform keys).
+fn sandbox_routes() -> Vec<R> {
+    use EnvKeyAccess::Secret;
+    use Scope::Env;
+    let file_body_limit = axum::extract::DefaultBodyLimit::max(sandboxes::MAX_FILE_BYTES);
+    const SB: &str = "/v1/envs/{env}/sandboxes/{sandbox}";
+    vec![
+        r(
+            "POST",
+            "/v1/envs/{env}/sandboxes",
+            control("sandboxes:Create", Secret),
+            Env,
+            "Start a sandbox.",
+            Some("CreateSandboxRequest"),
+            (201, Some("SandboxRecord")),
+            post(sandboxes::create),
+        ),
+        r(
+            "GET",
+            "/v1/envs/{env}/sandboxes",
+            control("sandboxes:List", Secret),
+            Env,
+            "List the env's live sandboxes.",
+            None,
+            (200, Some("SandboxList")),
+            get(sandboxes::list),
+        ),
+        r(
+            "GET",
+            SB,
+            control("sandboxes:Get", Secret),
+            Env,
+            "Get a sandbox.",
+            None,
+            (200, Some("SandboxRecord")),
+            get(sandboxes::get),
+        ),
+        r(
+            "DELETE",
+            SB,
+            control("sandboxes:Kill", Secret),
+            Env,
+            "Kill a sandbox (its workspace, if named, stays).",
+            None,
+            (204, None),
+            delete(sandboxes::kill),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/sandboxes/{sandbox}/pause",
+            control("sandboxes:Pause", Secret),
+            Env,
+            "Freeze every process of a sandbox.",
+            None,
+            (200, Some("SandboxRecord")),
+            post(sandboxes::pause),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/sandboxes/{sandbox}/resume",
+            control("sandboxes:Resume", Secret),
+            Env,
+            "Thaw a paused sandbox.",
+            None,
+            (200, Some("SandboxRecord")),
+            post(sandboxes::resume),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/sandboxes/{sandbox}/timeout",
+            control("sandboxes:SetTimeout", Secret),
+            Env,
+            "Set the sandbox's remaining lifetime.",
+            Some("SetTimeoutRequest"),
+            (200, Some("SandboxRecord")),
+            post(sandboxes::set_timeout),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/sandboxes/{sandbox}/exec",
+            control("sandboxes:Exec", Secret),
+            Env,
+            "Run a command in a sandbox.",
+            Some("ExecRequest"),
+            (200, Some("ExecResult")),
+            post(sandboxes::exec),
+        ),
+        r(
+            "GET",
+            "/v1/envs/{env}/sandboxes/{sandbox}/files",
+            control("sandboxes:ReadFile", Secret),
+            Env,
+            "Download a file from a sandbox.",
+            None,
+            (200, None),
+            get(sandboxes::read_file),
+        )
+        .query(FILE_QUERY),
+        r(
+            "PUT",
+            "/v1/envs/{env}/sandboxes/{sandbox}/files",
+            control("sandboxes:WriteFile", Secret),
+            Env,
+            "Upload a file to a sandbox (the raw body; replaces it atomically).",
+            None,
+            (200, Some("FileEntry")),
+            put(sandboxes::write_file).layer(file_body_limit),
+        )
+        .query(FILE_QUERY),
+        r(
+            "DELETE",
+            "/v1/envs/{env}/sandboxes/{sandbox}/files",
+            control("sandboxes:DeleteFile", Secret),
+            Env,
+            "Remove a file or directory tree.",
+            None,
+            (204, None),
+            delete(sandboxes::remove_file),
+        )
+        .query(FILE_QUERY),
+        r(
+            "GET",
+            "/v1/envs/{env}/sandboxes/{sandbox}/files/list",
+            control("sandboxes:ListFiles", Secret),
+            Env,
+            "List a directory.",
+            None,
+            (200, Some("FileList")),
+            get(sandboxes::list_files),
+        )
+        .query(LIST_QUERY),
+        r(
+            "GET",
+            "/v1/envs/{env}/sandboxes/{sandbox}/files/stat",
+            control("sandboxes:ListFiles", Secret),
+            Env,
+            "Metadata of a file.",
+            None,
+            (200, Some("FileEntry")),
+            get(sandboxes::stat_file),
+        )
+        .query(FILE_QUERY),
+        r(
+            "POST",
+            "/v1/envs/{env}/sandboxes/{sandbox}/files/mkdir",
+            control("sandboxes:WriteFile", Secret),
+            Env,
+            "Create a directory (and its parents).",
+            Some("MakeDirRequest"),
+            (200, Some("FileEntry")),
+            post(sandboxes::make_dir),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/sandboxes/{sandbox}/files/move",
+            control("sandboxes:WriteFile", Secret),
+            Env,
+            "Move or rename a file.",
+            Some("MoveRequest"),
+            (200, Some("FileEntry")),
+            post(sandboxes::move_file),
+        ),
+    ]
 }
 
 /// The route table.

@@ -22,6 +22,13 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // The sandbox's own processes: dispatched before anything else starts (the agent confines itself
+    // while it is still single-threaded).
+    match std::env::args().nth(1).as_deref() {
+        Some(sandbox::AGENT_COMMAND) => return exit(sandbox::agent::run()),
+        Some(sandbox::LAUNCH_COMMAND) => return exit(sandbox::launch::run()),
+        _ => {}
+    }
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -40,4 +47,8 @@ fn main() -> std::process::ExitCode {
         },
         Command::Client(c) => runtime.block_on(cli::run(c)),
     }
+}
+
+fn exit(code: i32) -> std::process::ExitCode {
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -42,6 +42,12 @@ pub struct ServeArgs {
     /// Queue webhook deliveries without sending them (staging, maintenance, conformance runs).
     #[arg(long, env = "VIBEBASE_NO_WEBHOOK_DELIVERY")]
     no_webhook_delivery: bool,
+    /// Host uid (and gid) sandboxes run as; never 0.
+    #[arg(long, default_value_t = 100_000, env = "VIBEBASE_SANDBOX_UID")]
+    sandbox_uid: u32,
+    /// Host directory for sandbox sockets and mount points (default: /run/vibebase/<hash of data dir>).
+    #[arg(long, env = "VIBEBASE_SANDBOX_RUN_DIR")]
+    sandbox_run_dir: Option<PathBuf>,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"], env = "VIBEBASE_LOG_FORMAT")]
     log_format: String,
@@ -128,13 +134,39 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         metadata = if args.database_url.is_some() { "postgres" } else { "sqlite" },
         blobs = platform.blobs().describe(), "vibebase is serving"
     );
-    server::serve(listener, server::AppState::new(platform), shutdown_signal()).await.context("serve")?;
+    let sandboxes = start_sandboxes(&platform, &args, &data_dir);
+    let state = server::AppState::new(platform).with_sandboxes(sandboxes.clone());
+    server::serve(listener, state, shutdown_signal()).await.context("serve")?;
+    if let Ok(s) = &sandboxes {
+        tracing::info!("shutting down: killing sandboxes");
+        s.shutdown().await;
+    }
     tracing::info!("shutting down: flushing meters");
     let _ = stop_tx.send(true);
     for task in background {
         let _ = task.await;
     }
     Ok(())
+}
+
+/// The local sandbox backend, or why this host cannot run sandboxes (the rest of the platform serves
+/// either way; sandbox routes then answer 503 `sandboxes_unavailable`).
+fn start_sandboxes(platform: &Platform, args: &ServeArgs, data_dir: &Path) -> Result<sandbox::Sandboxes, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the vibebase executable: {e}"))?;
+    let run_root = args.sandbox_run_dir.clone().unwrap_or_else(|| sandbox::local::default_run_root(data_dir));
+    let backend = sandbox::local::LocalBackend::new(sandbox::local::host_config(exe, run_root, args.sandbox_uid))
+        .map_err(|e| e.to_string());
+    match backend {
+        Ok(b) => {
+            let s = sandbox::Sandboxes::new(platform.clone(), Arc::new(b), sandbox::SandboxDefaults::default());
+            tracing::info!(backend = %s.backend_name(), "sandboxes ready");
+            Ok(s)
+        }
+        Err(why) => {
+            tracing::warn!(%why, "sandboxes unavailable");
+            Err(why)
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -34,6 +34,8 @@ pub struct Harness {
     pub admin: String,
     pub clock: Arc<TestClock>,
     pub dir: tempfile::TempDir,
+    /// Real sandboxes (bubblewrap), or why this host has none.
+    pub sandboxes: Result<sandbox::Sandboxes, String>,
 }
 
 pub struct Resp {
@@ -48,6 +50,48 @@ fn unique(prefix: &str) -> String {
     let mut rng = rand::rngs::StdRng::from_os_rng();
     let s: String = (0..12).map(|_| char::from(b'a' + rng.random_range(0..26u8))).collect();
     format!("{prefix}{s}")
+}
+
+/// One bubblewrap backend per test process, driving the `vibebase` binary cargo built next to the
+/// test binaries (its hidden subcommands are the agent and the launcher).
+fn local_backend() -> Result<Arc<dyn sandbox::Backend>, String> {
+    static BACKEND: std::sync::OnceLock<Result<Arc<dyn sandbox::Backend>, String>> = std::sync::OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            sweep_dead_test_backends();
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let bin = exe.parent().and_then(|d| d.parent()).map(|d| d.join("vibebase")).ok_or("no target dir")?;
+            let run_root = std::path::PathBuf::from("/run/vibebase").join(format!("test-{}", std::process::id()));
+            sandbox::local::LocalBackend::new(sandbox::local::host_config(bin, run_root, 100_000))
+                .map(|b| Arc::new(b) as Arc<dyn sandbox::Backend>)
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+}
+
+/// Test processes exit without a shutdown; the next one removes what the dead ones left.
+fn sweep_dead_test_backends() {
+    let Ok(rd) = std::fs::read_dir("/run/vibebase") else { return };
+    for entry in rd.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("test-") else { continue };
+        if std::path::Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        let _ = std::fs::remove_dir_all(entry.path());
+        for controller in ["", "memory", "pids", "cpu", "cpuacct", "freezer"] {
+            let base = std::path::Path::new("/sys/fs/cgroup").join(controller).join("vibebase").join(&name);
+            if let Ok(envs) = std::fs::read_dir(&base) {
+                for env in envs.flatten() {
+                    if let Ok(sbs) = std::fs::read_dir(env.path()) {
+                        sbs.flatten().filter(|e| e.path().is_dir()).for_each(|sb| drop(std::fs::remove_dir(sb.path())));
+                    }
+                    let _ = std::fs::remove_dir(env.path());
+                }
+            }
+            let _ = std::fs::remove_dir(base);
+        }
+    }
 }
 
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
@@ -86,8 +130,14 @@ impl Harness {
         adjust(&mut config);
         let clock = Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc())));
         let platform = Platform::new(config, db, blobs, ADMIN_KEY, clock.clone(), Arc::new(OsEntropy));
-        let router = server::router(server::AppState::new(platform.clone()));
-        Self { platform, router, admin: ADMIN_KEY.to_owned(), clock, dir }
+        let sandboxes = local_backend().map(|backend| {
+            let defaults =
+                sandbox::SandboxDefaults { timeout: std::time::Duration::from_secs(120), ..Default::default() };
+            sandbox::Sandboxes::new(platform.clone(), backend, defaults)
+        });
+        let state = server::AppState::new(platform.clone()).with_sandboxes(sandboxes.clone());
+        let router = server::router(state);
+        Self { platform, router, admin: ADMIN_KEY.to_owned(), clock, dir, sandboxes }
     }
 
     /// Sends a request; `key` goes in `Authorization: Bearer`.

@@ -69,6 +69,8 @@ struct Fixture {
 
 struct World {
     h: Harness,
+    /// A live sandbox of env A (with `seed.txt` in its workspace), for the sandbox routes.
+    sandbox: String,
     creds: Vec<Option<String>>,
     a_key_to_revoke: String,
     webhook: String,
@@ -130,10 +132,35 @@ async fn world() -> World {
     ];
     World {
         h,
+        sandbox: String::new(),
         creds,
         a_key_to_revoke: target.json["id"].as_str().unwrap().to_owned(),
         webhook: webhook.json["id"].as_str().unwrap().to_owned(),
         principal: target_principal.json["id"].as_str().unwrap().to_owned(),
+    }
+}
+
+impl World {
+    /// Starts env A's sandbox when a route needs one.
+    async fn ensure_sandbox(&mut self, path: &str) {
+        if !path.contains("{sandbox}") || path.contains("/ports/") || !self.sandbox.is_empty() {
+            return;
+        }
+        let r = self
+            .h
+            .call("POST", "/v1/envs/tenant-a/sandboxes", Some(&self.h.admin), Some(json!({"timeout_seconds": 120})))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        self.sandbox = r.json["id"].as_str().unwrap().to_owned();
+        let path = format!("/v1/envs/tenant-a/sandboxes/{}/exec", self.sandbox);
+        let r = self.h.call("POST", &path, Some(&self.h.admin), Some(json!({"command": "touch seed.txt"}))).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+
+    async fn close(self) {
+        if let Ok(s) = &self.h.sandboxes {
+            s.kill_all().await;
+        }
     }
 }
 
@@ -212,6 +239,31 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
         ("GET", "/v1/webhooks/{webhook}/deliveries") => {
             f("platform", 200, format!("/v1/webhooks/{}/deliveries", w.webhook), None)
         }
+        ("POST", "/v1/envs/{env}/sandboxes") => {
+            f("env_tenant", 201, "/v1/envs/tenant-a/sandboxes".into(), Some(json!({"timeout_seconds": 60})))
+        }
+        ("GET", "/v1/envs/{env}/sandboxes") => f("env_tenant", 200, "/v1/envs/tenant-a/sandboxes".into(), None),
+        (_, p) if p.starts_with("/v1/envs/{env}/sandboxes/{sandbox}") => {
+            let sb = format!("/v1/envs/tenant-a/sandboxes/{}", w.sandbox);
+            let (ok, path, body) = match (method, &p["/v1/envs/{env}/sandboxes/{sandbox}".len()..]) {
+                ("GET", "") => (200, sb, None),
+                ("DELETE", "") => (204, sb, None),
+                ("POST", "/pause" | "/resume") => (200, format!("{sb}{}", &p[p.rfind('/').unwrap_or(0)..]), None),
+                ("POST", "/timeout") => (200, format!("{sb}/timeout"), Some(json!({"timeout_seconds": 60}))),
+                ("POST", "/exec") => (200, format!("{sb}/exec"), Some(json!({"command": "true"}))),
+                ("GET", "/files") => (200, format!("{sb}/files?path=seed.txt"), None),
+                ("PUT", "/files") => (200, format!("{sb}/files?path=new.txt"), Some(json!({}))),
+                ("DELETE", "/files") => (204, format!("{sb}/files?path=seed.txt"), None),
+                ("GET", "/files/list") => (200, format!("{sb}/files/list?path=/home/user"), None),
+                ("GET", "/files/stat") => (200, format!("{sb}/files/stat?path=seed.txt"), None),
+                ("POST", "/files/mkdir") => (200, format!("{sb}/files/mkdir"), Some(json!({"path": "d"}))),
+                ("POST", "/files/move") => {
+                    (200, format!("{sb}/files/move"), Some(json!({"from": "seed.txt", "to": "moved.txt"})))
+                }
+                _ => return None,
+            };
+            f("env_tenant", ok, path, body)
+        }
         // Data-plane surfaces are guarded now and answer 501 until their protocol lands.
         ("ANY", "/env/{env}/rest/v1/{*rest}") => f("data_any", 501, "/env/tenant-a/rest/v1/todos".into(), None),
         ("ANY", "/env/{env}/auth/v1/{*rest}") => f("data_any", 501, "/env/tenant-a/auth/v1/user".into(), None),
@@ -242,18 +294,20 @@ async fn cross_tenant_matrix_has_zero_leaks() {
     let mut shared = world().await;
     for spec in route_table() {
         let method = if spec.method == "ANY" { "GET" } else { spec.method };
+        shared.ensure_sandbox(spec.path).await;
         let Some(fx) = fixture(spec.method, spec.path, &shared) else {
             panic!("route {} {} has no fixture in the matrix: add one", spec.method, spec.path);
         };
         let want = expected(fx.class);
         for (i, cred) in CREDENTIALS.iter().enumerate() {
             // A mutation may change the world; give each mutating cell a fresh one.
-            let fresh;
+            let mut fresh = None;
             let w = if method == "GET" {
                 &shared
             } else {
-                fresh = world().await;
-                &fresh
+                let mut w = world().await;
+                w.ensure_sandbox(spec.path).await;
+                &*fresh.insert(w)
             };
             let fx = fixture(spec.method, spec.path, w).unwrap();
             let r = w.h.call(method, &fx.path, w.creds[i].as_deref(), fx.body.clone()).await;
@@ -270,11 +324,15 @@ async fn cross_tenant_matrix_has_zero_leaks() {
                 let a_pk = w.creds[2].as_deref().unwrap();
                 assert!(!r.text.contains(a_pk), "{method} {} as {cred} leaked A's key", fx.path);
             }
+            if let Some(w) = fresh {
+                w.close().await;
+            }
         }
         if method != "GET" {
-            shared = world().await;
+            std::mem::replace(&mut shared, world().await).close().await;
         }
     }
+    shared.close().await;
     assert!(failures.is_empty(), "{} of {cells} cells wrong:\n{}", failures.len(), failures.join("\n"));
     assert!(cells >= 11 * 40, "matrix too small: {cells}");
 }

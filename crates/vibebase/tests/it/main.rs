@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod sandbox;
+
 const BIN: &str = env!("CARGO_BIN_EXE_vibebase");
 
 struct Server {

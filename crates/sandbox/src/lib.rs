@@ -1,0 +1,112 @@
+//! Sandboxes: isolated, disposable workspaces for LLM-written code.
+//!
+//! - [`Backend`] / [`Instance`]: what a sandbox backend provides (start, pause, resume, usage, destroy,
+//!   and a way to reach the agent). [`local::LocalBackend`] is bubblewrap + cgroups on this host; a
+//!   Kubernetes backend (a pod per sandbox running the same agent) fits the same trait.
+//! - [`agent`]: the in-sandbox agent (hidden `vibebase __sandbox-agent`), confined by [`confine`].
+//! - [`launch`]: the root-side launcher (hidden `vibebase __sandbox-launch`).
+//! - [`proto`] / [`client`]: the agent protocol and the host's client.
+//! - [`manager::Sandboxes`]: the platform's registry: credentials, lifetimes, workspaces, metering.
+
+pub mod agent;
+pub mod cgroup;
+pub mod client;
+pub mod confine;
+pub mod launch;
+pub mod local;
+pub mod manager;
+pub mod proto;
+
+use async_trait::async_trait;
+
+pub use client::AgentClient;
+pub use manager::{SandboxDefaults, Sandboxes};
+
+/// The hidden subcommand that runs the agent inside a sandbox.
+pub const AGENT_COMMAND: &str = "__sandbox-agent";
+/// The hidden subcommand that launches a sandbox (run by the platform as root).
+pub const LAUNCH_COMMAND: &str = "__sandbox-launch";
+
+/// What can go wrong with a sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// No live sandbox with this id in this env.
+    #[error("sandbox not found")]
+    NotFound,
+    /// The named workspace is mounted in another live sandbox.
+    #[error("workspace {0} is in use by another sandbox")]
+    WorkspaceBusy(String),
+    /// The request is malformed or out of range.
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    /// This host cannot run sandboxes (no bubblewrap, no cgroups, …).
+    #[error("sandboxes are unavailable on this host: {0}")]
+    Unavailable(String),
+    /// The sandbox could not be started or torn down.
+    #[error("sandbox start failed: {0}")]
+    Start(String),
+    /// The agent reported an error (file not found, permission denied, …).
+    #[error(transparent)]
+    Agent(proto::AgentError),
+    /// The agent stopped answering (the sandbox died or was killed).
+    #[error("the sandbox's agent is gone: {0}")]
+    AgentLost(String),
+    /// The sandbox is paused; resume it first.
+    #[error("the sandbox is paused")]
+    Paused,
+    /// Too many live sandboxes.
+    #[error("too many sandboxes (limit {0})")]
+    TooMany(usize),
+    /// The platform (credentials, ledger) failed.
+    #[error(transparent)]
+    Platform(#[from] platform::PlatformError),
+}
+
+/// What a backend needs to start one sandbox.
+#[derive(Debug, Clone)]
+pub struct StartPlan {
+    pub id: String,
+    pub env: protocol::EnvId,
+    pub memory_bytes: u64,
+    pub max_processes: u64,
+    pub cpu_percent: u32,
+    pub disk_bytes: u64,
+    /// The persistent workspace's image file, or `None` for a disposable workspace.
+    pub workspace_image: Option<std::path::PathBuf>,
+    pub env_vars: std::collections::BTreeMap<String, String>,
+}
+
+/// Resource use of a sandbox so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub cpu_us: u64,
+    pub memory_bytes: u64,
+    /// Forks refused by the process limit.
+    pub pids_refused: u64,
+    /// Processes killed by the memory limit.
+    pub oom_kills: u64,
+}
+
+/// A sandbox backend.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// For records and logs, e.g. `bubblewrap/cgroup-v1`.
+    fn name(&self) -> String;
+    /// Starts a sandbox and returns once its agent answers.
+    async fn start(&self, plan: StartPlan) -> Result<Box<dyn Instance>, SandboxError>;
+    /// Releases what the backend holds beyond its sandboxes (called after every sandbox is gone).
+    async fn shutdown(&self) {}
+}
+
+/// One running sandbox, as its backend manages it.
+#[async_trait]
+pub trait Instance: Send + Sync {
+    fn agent(&self) -> AgentClient;
+    async fn pause(&self) -> Result<(), SandboxError>;
+    async fn resume(&self) -> Result<(), SandboxError>;
+    fn usage(&self) -> Usage;
+    /// Whether the sandbox's processes are still there.
+    async fn alive(&self) -> bool;
+    /// Kills everything and releases every host resource; retried until done.
+    async fn destroy(&self) -> Result<(), SandboxError>;
+}

@@ -1,0 +1,434 @@
+//! The platform's sandbox registry: creates sandboxes with their minted credentials, enforces
+//! lifetimes and idle timeouts, lends out workspaces one sandbox at a time, and meters usage.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use platform::{Actor, Platform};
+use protocol::EnvId;
+use protocol::api::{MintTokenRequest, UsageEventInput};
+use protocol::sandbox::{CreateSandboxRequest, MAX_SANDBOX_SECONDS, SandboxRecord, SandboxState};
+
+use crate::{AgentClient, Backend, Instance, SandboxError, StartPlan};
+
+/// Defaults and ceilings for new sandboxes.
+#[derive(Debug, Clone)]
+pub struct SandboxDefaults {
+    pub timeout: Duration,
+    pub memory_mb: u64,
+    pub max_processes: u64,
+    pub cpu_percent: u32,
+    pub disk_mb: u64,
+    /// Live sandboxes on this instance, all envs together.
+    pub max_live: usize,
+}
+
+impl Default for SandboxDefaults {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(300),
+            memory_mb: 512,
+            max_processes: 256,
+            cpu_percent: 100,
+            disk_mb: 1024,
+            max_live: 2000,
+        }
+    }
+}
+
+struct Live {
+    record: Mutex<SandboxRecord>,
+    instance: Box<dyn Instance>,
+    deadline: Mutex<Instant>,
+    idle: Option<Duration>,
+    last_used: Mutex<Instant>,
+    token_id: String,
+    /// Memory integrated over time, in MiB·ms.
+    mem_mb_ms: AtomicU64,
+}
+
+struct Inner {
+    platform: Platform,
+    backend: Arc<dyn Backend>,
+    defaults: SandboxDefaults,
+    live: Mutex<HashMap<String, Arc<Live>>>,
+    /// (env, workspace) pairs mounted in a live sandbox.
+    busy: Mutex<HashSet<(String, String)>>,
+}
+
+/// The sandboxes of this platform instance.
+#[derive(Clone)]
+pub struct Sandboxes {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn invalid(code: &'static str, message: impl Into<String>) -> SandboxError {
+    SandboxError::Invalid { code, message: message.into() }
+}
+
+fn now_rfc3339() -> String {
+    rfc3339_in(Duration::ZERO)
+}
+
+fn rfc3339_in(d: Duration) -> String {
+    let ms =
+        SystemTime::now().checked_add(d).and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis());
+    platform::runtime::rfc3339(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
+fn valid_workspace(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn valid_env_var(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 256
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+impl Sandboxes {
+    /// Creates the registry and its supervisor (lifetimes, idle timeouts, usage sampling).
+    pub fn new(platform: Platform, backend: Arc<dyn Backend>, defaults: SandboxDefaults) -> Self {
+        let inner = Arc::new(Inner { platform, backend, defaults, live: Mutex::default(), busy: Mutex::default() });
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            let tick = Duration::from_millis(500);
+            loop {
+                tokio::time::sleep(tick).await;
+                let Some(inner) = weak.upgrade() else { return };
+                Sandboxes { inner }.supervise(tick).await;
+            }
+        });
+        Self { inner }
+    }
+
+    pub fn backend_name(&self) -> String {
+        self.inner.backend.name()
+    }
+
+    async fn supervise(&self, tick: Duration) {
+        let now = Instant::now();
+        let live: Vec<(String, Arc<Live>)> =
+            lock(&self.inner.live).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (id, sb) in live {
+            let mb = sb.instance.usage().memory_bytes / (1024 * 1024);
+            sb.mem_mb_ms.fetch_add(mb * tick.as_millis() as u64, Ordering::Relaxed);
+            let expired = *lock(&sb.deadline) <= now;
+            let idle = sb.idle.is_some_and(|i| lock(&sb.last_used).elapsed() >= i);
+            let dead = !sb.instance.alive().await;
+            if expired || idle || dead {
+                let reason = if expired {
+                    "lifetime"
+                } else if idle {
+                    "idle"
+                } else {
+                    "exited"
+                };
+                tracing::info!(sandbox = %id, reason, "ending sandbox");
+                let env = lock(&sb.record).env.clone();
+                if let Ok(env) = EnvId::parse(&env) {
+                    let _ = self.kill(&env, &id).await;
+                }
+            }
+        }
+    }
+
+    /// Starts a sandbox for `env`.
+    pub async fn create(
+        &self,
+        actor: &Actor,
+        env: &EnvId,
+        req: CreateSandboxRequest,
+    ) -> Result<SandboxRecord, SandboxError> {
+        let d = &self.inner.defaults;
+        let timeout = req.timeout_seconds.map_or(d.timeout, Duration::from_secs);
+        if timeout.is_zero() || timeout.as_secs() > MAX_SANDBOX_SECONDS {
+            return Err(invalid("invalid_timeout", format!("timeout_seconds must be 1..={MAX_SANDBOX_SECONDS}")));
+        }
+        let idle = req.idle_timeout_seconds.map(Duration::from_secs);
+        if idle.is_some_and(|i| i.is_zero() || i.as_secs() > MAX_SANDBOX_SECONDS) {
+            return Err(invalid("invalid_timeout", format!("idle_timeout_seconds must be 1..={MAX_SANDBOX_SECONDS}")));
+        }
+        let memory_mb = req.memory_mb.unwrap_or(d.memory_mb);
+        let max_processes = req.max_processes.unwrap_or(d.max_processes);
+        let cpu_percent = req.cpu_percent.unwrap_or(d.cpu_percent);
+        let disk_mb = req.disk_mb.unwrap_or(d.disk_mb);
+        if !(16..=16384).contains(&memory_mb) {
+            return Err(invalid("invalid_limits", "memory_mb must be 16..=16384"));
+        }
+        if !(8..=4096).contains(&max_processes) {
+            return Err(invalid("invalid_limits", "max_processes must be 8..=4096"));
+        }
+        if !(1..=800).contains(&cpu_percent) {
+            return Err(invalid("invalid_limits", "cpu_percent must be 1..=800"));
+        }
+        if !(4..=65536).contains(&disk_mb) {
+            return Err(invalid("invalid_limits", "disk_mb must be 4..=65536"));
+        }
+        if let Some(w) = &req.workspace
+            && !valid_workspace(w)
+        {
+            return Err(invalid("invalid_workspace", "workspace names are 1..=63 of a-z, 0-9, '-', '_'"));
+        }
+        if let Some(s) = &req.session
+            && (s.is_empty() || s.len() > 128)
+        {
+            return Err(invalid("invalid_session", "session must be 1..=128 characters"));
+        }
+        if req.env_vars.len() > 256
+            || req.env_vars.iter().any(|(k, v)| !valid_env_var(k) || v.contains('\0') || v.len() > 32768)
+        {
+            return Err(invalid(
+                "invalid_env_vars",
+                "environment variable names are [A-Za-z_][A-Za-z0-9_]*, values without NUL",
+            ));
+        }
+        if req.env_vars.keys().any(|k| k.starts_with("VIBEBASE_")) {
+            return Err(invalid("invalid_env_vars", "VIBEBASE_* variables are set by the platform"));
+        }
+        if req.metadata.len() > 64 || req.metadata.iter().any(|(k, v)| k.len() > 128 || v.len() > 1024) {
+            return Err(invalid("invalid_metadata", "at most 64 metadata entries (keys ≤ 128, values ≤ 1024 bytes)"));
+        }
+        if lock(&self.inner.live).len() >= d.max_live {
+            return Err(SandboxError::TooMany(d.max_live));
+        }
+        let busy_key = req.workspace.as_ref().map(|w| (env.to_string(), w.clone()));
+        if let Some(k) = &busy_key
+            && !lock(&self.inner.busy).insert(k.clone())
+        {
+            return Err(SandboxError::WorkspaceBusy(k.1.clone()));
+        }
+        let result = self.start(actor, env, req, timeout, idle, (memory_mb, max_processes, cpu_percent, disk_mb)).await;
+        if result.is_err()
+            && let Some(k) = &busy_key
+        {
+            lock(&self.inner.busy).remove(k);
+        }
+        result
+    }
+
+    async fn start(
+        &self,
+        actor: &Actor,
+        env: &EnvId,
+        req: CreateSandboxRequest,
+        timeout: Duration,
+        idle: Option<Duration>,
+        (memory_mb, max_processes, cpu_percent, disk_mb): (u64, u64, u32, u64),
+    ) -> Result<SandboxRecord, SandboxError> {
+        let platform = &self.inner.platform;
+        let id = format!("sb{}", platform.random_id(14).to_ascii_lowercase());
+        // The sandbox's only credential: scoped to its env (and session), dead when the sandbox ends.
+        let token = platform
+            .mint_token(
+                actor,
+                env,
+                MintTokenRequest {
+                    ttl_seconds: (timeout.as_secs() + 60).min(MAX_SANDBOX_SECONDS),
+                    session: req.session.clone(),
+                    actions: Vec::new(),
+                    holder: Some(format!("sandbox:{id}")),
+                },
+            )
+            .await?;
+        let urls = platform.env_urls(env);
+        let mut env_vars: BTreeMap<String, String> = req.env_vars.clone();
+        env_vars.insert("VIBEBASE_ENV".to_owned(), env.to_string());
+        env_vars.insert("VIBEBASE_SANDBOX_ID".to_owned(), id.clone());
+        env_vars.insert("VIBEBASE_API_URL".to_owned(), urls.api.clone());
+        env_vars.insert("VIBEBASE_LLM_URL".to_owned(), urls.llm.clone());
+        env_vars.insert("VIBEBASE_TOKEN".to_owned(), token.token.clone());
+        let workspace_image = req.workspace.as_ref().map(|w| workspace_image(platform, env, w));
+        let plan = StartPlan {
+            id: id.clone(),
+            env: env.clone(),
+            memory_bytes: memory_mb * 1024 * 1024,
+            max_processes,
+            cpu_percent,
+            disk_bytes: disk_mb * 1024 * 1024,
+            workspace_image,
+            env_vars,
+        };
+        let instance = match self.inner.backend.start(plan).await {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = platform.revoke_key(actor, env, &token.id).await;
+                return Err(e);
+            }
+        };
+        let record = SandboxRecord {
+            id: id.clone(),
+            env: env.to_string(),
+            state: SandboxState::Running,
+            workspace: req.workspace,
+            session: req.session,
+            started_at: now_rfc3339(),
+            expires_at: rfc3339_in(timeout),
+            memory_mb,
+            max_processes,
+            cpu_percent,
+            disk_mb,
+            metadata: req.metadata,
+            backend: self.inner.backend.name(),
+        };
+        let live = Arc::new(Live {
+            record: Mutex::new(record.clone()),
+            instance,
+            deadline: Mutex::new(Instant::now() + timeout),
+            idle,
+            last_used: Mutex::new(Instant::now()),
+            token_id: token.id,
+            mem_mb_ms: AtomicU64::new(0),
+        });
+        lock(&self.inner.live).insert(id, live);
+        Ok(record)
+    }
+
+    fn find(&self, env: &EnvId, id: &str) -> Result<Arc<Live>, SandboxError> {
+        let sb = lock(&self.inner.live).get(id).cloned().ok_or(SandboxError::NotFound)?;
+        // Another env's sandbox is indistinguishable from a missing one.
+        if lock(&sb.record).env != env.as_str() {
+            return Err(SandboxError::NotFound);
+        }
+        Ok(sb)
+    }
+
+    pub fn get(&self, env: &EnvId, id: &str) -> Result<SandboxRecord, SandboxError> {
+        Ok(lock(&self.find(env, id)?.record).clone())
+    }
+
+    pub fn list(&self, env: &EnvId) -> Vec<SandboxRecord> {
+        let mut out: Vec<SandboxRecord> = lock(&self.inner.live)
+            .values()
+            .map(|sb| lock(&sb.record).clone())
+            .filter(|r| r.env == env.as_str())
+            .collect();
+        out.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+        out
+    }
+
+    /// The agent of a running sandbox, for an API call (which counts as activity).
+    pub fn agent(&self, env: &EnvId, id: &str) -> Result<AgentClient, SandboxError> {
+        let sb = self.find(env, id)?;
+        if lock(&sb.record).state == SandboxState::Paused {
+            return Err(SandboxError::Paused);
+        }
+        *lock(&sb.last_used) = Instant::now();
+        Ok(sb.instance.agent())
+    }
+
+    /// Resource use so far (for tests and the API).
+    pub fn usage(&self, env: &EnvId, id: &str) -> Result<crate::Usage, SandboxError> {
+        Ok(self.find(env, id)?.instance.usage())
+    }
+
+    pub async fn pause(&self, env: &EnvId, id: &str) -> Result<SandboxRecord, SandboxError> {
+        let sb = self.find(env, id)?;
+        sb.instance.pause().await?;
+        let mut r = lock(&sb.record);
+        r.state = SandboxState::Paused;
+        Ok(r.clone())
+    }
+
+    pub async fn resume(&self, env: &EnvId, id: &str) -> Result<SandboxRecord, SandboxError> {
+        let sb = self.find(env, id)?;
+        sb.instance.resume().await?;
+        *lock(&sb.last_used) = Instant::now();
+        let mut r = lock(&sb.record);
+        r.state = SandboxState::Running;
+        Ok(r.clone())
+    }
+
+    /// The sandbox now lives `timeout` from now.
+    pub fn set_timeout(&self, env: &EnvId, id: &str, timeout: Duration) -> Result<SandboxRecord, SandboxError> {
+        if timeout.is_zero() || timeout.as_secs() > MAX_SANDBOX_SECONDS {
+            return Err(invalid("invalid_timeout", format!("timeout_seconds must be 1..={MAX_SANDBOX_SECONDS}")));
+        }
+        let sb = self.find(env, id)?;
+        *lock(&sb.deadline) = Instant::now() + timeout;
+        *lock(&sb.last_used) = Instant::now();
+        let mut r = lock(&sb.record);
+        r.expires_at = rfc3339_in(timeout);
+        Ok(r.clone())
+    }
+
+    /// Kills a sandbox: its processes, its host resources, its token; then meters its usage.
+    pub async fn kill(&self, env: &EnvId, id: &str) -> Result<(), SandboxError> {
+        let sb = self.find(env, id)?;
+        // Whoever removes it from the registry does the teardown, exactly once.
+        if lock(&self.inner.live).remove(id).is_none() {
+            return Ok(());
+        }
+        let usage = sb.instance.usage();
+        let destroyed = sb.instance.destroy().await;
+        let record = lock(&sb.record).clone();
+        if let Some(w) = &record.workspace {
+            lock(&self.inner.busy).remove(&(record.env.clone(), w.clone()));
+        }
+        let platform = &self.inner.platform;
+        let actor = Actor { name: "platform:sandboxes".to_owned(), request_id: String::new() };
+        if let Err(e) = platform.revoke_key(&actor, env, &sb.token_id).await {
+            tracing::warn!(sandbox = %id, error = %e, "could not revoke the sandbox token");
+        }
+        let mut dimensions = BTreeMap::new();
+        if let Some(s) = &record.session {
+            dimensions.insert("session".to_owned(), s.clone());
+        }
+        let mem_mb_s = sb.mem_mb_ms.load(Ordering::Relaxed) / 1000;
+        for (meter, quantity) in [("sandbox_cpu_ms", usage.cpu_us / 1000), ("sandbox_mem_mb_s", mem_mb_s)] {
+            let event = UsageEventInput {
+                meter: meter.to_owned(),
+                quantity: i64::try_from(quantity).unwrap_or(i64::MAX),
+                source: "sandbox".to_owned(),
+                event_id: format!("{id}:{meter}"),
+                at: None,
+                dimensions: dimensions.clone(),
+            };
+            if let Err(e) = platform.record_usage(env, event).await {
+                tracing::warn!(sandbox = %id, error = %e, "could not record sandbox usage");
+            }
+        }
+        destroyed
+    }
+
+    /// Kills every sandbox of an env (the env is being deleted).
+    pub async fn kill_env(&self, env: &EnvId) {
+        let ids: Vec<String> = self.list(env).into_iter().map(|r| r.id).collect();
+        for id in ids {
+            if let Err(e) = self.kill(env, &id).await {
+                tracing::warn!(sandbox = %id, error = %e, "teardown of a sandbox of a deleted env failed");
+            }
+        }
+    }
+
+    /// Kills every sandbox of this registry.
+    pub async fn kill_all(&self) {
+        let all: Vec<(String, String)> =
+            lock(&self.inner.live).iter().map(|(id, sb)| (lock(&sb.record).env.clone(), id.clone())).collect();
+        for (env, id) in all {
+            if let Ok(env) = EnvId::parse(&env) {
+                let _ = self.kill(&env, &id).await;
+            }
+        }
+    }
+
+    /// Kills every sandbox and releases the backend (the platform is stopping).
+    pub async fn shutdown(&self) {
+        self.kill_all().await;
+        self.inner.backend.shutdown().await;
+    }
+}
+
+/// Where a named workspace's image lives: in the env's data directory, so deleting the env deletes it.
+fn workspace_image(platform: &Platform, env: &EnvId, name: &str) -> std::path::PathBuf {
+    platform.layout(env).data_dir.join("workspaces").join(format!("{name}.img"))
+}
