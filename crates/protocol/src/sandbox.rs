@@ -80,6 +80,9 @@ pub struct SandboxRecord {
     pub metadata: BTreeMap<String, String>,
     /// The local backend's isolation (`bubblewrap`), and the cgroup version it uses.
     pub backend: String,
+    /// The key of this sandbox's envd API (E2B's `envdAccessToken`, sent as `X-Access-Token`); it
+    /// works on this sandbox only and dies with it.
+    pub envd_access_token: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -13,6 +13,16 @@ use protocol::sandbox::{CreateSandboxRequest, MAX_SANDBOX_SECONDS, SandboxRecord
 
 use crate::{AgentClient, Backend, Instance, SandboxError, StartPlan};
 
+/// What a sandbox's own token may do: the env's data plane, not sandboxes or MCP.
+pub const HANDS_ACTIONS: &[&str] = &["db:*", "auth:*", "storage:*", "functions:*", "llm:*", "site:*"];
+/// The action of the envd API (E2B's in-sandbox API).
+pub const ENVD_ACTION: &str = "sandboxes:Envd";
+
+/// The holder of the envd access token of sandbox `id`: a token so held works on that sandbox only.
+pub fn envd_holder(id: &str) -> String {
+    format!("envd:{id}")
+}
+
 /// Defaults and ceilings for new sandboxes.
 #[derive(Debug, Clone)]
 pub struct SandboxDefaults {
@@ -44,6 +54,9 @@ struct Live {
     deadline: Mutex<Instant>,
     idle: Option<Duration>,
     last_used: Mutex<Instant>,
+    /// The sandbox's own token, revoked when it ends. (The envd access token is the caller's, bound
+    /// to this sandbox id, which is never reused; it expires with the lifetime, so a client asking
+    /// after the end learns that the sandbox is gone rather than that its key is.)
     token_id: String,
     /// Memory integrated over time, in MiB·ms.
     mem_mb_ms: AtomicU64,
@@ -227,19 +240,41 @@ impl Sandboxes {
     ) -> Result<SandboxRecord, SandboxError> {
         let platform = &self.inner.platform;
         let id = format!("sb{}", platform.random_id(14).to_ascii_lowercase());
+        let ttl_seconds = (timeout.as_secs() + 60).min(MAX_SANDBOX_SECONDS);
         // The sandbox's only credential: scoped to its env (and session), dead when the sandbox ends.
+        // It reaches the env's data plane, never sandboxes (the hands do not start more hands).
         let token = platform
             .mint_token(
                 actor,
                 env,
                 MintTokenRequest {
-                    ttl_seconds: (timeout.as_secs() + 60).min(MAX_SANDBOX_SECONDS),
+                    ttl_seconds,
                     session: req.session.clone(),
-                    actions: Vec::new(),
+                    actions: HANDS_ACTIONS.iter().map(|a| (*a).to_owned()).collect(),
                     holder: Some(format!("sandbox:{id}")),
                 },
             )
             .await?;
+        // The caller's key for this sandbox's envd API (E2B's `envdAccessToken`), bound to it.
+        let envd = platform
+            .mint_token(
+                actor,
+                env,
+                MintTokenRequest {
+                    ttl_seconds,
+                    session: req.session.clone(),
+                    actions: vec![ENVD_ACTION.to_owned()],
+                    holder: Some(envd_holder(&id)),
+                },
+            )
+            .await;
+        let envd = match envd {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = platform.revoke_key(actor, env, &token.id).await;
+                return Err(e.into());
+            }
+        };
         let urls = platform.env_urls(env);
         let mut env_vars: BTreeMap<String, String> = req.env_vars.clone();
         env_vars.insert("VIBEBASE_ENV".to_owned(), env.to_string());
@@ -262,6 +297,7 @@ impl Sandboxes {
             Ok(i) => i,
             Err(e) => {
                 let _ = platform.revoke_key(actor, env, &token.id).await;
+                let _ = platform.revoke_key(actor, env, &envd.id).await;
                 return Err(e);
             }
         };
@@ -279,6 +315,7 @@ impl Sandboxes {
             disk_mb,
             metadata: req.metadata,
             backend: self.inner.backend.name(),
+            envd_access_token: envd.token,
         };
         let live = Arc::new(Live {
             record: Mutex::new(record.clone()),

@@ -62,7 +62,8 @@ pub(crate) fn denial(d: Denial) -> ApiError {
 }
 
 /// The credential a request presents. The `/v1` API takes `Authorization: Bearer`; data-plane surfaces
-/// also take the header their clients send (`apikey` for supabase-js, `x-api-key` for Anthropic and E2B).
+/// also take the header their clients send (`apikey` for supabase-js, `x-api-key` for Anthropic and E2B,
+/// `x-access-token` for E2B's envd).
 fn presented_credential(headers: &HeaderMap, plane: Plane) -> Result<&str, ApiError> {
     let header = |name: &str| headers.get(name).map(|v| v.to_str().map_err(|_| invalid_key()));
     let bearer = headers.get(http::header::AUTHORIZATION).map(|v| {
@@ -73,7 +74,7 @@ fn presented_credential(headers: &HeaderMap, plane: Plane) -> Result<&str, ApiEr
             .ok_or_else(invalid_key)
     });
     let found = match plane {
-        Plane::Data => header("apikey").or_else(|| header("x-api-key")).or(bearer),
+        Plane::Data => header("apikey").or_else(|| header("x-api-key")).or_else(|| header("x-access-token")).or(bearer),
         _ => bearer,
     };
     match found {

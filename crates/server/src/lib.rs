@@ -2,6 +2,7 @@
 //! authorization path ([`gate`]), and the mapping of errors to each surface's wire shape.
 
 pub mod address;
+pub mod e2b;
 pub mod error;
 pub mod extract;
 pub mod gate;

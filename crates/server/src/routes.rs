@@ -153,6 +153,14 @@ fn surface(
     }
 }
 
+/// A surface whose protocol is built: same access rule, real handler.
+fn built(mut r: R, handler: MethodRouter<AppState>) -> R {
+    r.spec.built = true;
+    r.spec.response = (200, None);
+    r.handler = handler;
+    r
+}
+
 fn table() -> Vec<R> {
     use EnvKeyAccess::{Any, None as Platform, Secret, SecretOrMinted};
     use Scope::{Env, PerEnv, Platform as Plat, Public};
@@ -478,12 +486,19 @@ fn table() -> Vec<R> {
             SecretOrMinted,
             "Model gateway (OpenAI and Anthropic APIs).",
         ),
-        surface(
-            "/env/{env}/e2b/{*rest}",
-            Surface::E2b,
-            "sandboxes:Request",
-            SecretOrMinted,
-            "E2B control plane and envd.",
+        built(
+            surface("/env/{env}/e2b/{*rest}", Surface::E2b, "sandboxes:Request", SecretOrMinted, "E2B control plane."),
+            any(crate::e2b::control),
+        ),
+        built(
+            surface(
+                "/env/{env}/e2b/envd/{*rest}",
+                Surface::E2b,
+                sandbox::manager::ENVD_ACTION,
+                SecretOrMinted,
+                "E2B envd (Connect RPC) of the sandbox named by E2b-Sandbox-Id.",
+            ),
+            any(crate::e2b::envd),
         ),
         surface("/env/{env}/mcp", Surface::Mcp, "mcp:Request", Secret, "MCP (streamable HTTP)."),
         R {

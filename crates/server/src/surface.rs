@@ -55,6 +55,10 @@ impl Surface {
                 "message": message,
                 "code": code,
             }),
+            // envd's RPC methods answer as Connect does, so the SDK's Connect client reads the code.
+            Self::E2b if path.contains(".Process/") || path.contains(".Filesystem/") => {
+                json!({"code": crate::e2b::connect_code(status), "message": message})
+            }
             Self::Functions | Self::E2b => json!({"code": status.as_u16(), "error_code": code, "message": message}),
             Self::Llm if path.contains("/messages") => json!({
                 "type": "error",

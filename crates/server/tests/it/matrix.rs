@@ -65,6 +65,8 @@ struct Fixture {
     ok: u16,
     path: String,
     body: Option<Value>,
+    /// Extra request headers (E2B's envd names its sandbox in one).
+    headers: Vec<(&'static str, String)>,
 }
 
 struct World {
@@ -143,7 +145,8 @@ async fn world() -> World {
 impl World {
     /// Starts env A's sandbox when a route needs one.
     async fn ensure_sandbox(&mut self, path: &str) {
-        if !path.contains("{sandbox}") || path.contains("/ports/") || !self.sandbox.is_empty() {
+        let needs = (path.contains("{sandbox}") && !path.contains("/ports/")) || path.contains("/envd/");
+        if !needs || !self.sandbox.is_empty() {
             return;
         }
         let r = self
@@ -166,7 +169,7 @@ impl World {
 
 /// The fixture of a route. Adding a route to the table without adding it here fails the test.
 fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
-    let f = |class, ok, path: String, body| Some(Fixture { class, ok, path, body });
+    let f = |class, ok, path: String, body| Some(Fixture { class, ok, path, body, headers: Vec::new() });
     match (method, path) {
         ("GET", "/healthz") => f("public", 200, "/healthz".into(), None),
         ("GET", "/metrics") => f("public", 200, "/metrics".into(), None),
@@ -272,7 +275,14 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
             f("data_any", 501, "/env/tenant-a/functions/v1/hello".into(), None)
         }
         ("ANY", "/env/{env}/llm/v1/{*rest}") => f("data_hands", 501, "/env/tenant-a/llm/v1/models".into(), None),
-        ("ANY", "/env/{env}/e2b/{*rest}") => f("data_hands", 501, "/env/tenant-a/e2b/sandboxes".into(), None),
+        ("ANY", "/env/{env}/e2b/{*rest}") => f("data_hands", 200, "/env/tenant-a/e2b/sandboxes".into(), None),
+        ("ANY", "/env/{env}/e2b/envd/{*rest}") => Some(Fixture {
+            class: "data_hands",
+            ok: 204,
+            path: "/env/tenant-a/e2b/envd/health".into(),
+            body: None,
+            headers: vec![("e2b-sandbox-id", w.sandbox.clone())],
+        }),
         ("ANY", "/env/{env}/mcp") => f("data_secret", 501, "/env/tenant-a/mcp".into(), None),
         ("POST", "/v1/envs/{env}/agent") => f("data_secret", 501, "/v1/envs/tenant-a/agent".into(), Some(json!({}))),
         ("ANY", "/env/{env}/site/{*rest}") => f("public", 501, "/env/tenant-a/site/index.html".into(), None),
@@ -310,7 +320,11 @@ async fn cross_tenant_matrix_has_zero_leaks() {
                 &*fresh.insert(w)
             };
             let fx = fixture(spec.method, spec.path, w).unwrap();
-            let r = w.h.call(method, &fx.path, w.creds[i].as_deref(), fx.body.clone()).await;
+            let mut headers = fx.headers.clone();
+            if let Some(c) = w.creds[i].as_deref() {
+                headers.push(("authorization", format!("Bearer {c}")));
+            }
+            let r = w.h.send(method, &fx.path, &headers, fx.body.as_ref().map(Value::to_string)).await;
             cells += 1;
             let expect = match want[i] {
                 Want::Ok => fx.ok,

@@ -198,13 +198,17 @@ fn sandbox_lifecycle_exec_files_and_usage() {
         lab.call("POST", &format!("/v1/envs/lab/sandboxes/{sb}/timeout"), Some(json!({"timeout_seconds": 600})));
     assert!(t["expires_at"].as_str().unwrap() > rec["expires_at"].as_str().unwrap());
     lab.exec_ok(&sb, "python3 -c 'sum(range(3_000_000))'");
+    let own_token = lab.exec_ok(&sb, "printenv VIBEBASE_TOKEN").trim().to_owned();
+    let probe = |token: &str| {
+        let url = format!("{}/env/lab/llm/v1/models", lab.server.url);
+        lab.http.get(url).header("x-api-key", token).send().unwrap().status().as_u16()
+    };
+    assert_ne!(probe(&own_token), 401, "positive control: the token works while the sandbox lives");
     let (status, _) = lab.call("DELETE", &format!("/v1/envs/lab/sandboxes/{sb}"), None);
     assert_eq!(status, 204);
     let (status, _) = lab.call("GET", &format!("/v1/envs/lab/sandboxes/{sb}"), None);
     assert_eq!(status, 404);
-    let (_, keys) = lab.call("GET", "/v1/envs/lab/keys", None);
-    let token = keys["items"].as_array().unwrap().iter().find(|k| k["kind"] == "minted").unwrap().clone();
-    assert!(token["revoked_at"].is_string(), "{token}");
+    assert_eq!(probe(&own_token), 401, "the sandbox's token outlived it");
     let (_, usage) = lab.call("GET", "/v1/envs/lab/usage", None);
     let cpu = usage["totals"].as_array().unwrap().iter().find(|t| t["meter"] == "sandbox_cpu_ms");
     assert!(cpu.is_some_and(|t| t["quantity"].as_i64().unwrap() > 0), "{usage}");
