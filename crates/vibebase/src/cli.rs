@@ -77,6 +77,13 @@ pub enum ClientCommand {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Run and manage an env's sandboxes.
+    Sandbox {
+        #[command(subcommand)]
+        command: SandboxCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Show an env's audit log.
     Audit {
         #[arg(long)]
@@ -108,6 +115,101 @@ pub enum EnvCommand {
     Suspend { id: String },
     /// Resume a suspended environment.
     Resume { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SandboxCommand {
+    /// Start a sandbox (prints its id).
+    Create {
+        #[arg(long)]
+        env: String,
+        /// Mount this persistent workspace (created on first use).
+        #[arg(long)]
+        workspace: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        #[arg(long)]
+        memory_mb: Option<u64>,
+        #[arg(long)]
+        disk_mb: Option<u64>,
+        #[arg(long)]
+        cpu_percent: Option<u32>,
+        /// Environment variable `NAME=VALUE` of every process. Repeatable.
+        #[arg(long = "var")]
+        vars: Vec<String>,
+    },
+    /// List the env's live sandboxes.
+    List {
+        #[arg(long)]
+        env: String,
+    },
+    /// Show a sandbox.
+    Get {
+        #[arg(long)]
+        env: String,
+        id: String,
+    },
+    /// Kill a sandbox.
+    Kill {
+        #[arg(long)]
+        env: String,
+        id: String,
+    },
+    /// Freeze a sandbox.
+    Pause {
+        #[arg(long)]
+        env: String,
+        id: String,
+    },
+    /// Thaw a paused sandbox.
+    Resume {
+        #[arg(long)]
+        env: String,
+        id: String,
+    },
+    /// Let a sandbox live this many seconds from now.
+    Timeout {
+        #[arg(long)]
+        env: String,
+        id: String,
+        seconds: u64,
+    },
+    /// Run a shell command; prints its output and exits with its exit code.
+    Exec {
+        #[arg(long)]
+        env: String,
+        id: String,
+        command: String,
+        #[arg(long)]
+        cwd: Option<String>,
+        /// Kill it after this many milliseconds.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+    },
+    /// List a directory of a sandbox.
+    Ls {
+        #[arg(long)]
+        env: String,
+        id: String,
+        #[arg(default_value = "/home/user")]
+        path: String,
+    },
+    /// Print a file of a sandbox.
+    Cat {
+        #[arg(long)]
+        env: String,
+        id: String,
+        path: String,
+    },
+    /// Copy a local file into a sandbox.
+    Put {
+        #[arg(long)]
+        env: String,
+        id: String,
+        local: std::path::PathBuf,
+        path: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -291,6 +393,36 @@ impl Client {
         })
     }
 
+    /// Sends raw bytes and returns the answer (the files API).
+    async fn raw(&self, method: reqwest::Method, path: &str, body: Vec<u8>) -> Result<Vec<u8>, Failure> {
+        let key = self.conn.key.as_deref().ok_or_else(|| Failure::new(3, "no key: set VIBEBASE_KEY or pass --key"))?;
+        let url = format!("{}{path}", self.conn.url.trim_end_matches('/'));
+        let resp = self
+            .http
+            .request(method, &url)
+            .bearer_auth(key)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Failure::new(7, format!("cannot reach {url}: {e}")))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| Failure::new(7, e.to_string()))?;
+        if !status.is_success() {
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let exit = match status.as_u16() {
+                401 | 403 => 3,
+                404 => 4,
+                400 | 413 => 2,
+                _ => 1,
+            };
+            return Err(Failure::new(
+                exit,
+                format!("{}: {} (HTTP {})", s(&v["code"]), s(&v["message"]), status.as_u16()),
+            ));
+        }
+        Ok(bytes.to_vec())
+    }
+
     fn show(&self, reply: Reply, human: impl Fn(&Value) -> String) {
         match reply {
             Reply::Json(v) if self.conn.json => out(&serde_json::to_string_pretty(&v).unwrap_or_default()),
@@ -383,7 +515,8 @@ fn table(rows: &[Value], cols: &[(&str, &str)]) -> String {
 
 pub async fn run(command: ClientCommand) -> ExitCode {
     match dispatch(command).await {
-        Ok(()) => ExitCode::SUCCESS,
+        // `sandbox exec` exits with the command's own exit code.
+        Ok(code) => code.unwrap_or(ExitCode::SUCCESS),
         Err(f) => {
             fail(&f.message);
             ExitCode::from(f.code)
@@ -391,9 +524,113 @@ pub async fn run(command: ClientCommand) -> ExitCode {
     }
 }
 
-async fn dispatch(command: ClientCommand) -> Result<(), Failure> {
+fn sandbox_text(v: &Value) -> String {
+    format!(
+        "id:        {}\nstate:     {}\nworkspace: {}\nstarted:   {}\nexpires:   {}\nlimits:    {} MiB memory, {} processes, {}% cpu, {} MiB disk\nbackend:   {}\n",
+        s(&v["id"]),
+        s(&v["state"]),
+        v["workspace"].as_str().unwrap_or("(disposable)"),
+        s(&v["started_at"]),
+        s(&v["expires_at"]),
+        v["memory_mb"],
+        v["max_processes"],
+        v["cpu_percent"],
+        v["disk_mb"],
+        s(&v["backend"]),
+    )
+}
+
+/// Query-string encoding of a path.
+fn q(path: &str) -> String {
+    path.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn sandbox(c: &Client, command: SandboxCommand) -> Result<Option<ExitCode>, Failure> {
+    use reqwest::Method;
+    let base = |env: &str, id: &str| format!("/v1/envs/{env}/sandboxes/{id}");
+    match command {
+        SandboxCommand::Create { env, workspace, timeout, memory_mb, disk_mb, cpu_percent, vars } => {
+            let mut env_vars = serde_json::Map::new();
+            for v in vars {
+                let (k, val) =
+                    v.split_once('=').ok_or_else(|| Failure::new(2, format!("--var {v}: expected NAME=VALUE")))?;
+                env_vars.insert(k.to_owned(), json!(val));
+            }
+            let body = json!({"workspace": workspace, "timeout_seconds": timeout, "memory_mb": memory_mb,
+                "disk_mb": disk_mb, "cpu_percent": cpu_percent, "env_vars": env_vars});
+            let r = c.call(Method::POST, &format!("/v1/envs/{env}/sandboxes"), Some(body)).await?;
+            c.show(r, |v| format!("{}\n", s(&v["id"])));
+        }
+        SandboxCommand::List { env } => {
+            let r = c.call(Method::GET, &format!("/v1/envs/{env}/sandboxes"), None).await?;
+            c.show(r, |v| {
+                table(
+                    items(v),
+                    &[("id", "ID"), ("state", "STATE"), ("workspace", "WORKSPACE"), ("expires_at", "EXPIRES")],
+                )
+            });
+        }
+        SandboxCommand::Get { env, id } => c.show(c.call(Method::GET, &base(&env, &id), None).await?, sandbox_text),
+        SandboxCommand::Kill { env, id } => {
+            c.show(c.call(Method::DELETE, &base(&env, &id), None).await?, |_| String::new());
+        }
+        SandboxCommand::Pause { env, id } => {
+            c.show(c.call(Method::POST, &format!("{}/pause", base(&env, &id)), None).await?, sandbox_text);
+        }
+        SandboxCommand::Resume { env, id } => {
+            c.show(c.call(Method::POST, &format!("{}/resume", base(&env, &id)), None).await?, sandbox_text);
+        }
+        SandboxCommand::Timeout { env, id, seconds } => {
+            let body = json!({"timeout_seconds": seconds});
+            c.show(c.call(Method::POST, &format!("{}/timeout", base(&env, &id)), Some(body)).await?, sandbox_text);
+        }
+        SandboxCommand::Exec { env, id, command, cwd, timeout_ms } => {
+            let body = json!({"command": command, "cwd": cwd, "timeout_ms": timeout_ms});
+            let r = c.call(Method::POST, &format!("{}/exec", base(&env, &id)), Some(body)).await?;
+            if c.conn.json {
+                c.show(r, |_| String::new());
+                return Ok(None);
+            }
+            let Reply::Json(v) = r else { return Ok(None) };
+            use std::io::Write as _;
+            let _ = std::io::stdout().write_all(s(&v["stdout"]).as_bytes());
+            let _ = std::io::stderr().write_all(s(&v["stderr"]).as_bytes());
+            if v["truncated"] == true {
+                fail("(output truncated)");
+            }
+            let code = v["exit_code"].as_i64().unwrap_or(1);
+            return Ok(Some(ExitCode::from(u8::try_from(code).unwrap_or(1))));
+        }
+        SandboxCommand::Ls { env, id, path } => {
+            let r = c.call(Method::GET, &format!("{}/files/list?path={}", base(&env, &id), q(&path)), None).await?;
+            c.show(r, |v| {
+                table(items(v), &[("kind", "KIND"), ("size", "SIZE"), ("modified", "MODIFIED"), ("path", "PATH")])
+            });
+        }
+        SandboxCommand::Cat { env, id, path } => {
+            let data = c.raw(Method::GET, &format!("{}/files?path={}", base(&env, &id), q(&path)), Vec::new()).await?;
+            use std::io::Write as _;
+            let _ = std::io::stdout().write_all(&data);
+        }
+        SandboxCommand::Put { env, id, local, path } => {
+            let data = std::fs::read(&local).map_err(|e| Failure::new(2, format!("{}: {e}", local.display())))?;
+            let reply = c.raw(Method::PUT, &format!("{}/files?path={}", base(&env, &id), q(&path)), data).await?;
+            let v: Value = serde_json::from_slice(&reply).unwrap_or(Value::Null);
+            c.show(Reply::Json(v), |v| format!("{} ({} bytes)\n", s(&v["path"]), v["size"]));
+        }
+    }
+    Ok(None)
+}
+
+async fn dispatch(command: ClientCommand) -> Result<Option<ExitCode>, Failure> {
     use reqwest::Method;
     match command {
+        ClientCommand::Sandbox { command, conn } => return sandbox(&Client::new(conn)?, command).await,
         ClientCommand::Env { command, conn } => {
             let c = Client::new(conn)?;
             match command {
@@ -620,5 +857,5 @@ async fn dispatch(command: ClientCommand) -> Result<(), Failure> {
             });
         }
     }
-    Ok(())
+    Ok(None)
 }

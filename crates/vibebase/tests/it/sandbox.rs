@@ -523,3 +523,29 @@ fn another_envs_credentials_cannot_touch_a_sandbox() {
     assert_eq!(lab.exec_ok(&sb, "echo mine"), "mine\n");
     lab.server.stop();
 }
+
+#[test]
+fn cli_drives_sandboxes_and_exits_with_the_commands_code() {
+    let lab = Lab::new();
+    let cli = |args: &[&str]| lab.server.cli(ADMIN, args);
+    let created = cli(&["sandbox", "create", "--env", "lab", "--timeout", "120", "--var", "WHO=cli"]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let id = String::from_utf8_lossy(&created.stdout).trim().to_owned();
+    let run = cli(&["sandbox", "exec", "--env", "lab", &id, "echo hi $WHO; exit 5"]);
+    assert_eq!(run.status.code(), Some(5));
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "hi cli\n");
+    let local = lab.data_dir.join("upload.txt");
+    std::fs::write(&local, "from the host").unwrap();
+    let put = cli(&["sandbox", "put", "--env", "lab", &id, local.to_str().unwrap(), "docs/a.txt"]);
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let cat = cli(&["sandbox", "cat", "--env", "lab", &id, "docs/a.txt"]);
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "from the host");
+    let ls = cli(&["sandbox", "ls", "--env", "lab", &id, "docs"]);
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("/home/user/docs/a.txt"));
+    let listed = crate::json(&cli(&["sandbox", "list", "--env", "lab", "--json"]));
+    assert_eq!(listed["items"][0]["id"], id.as_str());
+    assert!(cli(&["sandbox", "kill", "--env", "lab", &id]).status.success());
+    let gone = cli(&["sandbox", "get", "--env", "lab", &id]);
+    assert_eq!(gone.status.code(), Some(4));
+    lab.server.stop();
+}
