@@ -198,6 +198,7 @@ impl Agent {
                 answer(&mut conn, r.map(|()| Reply::Ok)).await
             }
             Request::Watch { path, recursive } => watch(&mut conn, &path, recursive).await,
+            Request::Forward { port } => forward_port(conn, port).await,
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "connection ended");
@@ -637,6 +638,19 @@ async fn write_file(conn: &mut Conn, path: &str, mode: Option<u32>) -> Result<Re
     }
     let entry = entry_info(&target).map_err(|e| AgentError::io("stat", &e))?;
     Ok(Reply::Entry { entry })
+}
+
+/// Splices the connection with a TCP connection to a port inside the sandbox.
+async fn forward_port(mut conn: Conn, port: u16) -> std::io::Result<()> {
+    let mut tcp = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(t) => t,
+        Err(e) => {
+            let code = if e.kind() == std::io::ErrorKind::ConnectionRefused { "port_closed" } else { "io" };
+            return reply_err(&mut conn, AgentError::new(code, format!("port {port}: {e}"))).await;
+        }
+    };
+    write_frame(&mut conn, &Reply::Ok).await?;
+    tokio::io::copy_bidirectional(&mut conn, &mut tcp).await.map(|_| ())
 }
 
 /// Polls a directory tree and reports what changed, until the peer goes away.

@@ -217,6 +217,16 @@ impl AgentClient {
         entry(Some(self.call(&Request::Move { from: from.to_owned(), to: to.to_owned() }).await?))
     }
 
+    /// A byte stream to `127.0.0.1:port` inside the sandbox.
+    pub async fn forward(&self, port: u16) -> Result<UnixStream, SandboxError> {
+        let mut conn = self.open(&Request::Forward { port }).await?;
+        match read_frame::<_, Reply>(&mut conn).await.map_err(lost)? {
+            Some(Reply::Ok) => Ok(conn),
+            Some(Reply::Error { error }) => Err(SandboxError::Agent(error)),
+            _ => Err(unexpected()),
+        }
+    }
+
     pub async fn remove(&self, path: &str) -> Result<(), SandboxError> {
         self.call(&Request::Remove { path: path.to_owned() }).await.map(|_| ())
     }

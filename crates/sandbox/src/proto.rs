@@ -78,6 +78,11 @@ pub enum Request {
         path: String,
         recursive: bool,
     },
+    /// Connects to `127.0.0.1:port` inside the sandbox; after the `Ok` reply the connection carries
+    /// that TCP stream's bytes both ways (port forwarding, WebSockets included).
+    Forward {
+        port: u16,
+    },
 }
 
 /// How to start a process.

@@ -9,6 +9,7 @@ pub mod gate;
 pub mod handlers;
 pub mod metrics;
 pub mod openapi;
+pub mod preview;
 pub mod routes;
 pub mod sandboxes;
 pub mod surface;

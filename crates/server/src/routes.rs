@@ -517,12 +517,15 @@ fn table() -> Vec<R> {
             "A deployment preview.",
         ),
         surface("/env/{env}/apps/{app}/{*rest}", Surface::Hosting, "site:Get", Any, "A container app."),
-        surface(
-            "/env/{env}/sandboxes/{sandbox}/ports/{port}/{*rest}",
-            Surface::Hosting,
-            "site:Get",
-            Any,
-            "A sandbox port preview.",
+        built(
+            surface(
+                "/env/{env}/sandboxes/{sandbox}/ports/{port}/{*rest}",
+                Surface::Hosting,
+                "site:Get",
+                Any,
+                "A sandbox port preview.",
+            ),
+            any(crate::preview::preview),
         ),
     ]);
     routes

@@ -145,7 +145,7 @@ async fn world() -> World {
 impl World {
     /// Starts env A's sandbox when a route needs one.
     async fn ensure_sandbox(&mut self, path: &str) {
-        let needs = (path.contains("{sandbox}") && !path.contains("/ports/")) || path.contains("/envd/");
+        let needs = path.contains("{sandbox}") || path.contains("/envd/");
         if !needs || !self.sandbox.is_empty() {
             return;
         }
@@ -290,8 +290,9 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
             f("public", 501, "/env/tenant-a/deployments/dpl0000000000/index.html".into(), None)
         }
         ("ANY", "/env/{env}/apps/{app}/{*rest}") => f("public", 501, "/env/tenant-a/apps/api/health".into(), None),
+        // Previews are public (like E2B's port URLs); nothing listens on the port: 502 for everyone.
         ("ANY", "/env/{env}/sandboxes/{sandbox}/ports/{port}/{*rest}") => {
-            f("public", 501, "/env/tenant-a/sandboxes/sb1/ports/5173/index.html".into(), None)
+            f("public", 502, format!("/env/tenant-a/sandboxes/{}/ports/5173/index.html", w.sandbox), None)
         }
         _ => None,
     }

@@ -549,3 +549,56 @@ fn cli_drives_sandboxes_and_exits_with_the_commands_code() {
     assert_eq!(gone.status.code(), Some(4));
     lab.server.stop();
 }
+
+#[test]
+fn ports_are_previewed_over_the_agent_socket_with_websockets() {
+    use std::io::{Read as _, Write as _};
+    let lab = Lab::new();
+    let sb = lab.sandbox(json!({}));
+    lab.exec_ok(&sb, "mkdir -p site && echo '<h1>preview</h1>' > site/index.html");
+    lab.exec_ok(&sb, "cd site && nohup python3 -m http.server 5173 --bind 127.0.0.1 >/dev/null 2>&1 &");
+    let server = "require('http').createServer((q, s) => s.end('plain:' + q.url)).on('upgrade', (q, sock) => { \
+        sock.write('HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n'); \
+        sock.pipe(sock); }).listen(5174, '127.0.0.1')";
+    lab.exec_ok(&sb, &format!("nohup node -e \"{server}\" >/dev/null 2>&1 & sleep 1"));
+    let get = |path: &str, host: Option<String>| {
+        let mut req = lab.http.get(format!("{}{path}", lab.server.url));
+        if let Some(h) = host {
+            req = req.header("host", h);
+        }
+        let resp = req.send().unwrap();
+        (resp.status().as_u16(), resp.text().unwrap())
+    };
+    // Path form and host form reach the same server inside.
+    let (status, body) = get(&format!("/env/lab/sandboxes/{sb}/ports/5173/index.html"), None);
+    assert_eq!((status, body.as_str()), (200, "<h1>preview</h1>\n"));
+    let port = lab.server.url.rsplit(':').next().unwrap().to_owned();
+    let (status, body) = get("/index.html", Some(format!("5173-{sb}--lab.localhost:{port}")));
+    assert_eq!((status, body.as_str()), (200, "<h1>preview</h1>\n"));
+    let (status, body) = get(&format!("/env/lab/sandboxes/{sb}/ports/5174/some/path?x=1"), None);
+    assert_eq!((status, body.as_str()), (200, "plain:/some/path?x=1"));
+    // Nothing listens: 502; unknown sandbox or env: 404.
+    assert_eq!(get(&format!("/env/lab/sandboxes/{sb}/ports/5999/"), None).0, 502);
+    assert_eq!(get("/env/lab/sandboxes/sbnope/ports/5173/", None).0, 404);
+    assert_eq!(get(&format!("/env/other/sandboxes/{sb}/ports/5173/"), None).0, 404);
+    // A WebSocket upgrade becomes a byte pipe to the server inside.
+    let mut tcp = std::net::TcpStream::connect(lab.server.url.trim_start_matches("http://")).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        tcp,
+        "GET /env/lab/sandboxes/{sb}/ports/5174/hmr HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    tcp.write_all(b"hot-reload-frame").unwrap();
+    let mut echo = [0u8; 16];
+    tcp.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"hot-reload-frame");
+    lab.server.stop();
+}

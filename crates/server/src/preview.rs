@@ -1,0 +1,78 @@
+//! Sandbox port previews: `/env/{env}/sandboxes/{sandbox}/ports/{port}/…` (and its host form
+//! `<port>-<sandbox>--<env>.<apps-domain>`) reach a server listening on that port inside the sandbox,
+//! through the agent's socket (no TCP path from the host into the sandbox). HTTP/1.1 is relayed
+//! request by request; a `101 Switching Protocols` answer (WebSockets, e.g. Vite's hot reload) turns
+//! the connection into a byte pipe.
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{StatusCode, header};
+use hyper_util::rt::TokioIo;
+use protocol::EnvId;
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+#[derive(Deserialize)]
+pub struct PortPath {
+    env: String,
+    sandbox: String,
+    port: String,
+    #[serde(default)]
+    rest: String,
+}
+
+fn not_found() -> ApiError {
+    ApiError::not_found("sandbox_port_not_found", "no such sandbox port")
+}
+
+pub async fn preview(
+    State(state): State<AppState>,
+    Path(p): Path<PortPath>,
+    mut req: Request,
+) -> Result<Response, ApiError> {
+    let env = EnvId::parse(&p.env).map_err(|_| not_found())?;
+    let port: u16 = p.port.parse().ok().filter(|p| *p > 0).ok_or_else(not_found)?;
+    let sandboxes = state.sandboxes.as_ref().map_err(|_| not_found())?;
+    let agent = sandboxes.agent(&env, &p.sandbox).map_err(|_| not_found())?;
+    let stream = agent.forward(port).await.map_err(|e| match e {
+        sandbox::SandboxError::Agent(a) if a.code == "port_closed" => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "port_closed", format!("nothing listens on port {port}"))
+        }
+        _ => ApiError::new(StatusCode::BAD_GATEWAY, "sandbox_unreachable", "the sandbox did not answer"),
+    })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::BAD_GATEWAY, "sandbox_unreachable", "the port did not speak HTTP"))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    // The app inside sees itself served at its root, on localhost.
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("/{}?{q}", p.rest),
+        None => format!("/{}", p.rest),
+    };
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let (mut parts, body) = req.into_parts();
+    parts.uri = path_and_query.parse().map_err(|_| not_found())?;
+    if let Ok(host) = header::HeaderValue::from_str(&format!("localhost:{port}")) {
+        parts.headers.insert(header::HOST, host);
+    }
+    let upstream_req = http::Request::from_parts(parts, body);
+    let mut resp = sender
+        .send_request(upstream_req)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::BAD_GATEWAY, "sandbox_unreachable", "the port closed the connection"))?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
+                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
+            }
+        });
+    }
+    let (parts, body) = resp.into_parts();
+    Ok(Response::from_parts(parts, Body::new(body)).into_response())
+}
