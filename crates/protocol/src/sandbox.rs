@@ -51,6 +51,10 @@ pub struct CreateSandboxRequest {
     /// Free-form labels, returned with the sandbox.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Restore this snapshot of the env into the new sandbox's workspace.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
+    pub snapshot: Option<String>,
 }
 
 /// State of a sandbox.
@@ -180,4 +184,28 @@ pub struct MoveRequest {
     pub from: String,
     #[schema(min_length = 1, max_length = 4096)]
     pub to: String,
+}
+
+/// A workspace snapshot: a compressed archive in the object store.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotRecord {
+    pub id: String,
+    /// The sandbox it was taken from.
+    pub sandbox: String,
+    pub size_bytes: u64,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotList {
+    /// Snapshot ids of the env.
+    pub items: Vec<String>,
+}
+
+/// `POST …/restore`: unpack a snapshot into the sandbox's workspace.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    #[schema(min_length = 1, max_length = 64)]
+    pub snapshot: String,
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use platform::{Actor, Platform};
 use protocol::EnvId;
 use protocol::api::{MintTokenRequest, UsageEventInput};
-use protocol::sandbox::{CreateSandboxRequest, MAX_SANDBOX_SECONDS, SandboxRecord, SandboxState};
+use protocol::sandbox::{CreateSandboxRequest, MAX_SANDBOX_SECONDS, SandboxRecord, SandboxState, SnapshotRecord};
 
 use crate::{AgentClient, Backend, Instance, SandboxError, StartPlan};
 
@@ -220,7 +220,20 @@ impl Sandboxes {
         {
             return Err(SandboxError::WorkspaceBusy(k.1.clone()));
         }
-        let result = self.start(actor, env, req, timeout, idle, (memory_mb, max_processes, cpu_percent, disk_mb)).await;
+        if let Some(snap) = &req.snapshot
+            && !valid_snapshot_id(snap)
+        {
+            return Err(invalid("invalid_snapshot", "not a snapshot id"));
+        }
+        let snapshot = req.snapshot.clone();
+        let mut result =
+            self.start(actor, env, req, timeout, idle, (memory_mb, max_processes, cpu_percent, disk_mb)).await;
+        if let (Ok(record), Some(snap)) = (&result, snapshot)
+            && let Err(e) = self.restore(env, &record.id, &snap).await
+        {
+            let _ = self.kill(env, &record.id).await;
+            result = Err(e);
+        }
         if result.is_err()
             && let Some(k) = &busy_key
         {
@@ -437,6 +450,77 @@ impl Sandboxes {
         destroyed
     }
 
+    /// Archives the sandbox's workspace (`tar | gzip`, run inside the sandbox) into the object store.
+    pub async fn snapshot(&self, env: &EnvId, id: &str) -> Result<SnapshotRecord, SandboxError> {
+        let agent = self.agent(env, id)?;
+        let spec = crate::proto::ExecSpec {
+            argv: ["tar", "-C", crate::agent::WORKSPACE, "-czf", "-", "."].map(str::to_owned).to_vec(),
+            timeout_ms: Some(600_000),
+            ..Default::default()
+        };
+        let done = agent.run(spec, None, crate::client::OutputLimit(MAX_SNAPSHOT_BYTES)).await?;
+        // GNU tar exits 1 when a file changed while it was read: the archive is still whole.
+        if done.truncated || !(0..=1).contains(&done.exit_code) {
+            let why = if done.truncated {
+                "the workspace is too large to snapshot".to_owned()
+            } else {
+                String::from_utf8_lossy(&done.stderr).into_owned()
+            };
+            return Err(invalid("snapshot_failed", why));
+        }
+        let snap = format!("snap{}", self.inner.platform.random_id(16).to_ascii_lowercase());
+        let size = done.stdout.len() as u64;
+        self.inner
+            .platform
+            .blobs()
+            .put(&snapshot_key(&self.inner.platform, env, &snap), done.stdout.into())
+            .await
+            .map_err(|e| SandboxError::Platform(e.into()))?;
+        Ok(SnapshotRecord { id: snap, sandbox: id.to_owned(), size_bytes: size, created_at: now_rfc3339() })
+    }
+
+    /// Unpacks a snapshot of the env into the sandbox's workspace (over what is there).
+    pub async fn restore(&self, env: &EnvId, id: &str, snapshot: &str) -> Result<(), SandboxError> {
+        if !valid_snapshot_id(snapshot) {
+            return Err(invalid("invalid_snapshot", "not a snapshot id"));
+        }
+        let agent = self.agent(env, id)?;
+        let data = self
+            .inner
+            .platform
+            .blobs()
+            .get(&snapshot_key(&self.inner.platform, env, snapshot))
+            .await
+            .map_err(|e| SandboxError::Platform(e.into()))?
+            .ok_or_else(|| SandboxError::Invalid {
+                code: "snapshot_not_found",
+                message: format!("no snapshot {snapshot}"),
+            })?;
+        let spec = crate::proto::ExecSpec {
+            argv: ["tar", "-C", crate::agent::WORKSPACE, "-xzf", "-"].map(str::to_owned).to_vec(),
+            stdin: true,
+            timeout_ms: Some(600_000),
+            ..Default::default()
+        };
+        let done = agent.run(spec, Some(data.to_vec()), crate::client::OutputLimit(64 * 1024)).await?;
+        if done.exit_code != 0 {
+            return Err(invalid("restore_failed", String::from_utf8_lossy(&done.stderr).into_owned()));
+        }
+        Ok(())
+    }
+
+    /// The env's snapshot ids.
+    pub async fn snapshots(&self, env: &EnvId) -> Result<Vec<String>, SandboxError> {
+        let prefix = snapshot_key(&self.inner.platform, env, "");
+        let keys = self.inner.platform.blobs().list(&prefix).await.map_err(|e| SandboxError::Platform(e.into()))?;
+        let mut ids: Vec<String> = keys
+            .iter()
+            .filter_map(|k| k.strip_prefix(&prefix).and_then(|n| n.strip_suffix(".tar.gz")).map(str::to_owned))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
     /// Kills every sandbox of an env (the env is being deleted).
     pub async fn kill_env(&self, env: &EnvId) {
         let ids: Vec<String> = self.list(env).into_iter().map(|r| r.id).collect();
@@ -463,6 +547,19 @@ impl Sandboxes {
         self.kill_all().await;
         self.inner.backend.shutdown().await;
     }
+}
+
+/// The largest workspace archive a snapshot keeps.
+const MAX_SNAPSHOT_BYTES: usize = 2 * 1024 * 1024 * 1024;
+
+fn valid_snapshot_id(id: &str) -> bool {
+    id.len() == 20 && id.starts_with("snap") && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// Snapshots live under the env's object prefix, so deleting the env deletes them.
+fn snapshot_key(platform: &Platform, env: &EnvId, id: &str) -> String {
+    let prefix = platform.layout(env).object_prefix;
+    if id.is_empty() { format!("{prefix}snapshots/") } else { format!("{prefix}snapshots/{id}.tar.gz") }
 }
 
 /// Where a named workspace's image lives: in the env's data directory, so deleting the env deletes it.

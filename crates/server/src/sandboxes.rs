@@ -11,8 +11,8 @@ use bytes::Bytes;
 use http::{StatusCode, header};
 use protocol::EnvId;
 use protocol::sandbox::{
-    CreateSandboxRequest, ExecRequest, ExecResult, FileEntry, FileList, MakeDirRequest, MoveRequest, SandboxList,
-    SandboxRecord, SetTimeoutRequest,
+    CreateSandboxRequest, ExecRequest, ExecResult, FileEntry, FileList, MakeDirRequest, MoveRequest, RestoreRequest,
+    SandboxList, SandboxRecord, SetTimeoutRequest, SnapshotList, SnapshotRecord,
 };
 use sandbox::client::OutputLimit;
 use sandbox::proto::{EntryInfo, ExecSpec};
@@ -37,6 +37,7 @@ impl From<SandboxError> for ApiError {
         match e {
             SandboxError::NotFound => ApiError::not_found("sandbox_not_found", "sandbox not found"),
             SandboxError::WorkspaceBusy(_) => ApiError::new(S::CONFLICT, "workspace_busy", message),
+            SandboxError::Invalid { code, .. } if code.ends_with("_not_found") => ApiError::not_found(code, message),
             SandboxError::Invalid { code, .. } => ApiError::bad_request(code, message),
             SandboxError::Unavailable(_) => ApiError::new(S::SERVICE_UNAVAILABLE, "sandboxes_unavailable", message),
             SandboxError::Start(_) => {
@@ -154,6 +155,37 @@ pub async fn set_timeout(
     let r = sandboxes(&state)?.set_timeout(env, &p.sandbox, Duration::from_secs(req.timeout_seconds))?;
     audit(&state, &caller, "sandboxes:SetTimeout", env, &p.sandbox).await;
     Ok(Json(r))
+}
+
+pub async fn snapshot(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(p): Path<SandboxPath>,
+) -> ApiResult<(StatusCode, Json<SnapshotRecord>)> {
+    let env = env_of(&caller)?;
+    let snap = sandboxes(&state)?.snapshot(env, &p.sandbox).await?;
+    audit(&state, &caller, "sandboxes:Snapshot", env, &snap.id).await;
+    Ok((StatusCode::CREATED, Json(snap)))
+}
+
+pub async fn restore(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(p): Path<SandboxPath>,
+    Body(req): Body<RestoreRequest>,
+) -> ApiResult<Json<SandboxRecord>> {
+    let env = env_of(&caller)?;
+    let sbx = sandboxes(&state)?;
+    sbx.restore(env, &p.sandbox, &req.snapshot).await?;
+    audit(&state, &caller, "sandboxes:Restore", env, &p.sandbox).await;
+    Ok(Json(sbx.get(env, &p.sandbox)?))
+}
+
+pub async fn snapshots(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<SnapshotList>> {
+    Ok(Json(SnapshotList { items: sandboxes(&state)?.snapshots(env_of(&caller)?).await? }))
 }
 
 /// Runs a command to completion (or starts it in the background) and returns its output.

@@ -246,6 +246,7 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
             f("env_tenant", 201, "/v1/envs/tenant-a/sandboxes".into(), Some(json!({"timeout_seconds": 60})))
         }
         ("GET", "/v1/envs/{env}/sandboxes") => f("env_tenant", 200, "/v1/envs/tenant-a/sandboxes".into(), None),
+        ("GET", "/v1/envs/{env}/snapshots") => f("env_tenant", 200, "/v1/envs/tenant-a/snapshots".into(), None),
         (_, p) if p.starts_with("/v1/envs/{env}/sandboxes/{sandbox}") => {
             let sb = format!("/v1/envs/tenant-a/sandboxes/{}", w.sandbox);
             let (ok, path, body) = match (method, &p["/v1/envs/{env}/sandboxes/{sandbox}".len()..]) {
@@ -254,6 +255,11 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
                 ("POST", "/pause" | "/resume") => (200, format!("{sb}{}", &p[p.rfind('/').unwrap_or(0)..]), None),
                 ("POST", "/timeout") => (200, format!("{sb}/timeout"), Some(json!({"timeout_seconds": 60}))),
                 ("POST", "/exec") => (200, format!("{sb}/exec"), Some(json!({"command": "true"}))),
+                ("POST", "/snapshot") => (201, format!("{sb}/snapshot"), None),
+                // A well-formed id that does not exist: refused before or after the gate alike.
+                ("POST", "/restore") => {
+                    (404, format!("{sb}/restore"), Some(json!({"snapshot": "snap0000000000000000"})))
+                }
                 ("GET", "/files") => (200, format!("{sb}/files?path=seed.txt"), None),
                 ("PUT", "/files") => (200, format!("{sb}/files?path=new.txt"), Some(json!({}))),
                 ("DELETE", "/files") => (204, format!("{sb}/files?path=seed.txt"), None),

@@ -602,3 +602,35 @@ fn ports_are_previewed_over_the_agent_socket_with_websockets() {
     assert_eq!(&echo, b"hot-reload-frame");
     lab.server.stop();
 }
+
+#[test]
+fn snapshots_restore_a_workspace_into_new_and_running_sandboxes() {
+    let lab = Lab::new();
+    let a = lab.sandbox(json!({}));
+    lab.exec_ok(&a, "mkdir -p app/node_modules/pkg && echo v1 > app/node_modules/pkg/index.js && ln -s pkg app/node_modules/link && chmod 700 app");
+    let (status, snap) = lab.call("POST", &format!("/v1/envs/lab/sandboxes/{a}/snapshot"), None);
+    assert_eq!(status, 201, "{snap}");
+    let snap_id = snap["id"].as_str().unwrap().to_owned();
+    assert!(snap["size_bytes"].as_u64().unwrap() > 0);
+    let (_, list) = lab.call("GET", "/v1/envs/lab/snapshots", None);
+    assert_eq!(list["items"], json!([snap_id]));
+    // A new sandbox starts from it; the copy is independent of the original.
+    let b = lab.sandbox(json!({"snapshot": snap_id}));
+    assert_eq!(lab.exec_ok(&b, "cat app/node_modules/link/index.js; stat -c %a app"), "v1\n700\n");
+    lab.exec_ok(&b, "echo v2 > app/node_modules/pkg/index.js");
+    assert_eq!(lab.exec_ok(&a, "cat app/node_modules/pkg/index.js"), "v1\n");
+    // Restore into a running sandbox.
+    let c = lab.sandbox(json!({}));
+    let (status, _) =
+        lab.call("POST", &format!("/v1/envs/lab/sandboxes/{c}/restore"), Some(json!({"snapshot": snap_id})));
+    assert_eq!(status, 200);
+    assert_eq!(lab.exec_ok(&c, "cat app/node_modules/pkg/index.js"), "v1\n");
+    // Unknown or malformed snapshots are refused, and a failed restore leaves no sandbox behind.
+    let (status, r) = lab.call("POST", "/v1/envs/lab/sandboxes", Some(json!({"snapshot": "snap0000000000000000"})));
+    assert_eq!((status, r["code"].as_str()), (404, Some("snapshot_not_found")));
+    let (status, _) = lab.call("POST", "/v1/envs/lab/sandboxes", Some(json!({"snapshot": "../../x"})));
+    assert_eq!(status, 400);
+    let (_, all) = lab.call("GET", "/v1/envs/lab/sandboxes", None);
+    assert_eq!(all["items"].as_array().unwrap().len(), 3);
+    lab.server.stop();
+}
