@@ -51,6 +51,11 @@ pub struct CreateSandboxRequest {
     /// Free-form labels, returned with the sandbox.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Hosts the sandbox may reach through its egress proxy besides its own env's APIs (exact names, or
+    /// `*.example.com`), e.g. `registry.npmjs.org`. HTTPS (CONNECT) on ports 443 and 80 only.
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    pub allow_egress: Vec<String>,
     /// Restore this snapshot of the env into the new sandbox's workspace.
     #[serde(default)]
     #[schema(min_length = 1, max_length = 64)]

@@ -26,6 +26,11 @@ pub const WORKSPACE: &str = "/home/user";
 pub const RUN_DIR: &str = "/run/vb";
 /// The socket's file name inside [`RUN_DIR`].
 pub const SOCKET_NAME: &str = "agent.sock";
+/// The egress proxy's socket inside [`RUN_DIR`] (the host listens on it).
+pub const EGRESS_SOCKET: &str = "egress.sock";
+/// The loopback port inside every sandbox where the agent relays to the egress proxy
+/// (`HTTP_PROXY` / `HTTPS_PROXY` point here).
+pub const EGRESS_PORT: u16 = 3128;
 
 /// Runs the agent until the sandbox is torn down. Returns a process exit code.
 pub fn run() -> i32 {
@@ -62,6 +67,7 @@ pub fn run() -> i32 {
         // Sandboxed code may signal the agent (same uid, same Landlock domain): every catchable
         // signal is taken and dropped, so only SIGKILL, which ends the sandbox, can stop it.
         ignore_signals();
+        tokio::spawn(relay_egress());
         let agent = Agent::default();
         loop {
             match listener.accept().await {
@@ -73,6 +79,21 @@ pub fn run() -> i32 {
             }
         }
     })
+}
+
+/// Relays connections to the in-sandbox proxy port to the host's egress proxy, byte for byte; the host
+/// decides what may pass.
+async fn relay_egress() {
+    let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", EGRESS_PORT)).await else { return };
+    let socket = Path::new(RUN_DIR).join(EGRESS_SOCKET);
+    while let Ok((mut tcp, _)) = listener.accept().await {
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            if let Ok(mut host) = UnixStream::connect(&socket).await {
+                let _ = tokio::io::copy_bidirectional(&mut tcp, &mut host).await;
+            }
+        });
+    }
 }
 
 fn ignore_signals() {

@@ -63,7 +63,7 @@ pub enum SandboxError {
 }
 
 /// What a backend needs to start one sandbox.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StartPlan {
     pub id: String,
     pub env: protocol::EnvId,
@@ -74,7 +74,33 @@ pub struct StartPlan {
     /// The persistent workspace's image file, or `None` for a disposable workspace.
     pub workspace_image: Option<std::path::PathBuf>,
     pub env_vars: std::collections::BTreeMap<String, String>,
+    /// Where the sandbox's outbound connections go (none: no way out at all).
+    pub egress: Option<(EgressContext, EgressHandler)>,
 }
+
+/// Who is asking, for the egress proxy: the only way out of a sandbox.
+#[derive(Debug, Clone)]
+pub struct EgressContext {
+    pub env: protocol::EnvId,
+    pub sandbox: String,
+    pub session: Option<String>,
+    /// Hosts the sandbox may reach besides its own env's data plane (`host` or `*.suffix`).
+    pub allow: Vec<String>,
+}
+
+impl EgressContext {
+    /// Whether `host` is on the allow-list.
+    pub fn allows(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.allow.iter().any(|a| match a.strip_prefix("*.") {
+            Some(suffix) => host.ends_with(&format!(".{suffix}")),
+            None => *a == host,
+        })
+    }
+}
+
+/// Serves one outbound connection of a sandbox (the platform installs it; see `server::egress`).
+pub type EgressHandler = std::sync::Arc<dyn Fn(EgressContext, tokio::net::UnixStream) + Send + Sync>;
 
 /// Resource use of a sandbox so far.
 #[derive(Debug, Clone, Copy, Default)]

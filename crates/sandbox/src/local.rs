@@ -36,6 +36,9 @@ const ETC_ALLOWED: &[&str] = &[
     "/etc/mime.types",
     "/etc/protocols",
     "/etc/services",
+    // The host's registry settings (mirror, CA file), for installs through the egress proxy.
+    "/etc/npmrc",
+    "/etc/pip.conf",
 ];
 
 /// Settings of the local backend.
@@ -217,6 +220,8 @@ impl LocalBackend {
 
 /// A sandbox's host-side resources.
 struct LocalInstance {
+    /// Accepts the sandbox's outbound connections for the egress proxy.
+    egress: Option<tokio::task::JoinHandle<()>>,
     cgroup: Cgroup,
     run: PathBuf,
     workspace_mount: Option<PathBuf>,
@@ -270,7 +275,18 @@ impl Backend for LocalBackend {
         match result {
             Ok((cgroup, child)) => {
                 let socket = run.join("sock").join(SOCKET_NAME);
+                let egress = match &plan.egress {
+                    Some((ctx, handler)) => match listen_egress(&run, ctx.clone(), handler.clone()) {
+                        Ok(task) => Some(task),
+                        Err(e) => {
+                            tracing::warn!(sandbox = %plan.id, error = %e, "no egress proxy for this sandbox");
+                            None
+                        }
+                    },
+                    None => None,
+                };
                 Ok(Box::new(LocalInstance {
+                    egress,
                     cgroup,
                     run,
                     workspace_mount: mount,
@@ -300,6 +316,24 @@ fn cg_procs(h: &Hierarchy, rel: &Path) -> Vec<String> {
             .map(|c| root.join(c).join(rel).join("cgroup.procs").to_string_lossy().into_owned())
             .collect(),
     }
+}
+
+/// Listens on the sandbox's egress socket (in its run dir, reachable from inside as
+/// `/run/vb/egress.sock`) and hands each connection to the platform's proxy.
+fn listen_egress(
+    run: &Path,
+    ctx: crate::EgressContext,
+    handler: crate::EgressHandler,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let path = run.join("sock").join(crate::agent::EGRESS_SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            handler(ctx.clone(), conn);
+        }
+    }))
 }
 
 async fn prepare_run_dir(run: &Path, uid: u32, gid: u32) -> Result<(), SandboxError> {
@@ -430,6 +464,9 @@ impl Instance for LocalInstance {
     }
 
     async fn destroy(&self) -> Result<(), SandboxError> {
+        if let Some(task) = &self.egress {
+            task.abort();
+        }
         let killed = self.cgroup.kill_and_remove().await;
         {
             let mut child = self.child.lock().await;

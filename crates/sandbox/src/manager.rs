@@ -15,6 +15,9 @@ use crate::{AgentClient, Backend, Instance, SandboxError, StartPlan};
 
 /// What a sandbox's own token may do: the env's data plane, not sandboxes or MCP.
 pub const HANDS_ACTIONS: &[&str] = &["db:*", "auth:*", "storage:*", "functions:*", "llm:*", "site:*"];
+/// The host name sandboxes reach the platform by (through the egress proxy, which knows it).
+pub const SANDBOX_API_HOST: &str = "vibebase.internal";
+
 /// The action of the envd API (E2B's in-sandbox API).
 pub const ENVD_ACTION: &str = "sandboxes:Envd";
 
@@ -69,6 +72,8 @@ struct Inner {
     live: Mutex<HashMap<String, Arc<Live>>>,
     /// (env, workspace) pairs mounted in a live sandbox.
     busy: Mutex<HashSet<(String, String)>>,
+    /// The egress proxy, once the platform installs it.
+    egress: std::sync::OnceLock<crate::EgressHandler>,
 }
 
 /// The sandboxes of this platform instance.
@@ -101,6 +106,18 @@ fn valid_workspace(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
+fn valid_egress_host(h: &str) -> bool {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    (1..=253).contains(&name.len())
+        && name.contains('.')
+        && name.split('.').all(|l| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
 fn valid_env_var(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 256
@@ -111,7 +128,14 @@ fn valid_env_var(name: &str) -> bool {
 impl Sandboxes {
     /// Creates the registry and its supervisor (lifetimes, idle timeouts, usage sampling).
     pub fn new(platform: Platform, backend: Arc<dyn Backend>, defaults: SandboxDefaults) -> Self {
-        let inner = Arc::new(Inner { platform, backend, defaults, live: Mutex::default(), busy: Mutex::default() });
+        let inner = Arc::new(Inner {
+            platform,
+            backend,
+            defaults,
+            live: Mutex::default(),
+            busy: Mutex::default(),
+            egress: std::sync::OnceLock::new(),
+        });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
             let tick = Duration::from_millis(500);
@@ -122,6 +146,11 @@ impl Sandboxes {
             }
         });
         Self { inner }
+    }
+
+    /// Installs the egress proxy (once); sandboxes started before have no way out.
+    pub fn set_egress(&self, handler: crate::EgressHandler) {
+        let _ = self.inner.egress.set(handler);
     }
 
     pub fn backend_name(&self) -> String {
@@ -208,6 +237,9 @@ impl Sandboxes {
         if req.env_vars.keys().any(|k| k.starts_with("VIBEBASE_")) {
             return Err(invalid("invalid_env_vars", "VIBEBASE_* variables are set by the platform"));
         }
+        if req.allow_egress.len() > 64 || req.allow_egress.iter().any(|h| !valid_egress_host(h)) {
+            return Err(invalid("invalid_egress", "allow_egress holds host names (or *.domain), at most 64"));
+        }
         if req.metadata.len() > 64 || req.metadata.iter().any(|(k, v)| k.len() > 128 || v.len() > 1024) {
             return Err(invalid("invalid_metadata", "at most 64 metadata entries (keys ≤ 128, values ≤ 1024 bytes)"));
         }
@@ -288,13 +320,29 @@ impl Sandboxes {
                 return Err(e.into());
             }
         };
-        let urls = platform.env_urls(env);
+        let api = format!("http://{SANDBOX_API_HOST}/env/{env}");
         let mut env_vars: BTreeMap<String, String> = req.env_vars.clone();
         env_vars.insert("VIBEBASE_ENV".to_owned(), env.to_string());
         env_vars.insert("VIBEBASE_SANDBOX_ID".to_owned(), id.clone());
-        env_vars.insert("VIBEBASE_API_URL".to_owned(), urls.api.clone());
-        env_vars.insert("VIBEBASE_LLM_URL".to_owned(), urls.llm.clone());
+        env_vars.insert("VIBEBASE_LLM_URL".to_owned(), format!("{api}/llm/v1"));
+        env_vars.insert("VIBEBASE_API_URL".to_owned(), api);
         env_vars.insert("VIBEBASE_TOKEN".to_owned(), token.token.clone());
+        // The only way out: the agent's relay to the platform's egress proxy.
+        for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            env_vars.insert(k.to_owned(), format!("http://127.0.0.1:{}", crate::agent::EGRESS_PORT));
+        }
+        for k in ["NO_PROXY", "no_proxy"] {
+            env_vars.insert(k.to_owned(), "localhost,127.0.0.1,::1".to_owned());
+        }
+        let egress = self.inner.egress.get().map(|h| {
+            let ctx = crate::EgressContext {
+                env: env.clone(),
+                sandbox: id.clone(),
+                session: req.session.clone(),
+                allow: req.allow_egress.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            };
+            (ctx, h.clone())
+        });
         let workspace_image = req.workspace.as_ref().map(|w| workspace_image(platform, env, w));
         let plan = StartPlan {
             id: id.clone(),
@@ -305,6 +353,7 @@ impl Sandboxes {
             disk_bytes: disk_mb * 1024 * 1024,
             workspace_image,
             env_vars,
+            egress,
         };
         let instance = match self.inner.backend.start(plan).await {
             Ok(i) => i,

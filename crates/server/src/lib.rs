@@ -3,6 +3,7 @@
 
 pub mod address;
 pub mod e2b;
+pub mod egress;
 pub mod error;
 pub mod extract;
 pub mod gate;
@@ -67,6 +68,9 @@ impl AppState {
     /// Attaches the sandbox registry (or the reason there is none).
     pub fn with_sandboxes(mut self, sandboxes: Result<sandbox::Sandboxes, String>) -> Self {
         self.sandboxes = sandboxes;
+        if let Ok(s) = &self.sandboxes {
+            s.set_egress(egress::handler(self.clone()));
+        }
         self
     }
 

@@ -153,7 +153,7 @@ fn sandbox_lifecycle_exec_files_and_usage() {
     // The minted token and the env's URL are there; no platform secret is.
     let env_out = lab.exec_ok(&sb, "env");
     assert!(env_out.contains("VIBEBASE_TOKEN=vb_tok_"), "{env_out}");
-    assert!(env_out.contains("VIBEBASE_API_URL=http://127.0.0.1:"), "{env_out}");
+    assert!(env_out.contains("VIBEBASE_API_URL=http://vibebase.internal/env/lab"), "{env_out}");
     assert!(!env_out.contains(ADMIN) && !env_out.contains("vb_sk_"), "{env_out}");
 
     // Files: write, read, stat, list, mkdir, move, remove.
@@ -632,5 +632,48 @@ fn snapshots_restore_a_workspace_into_new_and_running_sandboxes() {
     assert_eq!(status, 400);
     let (_, all) = lab.call("GET", "/v1/envs/lab/sandboxes", None);
     assert_eq!(all["items"].as_array().unwrap().len(), 3);
+    lab.server.stop();
+}
+
+#[test]
+fn egress_reaches_only_the_own_env_and_allow_listed_registries() {
+    let lab = Lab::new();
+    let sb = lab.sandbox(json!({"allow_egress": ["registry.npmjs.org"], "session": "s-egress"}));
+    // The env's own data plane, with the sandbox's token, through the proxy: the platform answers.
+    let own = lab.exec_ok(&sb, "curl -sS -i $VIBEBASE_API_URL/llm/v1/models -H \"x-api-key: $VIBEBASE_TOKEN\"");
+    assert!(own.contains("x-request-id:") && !own.contains("egress_denied"), "{own}");
+    // Never /v1, another env, or the platform's address by another name.
+    let port = lab.server.url.rsplit(':').next().unwrap().to_owned();
+    for target in [
+        "http://vibebase.internal/v1/envs".to_owned(),
+        "http://vibebase.internal/env/other/rest/v1/x".to_owned(),
+        format!("--noproxy '' --proxy http://127.0.0.1:3128 http://127.0.0.1:{port}/v1/envs"),
+        format!("--noproxy '' --proxy http://127.0.0.1:3128 http://127.0.0.1:{port}/env/lab/../../v1/envs"),
+    ] {
+        let out = lab.exec(&sb, &format!("curl -sS --path-as-is {target}"));
+        assert!(out["stdout"].as_str().unwrap().starts_with("egress_denied"), "{target}: {out}");
+    }
+    // Hosts off the allow-list cannot be tunnelled to.
+    let r = lab.exec(&sb, "curl -sS https://example.com/");
+    assert_eq!(r["exit_code"], 56, "{r}");
+    assert!(r["stderr"].as_str().unwrap().contains("403"), "{r}");
+    // Positive control: the allow-listed registry works, so npm installs inside the sandbox.
+    let installed = lab.exec_ok(
+        &sb,
+        "mkdir app && cd app && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error is-number@7.0.0 >/dev/null && node -e 'console.log(require(\"is-number\")(5))'",
+    );
+    assert_eq!(installed, "true\n");
+    // The tunnelled bytes are metered when the tunnel closes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, usage) = lab.call("GET", "/v1/envs/lab/usage", None);
+        let egress = usage["totals"].as_array().unwrap().iter().find(|t| t["meter"] == "sandbox_egress_bytes").cloned();
+        if egress.is_some_and(|t| t["quantity"].as_i64().unwrap() > 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no sandbox_egress_bytes: {usage}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lab.assert_unaffected();
     lab.server.stop();
 }
