@@ -303,10 +303,15 @@ async fn host_form_reaches_the_same_routes_as_path_form() {
         )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    // Site, previews and ports are routed to hosting.
-    for host in ["shop.localhost", "dpl0000000000--shop.localhost", "api--shop.localhost", "5173-sb1--shop.localhost"] {
+    // Site, previews and ports are routed to hosting (a sandbox port of a missing sandbox: 404).
+    for (host, status) in [
+        ("shop.localhost", StatusCode::NOT_IMPLEMENTED),
+        ("dpl0000000000--shop.localhost", StatusCode::NOT_IMPLEMENTED),
+        ("api--shop.localhost", StatusCode::NOT_IMPLEMENTED),
+        ("5173-sb1--shop.localhost", StatusCode::NOT_FOUND),
+    ] {
         let r = h.send("GET", "/", &[("host", host.to_owned())], None).await;
-        assert_eq!(r.status, StatusCode::NOT_IMPLEMENTED, "{host}");
+        assert_eq!(r.status, status, "{host}");
         assert_eq!(r.headers["content-type"], "text/plain; charset=utf-8", "{host}");
     }
 }
