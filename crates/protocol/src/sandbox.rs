@@ -56,6 +56,11 @@ pub struct CreateSandboxRequest {
     #[serde(default)]
     #[schema(max_items = 64)]
     pub allow_egress: Vec<String>,
+    /// Start the workspace as a copy-on-write view of this platform template (disposable workspaces
+    /// only): ready in milliseconds whatever its size; writes never reach the template.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 63, pattern = "^[a-z0-9][a-z0-9_-]*$")]
+    pub template: Option<String>,
     /// Restore this snapshot of the env into the new sandbox's workspace.
     #[serde(default)]
     #[schema(min_length = 1, max_length = 64)]
@@ -77,6 +82,7 @@ pub struct SandboxRecord {
     pub env: String,
     pub state: SandboxState,
     pub workspace: Option<String>,
+    pub template: Option<String>,
     pub session: Option<String>,
     /// RFC 3339.
     pub started_at: String,
@@ -213,4 +219,10 @@ pub struct SnapshotList {
 pub struct RestoreRequest {
     #[schema(min_length = 1, max_length = 64)]
     pub snapshot: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TemplateList {
+    /// Template names.
+    pub items: Vec<String>,
 }

@@ -73,6 +73,8 @@ pub struct StartPlan {
     pub disk_bytes: u64,
     /// The persistent workspace's image file, or `None` for a disposable workspace.
     pub workspace_image: Option<std::path::PathBuf>,
+    /// Start the (disposable) workspace as a copy-on-write view of this template.
+    pub template: Option<String>,
     pub env_vars: std::collections::BTreeMap<String, String>,
     /// Where the sandbox's outbound connections go (none: no way out at all).
     pub egress: Option<(EgressContext, EgressHandler)>,
@@ -122,6 +124,27 @@ pub trait Backend: Send + Sync + 'static {
     async fn start(&self, plan: StartPlan) -> Result<Box<dyn Instance>, SandboxError>;
     /// Releases what the backend holds beyond its sandboxes (called after every sandbox is gone).
     async fn shutdown(&self) {}
+    /// Stores (or replaces) a workspace template from a `tar.gz` archive.
+    async fn put_template(&self, name: &str, archive: Vec<u8>) -> Result<(), SandboxError> {
+        let _ = (name, archive);
+        Err(SandboxError::Unavailable("this backend has no templates".to_owned()))
+    }
+    /// The stored templates.
+    fn templates(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Removes a template (sandboxes started from it keep their view).
+    async fn delete_template(&self, name: &str) -> Result<(), SandboxError> {
+        let _ = name;
+        Err(SandboxError::NotFound)
+    }
+}
+
+/// Template names: 1..=63 of `a-z`, `0-9`, `-`, `_`, starting with a letter or digit.
+pub fn valid_template_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// One running sandbox, as its backend manages it.

@@ -54,6 +54,9 @@ pub struct LocalConfig {
     pub bwrap: PathBuf,
     /// `/sys/fs/cgroup`, or a test root.
     pub cgroup_root: PathBuf,
+    /// Where templates persist (in the data dir); bind-mounted at `<run_root>/templates` so the
+    /// overlay options a sandbox can read name no data-dir path.
+    pub template_root: PathBuf,
 }
 
 /// The bubblewrap backend.
@@ -97,7 +100,39 @@ impl LocalBackend {
         std::fs::rename(&tmp, &agent).map_err(start_err("agent"))?;
         let backend = Self { config, hierarchy, agent };
         backend.sweep();
+        backend.mount_templates()?;
         Ok(backend)
+    }
+
+    fn templates_dir(&self) -> PathBuf {
+        self.config.run_root.join("templates")
+    }
+
+    /// Binds the template store into the run root (once per run root).
+    fn mount_templates(&self) -> Result<(), SandboxError> {
+        let store = &self.config.template_root;
+        let target = self.templates_dir();
+        for dir in [store, &target] {
+            std::fs::create_dir_all(dir).map_err(start_err("templates"))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(start_err("templates"))?;
+        }
+        let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(&*target.to_string_lossy()));
+        if !mounted {
+            let status = std::process::Command::new("mount")
+                .arg("--bind")
+                .arg(store)
+                .arg(&target)
+                .stdin(Stdio::null())
+                .status()
+                .map_err(start_err("templates"))?;
+            if !status.success() {
+                return Err(SandboxError::Unavailable("cannot bind the template store".to_owned()));
+            }
+        }
+        Ok(())
     }
 
     /// Ends what a previous run with the same run root left behind (after a crash): its sandboxes'
@@ -134,6 +169,8 @@ impl LocalBackend {
         }
         if let Ok(rd) = std::fs::read_dir(self.config.run_root.join("sb")) {
             for d in rd.flatten() {
+                let ws = d.path().join("ws");
+                let _ = std::process::Command::new("umount").arg("-l").arg(&ws).stderr(Stdio::null()).status();
                 let _ = std::fs::remove_dir_all(d.path());
             }
         }
@@ -235,8 +272,76 @@ impl Backend for LocalBackend {
         format!("bubblewrap/cgroup-v{}", self.hierarchy.version())
     }
 
+    async fn put_template(&self, name: &str, archive: Vec<u8>) -> Result<(), SandboxError> {
+        let store = &self.config.template_root;
+        let suffix = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+        );
+        let fresh = store.join(format!(".{name}.new-{suffix}"));
+        tokio::fs::create_dir(&fresh).await.map_err(start_err("template"))?;
+        std::os::unix::fs::chown(&fresh, Some(self.config.uid), Some(self.config.gid))
+            .map_err(start_err("template"))?;
+        // Unpacked as the sandbox uid: the files are the sandbox user's inside (so copy-up works), and
+        // the archive cannot write anything that uid could not.
+        let mut child = tokio::process::Command::new("tar")
+            .args(["-xzf", "-", "--no-same-owner", "-C"])
+            .arg(&fresh)
+            .uid(self.config.uid)
+            .gid(self.config.gid)
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(start_err("tar"))?;
+        let mut stdin = child.stdin.take();
+        let write = async move {
+            if let Some(s) = &mut stdin {
+                let _ = s.write_all(&archive).await;
+            }
+        };
+        let (out, ()) = tokio::join!(async { child.wait_with_output().await }, write);
+        let out = out.map_err(start_err("tar"))?;
+        if !out.status.success() {
+            let _ = tokio::fs::remove_dir_all(&fresh).await;
+            return Err(SandboxError::Invalid {
+                code: "invalid_archive",
+                message: format!("not a tar.gz archive: {}", String::from_utf8_lossy(&out.stderr).trim()),
+            });
+        }
+        let _ = tokio::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o755)).await;
+        let target = store.join(name);
+        let old = store.join(format!(".{name}.old-{suffix}"));
+        let had_old = tokio::fs::rename(&target, &old).await.is_ok();
+        tokio::fs::rename(&fresh, &target).await.map_err(start_err("template"))?;
+        if had_old {
+            let _ = tokio::fs::remove_dir_all(&old).await;
+        }
+        Ok(())
+    }
+
+    fn templates(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.config.template_root)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| crate::valid_template_name(n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    async fn delete_template(&self, name: &str) -> Result<(), SandboxError> {
+        tokio::fs::remove_dir_all(self.config.template_root.join(name)).await.map_err(|_| SandboxError::NotFound)
+    }
+
     async fn shutdown(&self) {
         self.sweep();
+        let _ = run_tool("umount", &["-l", &self.templates_dir().to_string_lossy()]).await;
         Cgroup::existing(&self.hierarchy, &self.cgroup_base()).remove_if_empty();
         let _ = tokio::fs::remove_dir_all(&self.config.run_root).await;
     }
@@ -253,6 +358,12 @@ impl Backend for LocalBackend {
             if let Some(image) = &plan.workspace_image {
                 let target = self.config.run_root.join("mnt").join(&plan.id);
                 mount_image(image, &target, plan.disk_bytes, self.config.uid, self.config.gid).await?;
+                mount = Some(target);
+            } else if let Some(template) = &plan.template {
+                let target = self.config.run_root.join("mnt").join(&plan.id);
+                let lower = self.templates_dir().join(template);
+                mount_overlay(&lower, &run.join("ws"), &target, plan.disk_bytes, self.config.uid, self.config.gid)
+                    .await?;
                 mount = Some(target);
             }
             let cg =
@@ -300,6 +411,9 @@ impl Backend for LocalBackend {
                 }
                 if let Some(m) = mount {
                     unmount(&m).await;
+                }
+                if plan.template.is_some() {
+                    unmount(&run.join("ws")).await;
                 }
                 let _ = tokio::fs::remove_dir_all(&run).await;
                 Err(e)
@@ -409,6 +523,37 @@ async fn mount_image(image: &Path, target: &Path, bytes: u64, uid: u32, gid: u32
     Ok(())
 }
 
+/// A copy-on-write workspace: the template read-only below, a size-limited tmpfs (owned by the
+/// sandbox uid) above. Nothing is copied, so it is ready in milliseconds whatever the template's size.
+async fn mount_overlay(
+    lower: &Path,
+    layer: &Path,
+    target: &Path,
+    bytes: u64,
+    uid: u32,
+    gid: u32,
+) -> Result<(), SandboxError> {
+    if !lower.is_dir() {
+        return Err(SandboxError::Invalid { code: "template_not_found", message: "no such template".to_owned() });
+    }
+    tokio::fs::create_dir_all(layer).await.map_err(start_err("workspace"))?;
+    let opts = format!("size={bytes},mode=0755,uid={uid},gid={gid}");
+    run_tool("mount", &["-t", "tmpfs", "-o", &opts, "vbws", &layer.to_string_lossy()]).await?;
+    for d in ["upper", "work"] {
+        let p = layer.join(d);
+        tokio::fs::create_dir(&p).await.map_err(start_err("workspace"))?;
+        std::os::unix::fs::chown(&p, Some(uid), Some(gid)).map_err(start_err("workspace"))?;
+    }
+    tokio::fs::create_dir_all(target).await.map_err(start_err("workspace"))?;
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        layer.join("upper").display(),
+        layer.join("work").display()
+    );
+    run_tool("mount", &["-t", "overlay", "-o", &opts, "vbws", &target.to_string_lossy()]).await
+}
+
 async fn run_tool(program: &str, args: &[&str]) -> Result<(), SandboxError> {
     let out = tokio::process::Command::new(program)
         .args(args)
@@ -477,6 +622,10 @@ impl Instance for LocalInstance {
         if let Some(m) = &self.workspace_mount {
             unmount(m).await;
         }
+        // A template workspace's writable layer (a tmpfs), if any.
+        if tokio::fs::metadata(self.run.join("ws")).await.is_ok() {
+            unmount(&self.run.join("ws")).await;
+        }
         let _ = tokio::fs::remove_dir_all(&self.run).await;
         killed.map_err(|e| SandboxError::Start(e.to_string()))
     }
@@ -492,8 +641,9 @@ pub fn default_run_root(data_dir: &Path) -> PathBuf {
 }
 
 /// The local backend with this host's defaults: `/usr/bin/bwrap`, `/sys/fs/cgroup`.
-pub fn host_config(exe: PathBuf, run_root: PathBuf, uid: u32) -> LocalConfig {
+pub fn host_config(exe: PathBuf, run_root: PathBuf, template_root: PathBuf, uid: u32) -> LocalConfig {
     LocalConfig {
+        template_root,
         run_root,
         exe,
         uid,

@@ -221,6 +221,17 @@ impl Sandboxes {
         {
             return Err(invalid("invalid_workspace", "workspace names are 1..=63 of a-z, 0-9, '-', '_'"));
         }
+        if let Some(t) = &req.template {
+            if !crate::valid_template_name(t) {
+                return Err(invalid("invalid_template", "template names are 1..=63 of a-z, 0-9, '-', '_'"));
+            }
+            if req.workspace.is_some() {
+                return Err(invalid("invalid_template", "a template starts a disposable workspace; drop `workspace`"));
+            }
+            if !self.inner.backend.templates().contains(t) {
+                return Err(invalid("template_not_found", format!("no template {t}")));
+            }
+        }
         if let Some(s) = &req.session
             && (s.is_empty() || s.len() > 128)
         {
@@ -352,6 +363,7 @@ impl Sandboxes {
             cpu_percent,
             disk_bytes: disk_mb * 1024 * 1024,
             workspace_image,
+            template: req.template.clone(),
             env_vars,
             egress,
         };
@@ -368,6 +380,7 @@ impl Sandboxes {
             env: env.to_string(),
             state: SandboxState::Running,
             workspace: req.workspace,
+            template: req.template,
             session: req.session,
             started_at: now_rfc3339(),
             expires_at: rfc3339_in(timeout),
@@ -556,6 +569,25 @@ impl Sandboxes {
             return Err(invalid("restore_failed", String::from_utf8_lossy(&done.stderr).into_owned()));
         }
         Ok(())
+    }
+
+    /// Stores a workspace template (platform-wide) from a `tar.gz` archive.
+    pub async fn put_template(&self, name: &str, archive: Vec<u8>) -> Result<(), SandboxError> {
+        if !crate::valid_template_name(name) {
+            return Err(invalid("invalid_template", "template names are 1..=63 of a-z, 0-9, '-', '_'"));
+        }
+        self.inner.backend.put_template(name, archive).await
+    }
+
+    pub fn templates(&self) -> Vec<String> {
+        self.inner.backend.templates()
+    }
+
+    pub async fn delete_template(&self, name: &str) -> Result<(), SandboxError> {
+        if !crate::valid_template_name(name) || !self.templates().iter().any(|t| t == name) {
+            return Err(invalid("template_not_found", format!("no template {name}")));
+        }
+        self.inner.backend.delete_template(name).await
     }
 
     /// The env's snapshot ids.

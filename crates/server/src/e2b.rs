@@ -69,7 +69,7 @@ pub async fn control(
     let sbx = sandboxes(&state)?;
     match (&method, parts.as_slice()) {
         (&Method::POST, ["sandboxes"] | ["v2", "sandboxes"]) => {
-            let req = parse_new_sandbox(&body)?;
+            let req = parse_new_sandbox(&body, &sbx.templates())?;
             let record = sbx.create(&caller.actor, &env, req).await?;
             audit(&state, &caller, "sandboxes:Create", &env, &record.id).await;
             Ok(json_response(StatusCode::CREATED, sandbox_json(&record)))
@@ -135,7 +135,7 @@ async fn audit(state: &AppState, caller: &Caller, action: &str, env: &EnvId, tar
 }
 
 /// E2B's `NewSandbox` body: template, timeout, metadata, env vars.
-fn parse_new_sandbox(body: &[u8]) -> Result<CreateSandboxRequest, ApiError> {
+fn parse_new_sandbox(body: &[u8], templates: &[String]) -> Result<CreateSandboxRequest, ApiError> {
     let v: Value = if body.is_empty() {
         json!({})
     } else {
@@ -144,11 +144,12 @@ fn parse_new_sandbox(body: &[u8]) -> Result<CreateSandboxRequest, ApiError> {
     if !v.is_object() {
         return Err(bad("invalid_body", "expected a JSON object"));
     }
-    if let Some(t) = v.get("templateID").and_then(Value::as_str)
-        && t != TEMPLATE
-    {
-        return Err(ApiError::not_found("template_not_found", format!("template {t} not found (only '{TEMPLATE}')")));
-    }
+    // `base` is the host's own userland; any other name is a platform template.
+    let template = match v.get("templateID").and_then(Value::as_str) {
+        None | Some(TEMPLATE) => None,
+        Some(t) if templates.iter().any(|x| x == t) => Some(t.to_owned()),
+        Some(t) => return Err(ApiError::not_found("template_not_found", format!("template {t} not found"))),
+    };
     let strings = |key: &str| -> Result<BTreeMap<String, String>, ApiError> {
         match v.get(key) {
             None | Some(Value::Null) => Ok(BTreeMap::new()),
@@ -167,13 +168,14 @@ fn parse_new_sandbox(body: &[u8]) -> Result<CreateSandboxRequest, ApiError> {
         timeout_seconds: v.get("timeout").and_then(Value::as_u64),
         env_vars: strings("envVars")?,
         metadata: strings("metadata")?,
+        template,
         ..Default::default()
     })
 }
 
 fn sandbox_json(r: &SandboxRecord) -> Value {
     json!({
-        "templateID": TEMPLATE,
+        "templateID": r.template.as_deref().unwrap_or(TEMPLATE),
         "sandboxID": r.id,
         "clientID": "vibebase",
         "envdVersion": ENVD_VERSION,
@@ -184,7 +186,7 @@ fn sandbox_json(r: &SandboxRecord) -> Value {
 
 fn listed_json(r: &SandboxRecord) -> Value {
     json!({
-        "templateID": TEMPLATE,
+        "templateID": r.template.as_deref().unwrap_or(TEMPLATE),
         "sandboxID": r.id,
         "clientID": "vibebase",
         "startedAt": r.started_at,

@@ -72,6 +72,7 @@ fn components() -> utoipa::openapi::Components {
         .schema_from::<protocol::sandbox::SnapshotRecord>()
         .schema_from::<protocol::sandbox::SnapshotList>()
         .schema_from::<protocol::sandbox::RestoreRequest>()
+        .schema_from::<protocol::sandbox::TemplateList>()
         .schema("EnvPage", list_of("EnvRecord", true))
         .schema("AuditPage", list_of("AuditEntry", true))
         .schema("KeyList", list_of("KeyRecord", false))

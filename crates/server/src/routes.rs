@@ -537,13 +537,45 @@ const LIST_QUERY: &[(&str, QueryType, &str)] = &[
     ("depth", QueryType::Integer(1, 32), "Levels to descend (default 1)."),
 ];
 
-/// The sandbox API: lifecycle, exec and files of an env's sandboxes (secret key or platform keys).
+/// The sandbox API: lifecycle, exec and files of an env's sandboxes (secret key or platform keys), and
+/// the platform's workspace templates.
 fn sandbox_routes() -> Vec<R> {
-    use EnvKeyAccess::Secret;
-    use Scope::Env;
+    use EnvKeyAccess::{None as PlatformOnly, Secret};
+    use Scope::{Env, Platform as Plat};
+    let template_body_limit = axum::extract::DefaultBodyLimit::max(sandboxes::MAX_TEMPLATE_BYTES);
     let file_body_limit = axum::extract::DefaultBodyLimit::max(sandboxes::MAX_FILE_BYTES);
     const SB: &str = "/v1/envs/{env}/sandboxes/{sandbox}";
     vec![
+        r(
+            "PUT",
+            "/v1/templates/{template}",
+            control("templates:Put", PlatformOnly),
+            Plat,
+            "Store or replace a workspace template (the raw body is a tar.gz archive).",
+            None,
+            (200, Some("TemplateList")),
+            put(sandboxes::put_template).layer(template_body_limit),
+        ),
+        r(
+            "GET",
+            "/v1/templates",
+            control("templates:List", PlatformOnly),
+            Plat,
+            "List workspace templates.",
+            None,
+            (200, Some("TemplateList")),
+            get(sandboxes::list_templates),
+        ),
+        r(
+            "DELETE",
+            "/v1/templates/{template}",
+            control("templates:Delete", PlatformOnly),
+            Plat,
+            "Delete a workspace template.",
+            None,
+            (204, None),
+            delete(sandboxes::delete_template),
+        ),
         r(
             "POST",
             "/v1/envs/{env}/sandboxes",

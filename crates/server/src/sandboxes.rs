@@ -181,6 +181,44 @@ pub async fn restore(
     Ok(Json(sbx.get(env, &p.sandbox)?))
 }
 
+#[derive(Deserialize)]
+pub struct TemplatePath {
+    template: String,
+}
+
+/// Largest template archive accepted.
+pub const MAX_TEMPLATE_BYTES: usize = 1024 * 1024 * 1024;
+
+pub async fn put_template(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(p): Path<TemplatePath>,
+    body: Bytes,
+) -> ApiResult<Json<protocol::sandbox::TemplateList>> {
+    let sbx = sandboxes(&state)?;
+    sbx.put_template(&p.template, body.to_vec()).await?;
+    if let Err(e) = state.platform.audit_ok(&caller.actor, "templates:Put", "", &p.template).await {
+        tracing::error!(error = %e, "could not write an audit row");
+    }
+    Ok(Json(protocol::sandbox::TemplateList { items: sbx.templates() }))
+}
+
+pub async fn list_templates(State(state): State<AppState>) -> ApiResult<Json<protocol::sandbox::TemplateList>> {
+    Ok(Json(protocol::sandbox::TemplateList { items: sandboxes(&state)?.templates() }))
+}
+
+pub async fn delete_template(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(p): Path<TemplatePath>,
+) -> ApiResult<StatusCode> {
+    sandboxes(&state)?.delete_template(&p.template).await?;
+    if let Err(e) = state.platform.audit_ok(&caller.actor, "templates:Delete", "", &p.template).await {
+        tracing::error!(error = %e, "could not write an audit row");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
 pub async fn snapshots(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

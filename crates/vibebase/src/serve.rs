@@ -154,8 +154,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 fn start_sandboxes(platform: &Platform, args: &ServeArgs, data_dir: &Path) -> Result<sandbox::Sandboxes, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the vibebase executable: {e}"))?;
     let run_root = args.sandbox_run_dir.clone().unwrap_or_else(|| sandbox::local::default_run_root(data_dir));
-    let backend = sandbox::local::LocalBackend::new(sandbox::local::host_config(exe, run_root, args.sandbox_uid))
-        .map_err(|e| e.to_string());
+    let templates = data_dir.join("templates");
+    let backend =
+        sandbox::local::LocalBackend::new(sandbox::local::host_config(exe, run_root, templates, args.sandbox_uid))
+            .map_err(|e| e.to_string());
     match backend {
         Ok(b) => {
             let s = sandbox::Sandboxes::new(platform.clone(), Arc::new(b), sandbox::SandboxDefaults::default());

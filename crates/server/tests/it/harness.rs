@@ -62,7 +62,8 @@ fn local_backend() -> Result<Arc<dyn sandbox::Backend>, String> {
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
             let bin = exe.parent().and_then(|d| d.parent()).map(|d| d.join("vibebase")).ok_or("no target dir")?;
             let run_root = std::path::PathBuf::from("/run/vibebase").join(format!("test-{}", std::process::id()));
-            sandbox::local::LocalBackend::new(sandbox::local::host_config(bin, run_root, 100_000))
+            let templates = run_root.join("store");
+            sandbox::local::LocalBackend::new(sandbox::local::host_config(bin, run_root, templates, 100_000))
                 .map(|b| Arc::new(b) as Arc<dyn sandbox::Backend>)
                 .map_err(|e| e.to_string())
         })
@@ -78,6 +79,11 @@ fn sweep_dead_test_backends() {
         if std::path::Path::new("/proc").join(pid).exists() {
             continue;
         }
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(entry.path().join("templates"))
+            .stderr(std::process::Stdio::null())
+            .status();
         let _ = std::fs::remove_dir_all(entry.path());
         for controller in ["", "memory", "pids", "cpu", "cpuacct", "freezer"] {
             let base = std::path::Path::new("/sys/fs/cgroup").join(controller).join("vibebase").join(&name);

@@ -246,6 +246,11 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
             f("env_tenant", 201, "/v1/envs/tenant-a/sandboxes".into(), Some(json!({"timeout_seconds": 60})))
         }
         ("GET", "/v1/envs/{env}/sandboxes") => f("env_tenant", 200, "/v1/envs/tenant-a/sandboxes".into(), None),
+        // Templates are platform-wide; the archive itself is tested on the real binary. Here an empty
+        // body (not an archive: 400) and a missing template (404) show who gets past the gate.
+        ("PUT", "/v1/templates/{template}") => f("platform", 400, "/v1/templates/t1".into(), None),
+        ("GET", "/v1/templates") => f("platform", 200, "/v1/templates".into(), None),
+        ("DELETE", "/v1/templates/{template}") => f("platform", 404, "/v1/templates/none".into(), None),
         ("GET", "/v1/envs/{env}/snapshots") => f("env_tenant", 200, "/v1/envs/tenant-a/snapshots".into(), None),
         (_, p) if p.starts_with("/v1/envs/{env}/sandboxes/{sandbox}") => {
             let sb = format!("/v1/envs/tenant-a/sandboxes/{}", w.sandbox);

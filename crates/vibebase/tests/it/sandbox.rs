@@ -677,3 +677,65 @@ fn egress_reaches_only_the_own_env_and_allow_listed_registries() {
     lab.assert_unaffected();
     lab.server.stop();
 }
+
+#[test]
+fn templates_give_copy_on_write_workspaces() {
+    let lab = Lab::new();
+    // A template with a node_modules tree (an executable, a symlink), uploaded as tar.gz.
+    let src = lab.data_dir.join("tpl-src");
+    std::fs::create_dir_all(src.join("node_modules/.bin")).unwrap();
+    std::fs::create_dir_all(src.join("node_modules/pkg")).unwrap();
+    std::fs::write(src.join("node_modules/pkg/index.js"), "module.exports = 'tpl';\n").unwrap();
+    std::fs::write(src.join("package.json"), "{\"name\": \"app\"}\n").unwrap();
+    std::os::unix::fs::symlink("../pkg/index.js", src.join("node_modules/.bin/pkg")).unwrap();
+    let archive =
+        std::process::Command::new("tar").arg("-C").arg(&src).args(["-czf", "-", "."]).output().unwrap().stdout;
+    let put = |name: &str, body: Vec<u8>| {
+        lab.http.put(format!("{}/v1/templates/{name}", lab.server.url)).bearer_auth(ADMIN).body(body).send().unwrap()
+    };
+    let resp = put("vite-react", archive);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().unwrap()["items"], json!(["vite-react"]));
+    // Bad archives leave nothing behind.
+    assert_eq!(put("broken", b"not a tarball".to_vec()).status(), 400);
+    assert_eq!(put("../evil", Vec::new()).status(), 404);
+    let (_, list) = lab.call("GET", "/v1/templates", None);
+    assert_eq!(list["items"], json!(["vite-react"]));
+
+    let a = lab.sandbox(json!({"template": "vite-react", "disk_mb": 64}));
+    let b = lab.sandbox(json!({"template": "vite-react"}));
+    assert_eq!(lab.exec_ok(&a, "node -e \"console.log(require('/home/user/node_modules/pkg'))\""), "tpl\n");
+    assert_eq!(
+        lab.exec_ok(&a, "readlink node_modules/.bin/pkg; id -un; stat -c %U package.json"),
+        "../pkg/index.js\nuser\nuser\n"
+    );
+    // Writes stay in the sandbox's own layer: the template and the neighbour see none of them.
+    lab.exec_ok(&a, "echo changed > node_modules/pkg/index.js && rm package.json && mkdir dist && echo x > dist/a");
+    assert_eq!(
+        lab.exec_ok(&b, "cat node_modules/pkg/index.js; ls"),
+        "module.exports = 'tpl';\nnode_modules\npackage.json\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(lab.data_dir.join("templates/vite-react/node_modules/pkg/index.js")).unwrap(),
+        "module.exports = 'tpl';\n"
+    );
+    // The writable layer has the sandbox's disk quota.
+    let r = lab.exec(&a, "dd if=/dev/zero of=big bs=1M count=100");
+    assert!(r["stderr"].as_str().unwrap().contains("No space left on device"), "{r}");
+    // The template's host path shows nowhere inside.
+    let mounts = lab.exec_ok(&a, "cat /proc/self/mountinfo");
+    assert!(!mounts.contains(lab.data_dir.to_str().unwrap()), "{mounts}");
+    // Unknown templates are refused; templates are platform-wide and only platform keys manage them.
+    let (status, r) = lab.call("POST", "/v1/envs/lab/sandboxes", Some(json!({"template": "nope"})));
+    assert_eq!((status, r["code"].as_str()), (404, Some("template_not_found")));
+    let (_, env) = lab.call("POST", "/v1/envs", Some(json!({"id": "tenant"})));
+    let tenant = env["keys"]["secret"].as_str().unwrap();
+    let denied =
+        lab.http.put(format!("{}/v1/templates/x", lab.server.url)).bearer_auth(tenant).body(Vec::new()).send().unwrap();
+    assert_eq!(denied.status(), 403);
+    let (status, _) = lab.call("DELETE", "/v1/templates/vite-react", None);
+    assert_eq!(status, 204);
+    // Sandboxes already running from it keep their view.
+    assert_eq!(lab.exec_ok(&b, "cat node_modules/pkg/index.js"), "module.exports = 'tpl';\n");
+    lab.server.stop();
+}
