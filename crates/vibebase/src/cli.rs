@@ -84,6 +84,13 @@ pub enum ClientCommand {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Manage the platform's workspace templates.
+    Template {
+        #[command(subcommand)]
+        command: TemplateCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Show an env's audit log.
     Audit {
         #[arg(long)]
@@ -118,6 +125,16 @@ pub enum EnvCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum TemplateCommand {
+    /// Store (or replace) a template from a local directory, e.g. a Vite app with node_modules.
+    Put { name: String, dir: std::path::PathBuf },
+    /// List templates.
+    List,
+    /// Delete a template.
+    Delete { name: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum SandboxCommand {
     /// Start a sandbox (prints its id).
     Create {
@@ -126,6 +143,12 @@ pub enum SandboxCommand {
         /// Mount this persistent workspace (created on first use).
         #[arg(long)]
         workspace: Option<String>,
+        /// Start from this template (copy-on-write).
+        #[arg(long)]
+        template: Option<String>,
+        /// Allow egress to this host (e.g. registry.npmjs.org). Repeatable.
+        #[arg(long = "allow-egress")]
+        allow_egress: Vec<String>,
         /// Lifetime in seconds.
         #[arg(long)]
         timeout: Option<u64>,
@@ -554,15 +577,26 @@ async fn sandbox(c: &Client, command: SandboxCommand) -> Result<Option<ExitCode>
     use reqwest::Method;
     let base = |env: &str, id: &str| format!("/v1/envs/{env}/sandboxes/{id}");
     match command {
-        SandboxCommand::Create { env, workspace, timeout, memory_mb, disk_mb, cpu_percent, vars } => {
+        SandboxCommand::Create {
+            env,
+            workspace,
+            template,
+            allow_egress,
+            timeout,
+            memory_mb,
+            disk_mb,
+            cpu_percent,
+            vars,
+        } => {
             let mut env_vars = serde_json::Map::new();
             for v in vars {
                 let (k, val) =
                     v.split_once('=').ok_or_else(|| Failure::new(2, format!("--var {v}: expected NAME=VALUE")))?;
                 env_vars.insert(k.to_owned(), json!(val));
             }
-            let body = json!({"workspace": workspace, "timeout_seconds": timeout, "memory_mb": memory_mb,
-                "disk_mb": disk_mb, "cpu_percent": cpu_percent, "env_vars": env_vars});
+            let body = json!({"workspace": workspace, "template": template, "allow_egress": allow_egress,
+                "timeout_seconds": timeout, "memory_mb": memory_mb, "disk_mb": disk_mb, "cpu_percent": cpu_percent,
+                "env_vars": env_vars});
             let r = c.call(Method::POST, &format!("/v1/envs/{env}/sandboxes"), Some(body)).await?;
             c.show(r, |v| format!("{}\n", s(&v["id"])));
         }
@@ -631,6 +665,36 @@ async fn dispatch(command: ClientCommand) -> Result<Option<ExitCode>, Failure> {
     use reqwest::Method;
     match command {
         ClientCommand::Sandbox { command, conn } => return sandbox(&Client::new(conn)?, command).await,
+        ClientCommand::Template { command, conn } => {
+            let c = Client::new(conn)?;
+            let names = |v: &Value| {
+                v["items"].as_array().into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join("\n")
+            };
+            match command {
+                TemplateCommand::Put { name, dir } => {
+                    if !dir.is_dir() {
+                        return Err(Failure::new(2, format!("{} is not a directory", dir.display())));
+                    }
+                    progress(&format!("packing {}…", dir.display()));
+                    let out = std::process::Command::new("tar")
+                        .arg("-C")
+                        .arg(&dir)
+                        .args(["-czf", "-", "."])
+                        .output()
+                        .map_err(|e| Failure::new(1, format!("tar: {e}")))?;
+                    if !out.status.success() {
+                        return Err(Failure::new(1, format!("tar: {}", String::from_utf8_lossy(&out.stderr).trim())));
+                    }
+                    let reply = c.raw(Method::PUT, &format!("/v1/templates/{name}"), out.stdout).await?;
+                    let v: Value = serde_json::from_slice(&reply).unwrap_or(Value::Null);
+                    c.show(Reply::Json(v), names);
+                }
+                TemplateCommand::List => c.show(c.call(Method::GET, "/v1/templates", None).await?, names),
+                TemplateCommand::Delete { name } => {
+                    c.show(c.call(Method::DELETE, &format!("/v1/templates/{name}"), None).await?, |_| String::new());
+                }
+            }
+        }
         ClientCommand::Env { command, conn } => {
             let c = Client::new(conn)?;
             match command {

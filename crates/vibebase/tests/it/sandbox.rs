@@ -528,12 +528,19 @@ fn another_envs_credentials_cannot_touch_a_sandbox() {
 fn cli_drives_sandboxes_and_exits_with_the_commands_code() {
     let lab = Lab::new();
     let cli = |args: &[&str]| lab.server.cli(ADMIN, args);
-    let created = cli(&["sandbox", "create", "--env", "lab", "--timeout", "120", "--var", "WHO=cli"]);
+    let tpl = lab.data_dir.join("tpl");
+    std::fs::create_dir_all(tpl.join("src")).unwrap();
+    std::fs::write(tpl.join("src/main.js"), "console.log('from template')\n").unwrap();
+    let put = cli(&["template", "put", "starter", tpl.to_str().unwrap()]);
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    assert_eq!(String::from_utf8_lossy(&cli(&["template", "list"]).stdout), "starter\n");
+    let created =
+        cli(&["sandbox", "create", "--env", "lab", "--template", "starter", "--timeout", "120", "--var", "WHO=cli"]);
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     let id = String::from_utf8_lossy(&created.stdout).trim().to_owned();
-    let run = cli(&["sandbox", "exec", "--env", "lab", &id, "echo hi $WHO; exit 5"]);
+    let run = cli(&["sandbox", "exec", "--env", "lab", &id, "echo hi $WHO; node src/main.js; exit 5"]);
     assert_eq!(run.status.code(), Some(5));
-    assert_eq!(String::from_utf8_lossy(&run.stdout), "hi cli\n");
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "hi cli\nfrom template\n");
     let local = lab.data_dir.join("upload.txt");
     std::fs::write(&local, "from the host").unwrap();
     let put = cli(&["sandbox", "put", "--env", "lab", &id, local.to_str().unwrap(), "docs/a.txt"]);
