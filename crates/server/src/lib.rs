@@ -38,6 +38,8 @@ pub struct AppState {
     specs: Arc<HashMap<&'static str, Vec<RouteSpec>>>,
     pub metrics: Arc<metrics::Metrics>,
     openapi: bytes::Bytes,
+    /// The model gateway (`/env/<env>/llm/v1`); without `--models` it knows no models.
+    pub gateway: gateway::Gateway,
 }
 
 impl AppState {
@@ -50,7 +52,20 @@ impl AppState {
             specs.entry(s.path).or_default().push(s);
         }
         let openapi = openapi::document().to_json().unwrap_or_else(|_| "{}".to_owned());
-        Self { platform, specs: Arc::new(specs), metrics: Arc::default(), openapi: bytes::Bytes::from(openapi) }
+        let gateway = gateway::Gateway::empty(platform.clone());
+        Self {
+            platform,
+            specs: Arc::new(specs),
+            metrics: Arc::default(),
+            openapi: bytes::Bytes::from(openapi),
+            gateway,
+        }
+    }
+
+    /// The same state with a configured model gateway.
+    pub fn with_gateway(mut self, gateway: gateway::Gateway) -> Self {
+        self.gateway = gateway;
+        self
     }
 
     /// The route a matched path and method belong to.

@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// Queue webhook deliveries without sending them (staging, maintenance, conformance runs).
     #[arg(long, env = "VIBEBASE_NO_WEBHOOK_DELIVERY")]
     no_webhook_delivery: bool,
+    /// Models file (JSON) of the model gateway: providers, models, routes, prices, budgets.
+    #[arg(long, env = "VIBEBASE_MODELS")]
+    models: Option<PathBuf>,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"], env = "VIBEBASE_LOG_FORMAT")]
     log_format: String,
@@ -121,14 +124,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.default_rate_per_second = args.rate_limit.max(1);
     config.webhook_delivery = !args.no_webhook_delivery;
     let platform = Platform::new(config, db, blobs, &admin_key, Arc::new(SystemClock), Arc::new(OsEntropy));
+    let gateway = match &args.models {
+        Some(path) => {
+            let models = gateway::Config::load(path).with_context(|| format!("--models {}", path.display()))?;
+            gateway::Gateway::new(platform.clone(), models).with_context(|| format!("--models {}", path.display()))?
+        }
+        None => gateway::Gateway::empty(platform.clone()),
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let background = platform.spawn_background(stop_rx);
     tracing::info!(
         listen = %local, %public_url, data_dir = %data_dir.display(), schema_version = version,
         metadata = if args.database_url.is_some() { "postgres" } else { "sqlite" },
-        blobs = platform.blobs().describe(), "vibebase is serving"
+        blobs = platform.blobs().describe(), models = gateway.models().len(), "vibebase is serving"
     );
-    server::serve(listener, server::AppState::new(platform), shutdown_signal()).await.context("serve")?;
+    let state = server::AppState::new(platform).with_gateway(gateway);
+    server::serve(listener, state, shutdown_signal()).await.context("serve")?;
     tracing::info!("shutting down: flushing meters");
     let _ = stop_tx.send(true);
     for task in background {

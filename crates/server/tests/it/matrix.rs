@@ -219,7 +219,7 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
         ("ANY", "/env/{env}/functions/v1/{*rest}") => {
             f("data_any", 501, "/env/tenant-a/functions/v1/hello".into(), None)
         }
-        ("ANY", "/env/{env}/llm/v1/{*rest}") => f("data_hands", 501, "/env/tenant-a/llm/v1/models".into(), None),
+        ("ANY", "/env/{env}/llm/v1/{*rest}") => f("data_hands", 200, "/env/tenant-a/llm/v1/models".into(), None),
         ("ANY", "/env/{env}/e2b/{*rest}") => f("data_hands", 501, "/env/tenant-a/e2b/sandboxes".into(), None),
         ("ANY", "/env/{env}/mcp") => f("data_secret", 501, "/env/tenant-a/mcp".into(), None),
         ("POST", "/v1/envs/{env}/agent") => f("data_secret", 501, "/v1/envs/tenant-a/agent".into(), Some(json!({}))),
