@@ -42,6 +42,9 @@ pub async fn handle(
     body: Body,
 ) -> Result<Response, GatewayError> {
     let rest = rest.trim_matches('/');
+    // The Anthropic SDK appends `/v1/messages` to its base URL; with the env's `urls.llm` (which ends in
+    // `/v1`) as that base, its paths arrive as `v1/...`. Both forms are served.
+    let rest = rest.strip_prefix("v1/").unwrap_or(rest);
     let not_found = || GatewayError::new(404, "route_not_found", format!("no such route: /llm/v1/{rest}"));
     let anthropic_client = headers.contains_key("anthropic-version");
     match (method, rest) {

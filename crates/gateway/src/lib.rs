@@ -334,8 +334,11 @@ impl Gateway {
                 _ => Attempt::Retry(GatewayError::unavailable(format!("the upstream answered {status}"))),
             });
         }
-        answer.source =
-            Source::Http { resp: Box::new(resp), decoder: upstream::Decoder::new(cfg.kind), read_timeout: cfg.read_timeout() };
+        answer.source = Source::Http {
+            resp: Box::new(resp),
+            decoder: upstream::Decoder::new(cfg.kind),
+            read_timeout: cfg.read_timeout(),
+        };
         answer.pending.clear();
         // Wait for the first content (or the end) so a stream broken at its start is retried elsewhere.
         loop {

@@ -90,6 +90,14 @@ impl Harness {
         Self { platform, router, admin: ADMIN_KEY.to_owned(), clock, dir }
     }
 
+    /// Serves the model gateway with this models file (JSON) from now on.
+    pub fn use_models(&mut self, models_json: &str) -> gateway::Gateway {
+        let config = gateway::Config::from_json(models_json, self.dir.path()).unwrap();
+        let gw = gateway::Gateway::new(self.platform.clone(), config).unwrap();
+        self.router = server::router(server::AppState::new(self.platform.clone()).with_gateway(gw.clone()));
+        gw
+    }
+
     /// Sends a request; `key` goes in `Authorization: Bearer`.
     pub async fn call(&self, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> Resp {
         let mut headers = vec![];
