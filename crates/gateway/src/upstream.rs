@@ -98,6 +98,8 @@ fn anthropic_body(req: &ChatRequest, model: &str, max_tokens: u64) -> Value {
             let content: Vec<Value> = m
                 .content
                 .iter()
+                // Anthropic refuses empty text blocks.
+                .filter(|p| !matches!(p, Part::Text { text } if text.is_empty()))
                 .map(|p| match p {
                     Part::Text { text } => json!({"type": "text", "text": text}),
                     Part::ToolCall { id, name, arguments } => json!({
