@@ -40,6 +40,10 @@ pub struct ProviderConfig {
     /// Longest silence between two chunks of a response (also the first byte).
     #[serde(default = "default_read_timeout_ms")]
     pub read_timeout_ms: u64,
+    /// Name of the output limit in OpenAI-compatible requests: `max_tokens` (most compatible servers)
+    /// or `max_completion_tokens` (OpenAI's reasoning models).
+    #[serde(default = "default_max_tokens_param")]
+    pub max_tokens_param: String,
     /// Default weight of this provider's routes in balancing.
     #[serde(default = "default_weight")]
     pub weight: u32,
@@ -133,6 +137,9 @@ fn default_connect_timeout_ms() -> u64 {
 fn default_read_timeout_ms() -> u64 {
     120_000
 }
+fn default_max_tokens_param() -> String {
+    "max_tokens".to_owned()
+}
 fn default_weight() -> u32 {
     1
 }
@@ -216,6 +223,9 @@ impl Config {
                         return bad(format!("provider {name}: a replay provider needs `recordings`"));
                     }
                 }
+            }
+            if !matches!(p.max_tokens_param.as_str(), "max_tokens" | "max_completion_tokens") {
+                return bad(format!("provider {name}: max_tokens_param must be max_tokens or max_completion_tokens"));
             }
             if p.breaker_failures == 0 {
                 return bad(format!("provider {name}: breaker_failures must be at least 1"));

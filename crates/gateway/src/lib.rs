@@ -283,7 +283,7 @@ impl Gateway {
         }
         let cfg = &provider.config;
         let url = format!("{}{}", cfg.base_url.trim_end_matches('/'), upstream::endpoint(cfg.kind));
-        let body = upstream::request_body(cfg.kind, req, upstream_model, max_out);
+        let body = upstream::request_body(cfg, req, upstream_model, max_out);
         let mut rb = self.inner.http.post(&url).json(&body).header("accept", "text/event-stream");
         if let Some(key) = &provider.api_key {
             rb = match cfg.kind {

@@ -7,20 +7,24 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::config::ProviderKind;
+use crate::config::{ProviderConfig, ProviderKind};
 use crate::error::GatewayError;
 use crate::ir::{ChatRequest, Event, FinishReason, Part, Role, ToolChoice, Usage};
 use crate::sse::{SseEvent, SseParser};
 
 /// The JSON body of the upstream request; `model` is the provider's name for the model.
-pub fn request_body(kind: ProviderKind, req: &ChatRequest, model: &str, max_tokens: u64) -> Value {
-    match kind {
+pub fn request_body(provider: &ProviderConfig, req: &ChatRequest, model: &str, max_tokens: u64) -> Value {
+    match provider.kind {
         ProviderKind::Anthropic => anthropic_body(req, model, max_tokens),
-        ProviderKind::Openai | ProviderKind::Replay => openai_body(req, model, max_tokens),
+        ProviderKind::Openai | ProviderKind::Replay => {
+            let mut body = openai_body(req, model);
+            body[provider.max_tokens_param.as_str()] = json!(max_tokens);
+            body
+        }
     }
 }
 
-fn openai_body(req: &ChatRequest, model: &str, max_tokens: u64) -> Value {
+fn openai_body(req: &ChatRequest, model: &str) -> Value {
     let mut messages = Vec::new();
     if let Some(s) = &req.system {
         messages.push(json!({"role": "system", "content": s}));
@@ -55,7 +59,6 @@ fn openai_body(req: &ChatRequest, model: &str, max_tokens: u64) -> Value {
         "messages": messages,
         "stream": true,
         "stream_options": {"include_usage": true},
-        "max_tokens": max_tokens,
     });
     if !req.tools.is_empty() {
         body["tools"] = req
