@@ -250,6 +250,14 @@ def test_responses_api_streamed_and_not_agree(w):
             final = s.get_final_response()
         call = [o for o in final.output if o.type == "function_call"][0]
         assert json.loads(call.arguments) == EXPECTED_ARGS
+        # The call and its output go back as input items, translated for either upstream.
+        follow = c.responses.create(model=model, tools=TOOLS_RESPONSES, input=[
+            {"role": "user", "content": "tool:300"},
+            {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "written"},
+            {"role": "user", "content": "done"},
+        ])
+        assert "you said 'done'" in follow.output_text, follow.output_text
 
 
 def test_upstream_error_mid_stream_raises(w):

@@ -146,7 +146,16 @@ impl Gateway {
     /// because no gate stands in front.
     pub async fn chat(&self, env: &EnvId, session: Option<&str>, req: ChatRequest) -> Result<Answer, GatewayError> {
         self.inner.platform.check_rate(env).await.map_err(GatewayError::from_platform)?;
-        self.inner.platform.env_status(env).await.map_err(GatewayError::from_platform)?;
+        let status = self.inner.platform.env_status(env).await.map_err(GatewayError::from_platform)?;
+        match status {
+            protocol::api::EnvStatus::Active => {}
+            protocol::api::EnvStatus::Suspended => {
+                return Err(GatewayError::new(403, "env_suspended", "this environment is suspended"));
+            }
+            protocol::api::EnvStatus::Deleting => {
+                return Err(GatewayError::new(404, "env_not_found", "environment not found"));
+            }
+        }
         self.start(Bill { env: env.clone(), session: session.map(str::to_owned) }, req).await
     }
 

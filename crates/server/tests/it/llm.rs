@@ -500,6 +500,10 @@ async fn in_process_calls_share_budgets_and_meters_with_http() {
     assert_eq!(rows.len(), 4);
     assert_eq!(rows.iter().filter(|d| d.contains("\"session\":\"agent-1\"")).count(), 2, "{rows:?}");
     assert!(rows.iter().all(|d| d.contains("\"model\":\"gpt\"")), "{rows:?}");
+    // A suspended env is refused in-process too (no gate stands in front of the agent loop).
+    assert_eq!(h.call("POST", "/v1/envs/shop/suspend", Some(&h.admin), None).await.status, StatusCode::OK);
+    let e = gw.chat(&env, Some("agent-3"), req(5)).await.err().unwrap();
+    assert_eq!((e.status, e.code.as_str()), (403, "env_suspended"));
 }
 
 #[tokio::test]
