@@ -124,7 +124,8 @@ async fn chat(gw: &Gateway, bill: Bill, p: Protocol, body: Body) -> Result<Respo
     let v = read_json(gw, body).await?;
     let (req, opts) = parse(p, &v)?;
     let input_estimate = req.estimate_input_tokens();
-    let answer = gw.start(bill, req).await?;
+    let mut answer = gw.start(bill, req).await?;
+    answer.settle_in_background();
     let meta = Meta { id: answer.id.clone(), model: answer.model.clone(), created: answer.created };
     let replayed = answer.replayed;
     let mut response = if opts.stream {

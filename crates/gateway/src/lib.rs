@@ -59,6 +59,8 @@ struct Inner {
     providers: HashMap<String, Provider>,
     budgets: budget::Budgets,
     rng: Mutex<rand::rngs::StdRng>,
+    /// Calls reserved but not yet settled.
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -110,6 +112,7 @@ impl Gateway {
                 providers,
                 budgets,
                 rng: Mutex::new(rand::SeedableRng::from_os_rng()),
+                in_flight: Default::default(),
             }),
         })
     }
@@ -124,12 +127,28 @@ impl Gateway {
                 providers: HashMap::new(),
                 budgets: budget::Budgets::new(config::BudgetsConfig::default()),
                 rng: Mutex::new(rand::SeedableRng::from_os_rng()),
+                in_flight: Default::default(),
             }),
         }
     }
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Calls started and not yet settled (streams in progress, settlements being written).
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until every started call is settled, or `timeout` passes (graceful shutdown, tests).
+    /// Returns the calls still unsettled.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.in_flight()
     }
 
     /// Every model name and alias callers may use.
@@ -183,6 +202,7 @@ impl Gateway {
         let want_out = req.max_tokens.unwrap_or(model.default_max_tokens).max(1);
         let (reservation, max_out) = inner.budgets.reserve(&inner.platform, &bill, model, input, want_out).await?;
         let call_id = inner.platform.random_id(24);
+        inner.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let settle = Settle {
             inner: Some(self.inner.clone()),
             reservation,
@@ -201,6 +221,7 @@ impl Gateway {
             completion: Completion::default(),
             settle,
             finished: false,
+            background_settlement: false,
         };
         let mut last_err = None;
         let order = self.route_order(model);
@@ -367,6 +388,12 @@ impl Gateway {
     }
 }
 
+impl Inner {
+    fn done(&self) {
+        self.in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 enum Attempt {
     Retry(GatewayError),
     Fatal(GatewayError),
@@ -441,6 +468,7 @@ impl Settle {
     fn release(&mut self) {
         if let Some(inner) = self.inner.take() {
             inner.budgets.release(&self.reservation);
+            inner.done();
         }
     }
 
@@ -451,24 +479,45 @@ impl Settle {
     async fn settle(&mut self, usage: Usage) -> Result<(), GatewayError> {
         let Some(inner) = self.inner.take() else { return Ok(()) };
         let cost = inner.config.model(&self.model).map_or(0, |m| m.cost(usage.input_tokens, usage.output_tokens));
-        inner.budgets.settle(&inner.platform, &self.reservation, &self.call_id, &self.model, usage, cost).await
+        let result =
+            inner.budgets.settle(&inner.platform, &self.reservation, &self.call_id, &self.model, usage, cost).await;
+        inner.done();
+        result
     }
 }
 
-impl Drop for Settle {
-    fn drop(&mut self) {
+impl Settle {
+    /// Settles in a background task (the caller does not wait for the ledger write); outside a runtime
+    /// the reservation is only released.
+    fn settle_in_background(&mut self, usage: Usage) {
         let Some(inner) = self.inner.take() else { return };
-        let usage = self.estimate();
         let (reservation, call_id, model) = (self.reservation.clone(), self.call_id.clone(), self.model.clone());
         let cost = inner.config.model(&model).map_or(0, |m| m.cost(usage.input_tokens, usage.output_tokens));
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(async move {
-                    tracing::info!(call_id, "model call cut off; charging its estimated usage");
-                    let _ = inner.budgets.settle(&inner.platform, &reservation, &call_id, &model, usage, cost).await;
+                    if let Err(e) =
+                        inner.budgets.settle(&inner.platform, &reservation, &call_id, &model, usage, cost).await
+                    {
+                        tracing::error!(error = %e, call_id, "settling a model call failed");
+                    }
+                    inner.done();
                 });
             }
-            Err(_) => inner.budgets.release(&reservation),
+            Err(_) => {
+                inner.budgets.release(&reservation);
+                inner.done();
+            }
+        }
+    }
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        if self.inner.is_some() {
+            tracing::info!(call_id = %self.call_id, "model call cut off; charging its estimated usage");
+            let usage = self.estimate();
+            self.settle_in_background(usage);
         }
     }
 }
@@ -489,9 +538,17 @@ pub struct Answer {
     completion: Completion,
     settle: Settle,
     finished: bool,
+    /// Settle after the last event without making the caller wait for the ledger write.
+    background_settlement: bool,
 }
 
 impl Answer {
+    /// The last event is handed out without waiting for the ledger write; the reservation is still held
+    /// until the write is done, so budgets stay exact (only the usage report lags by that write).
+    pub fn settle_in_background(&mut self) {
+        self.background_settlement = true;
+    }
+
     /// The next event; `None` after the last one (the call is then settled). An error ends the stream
     /// (the call is settled with its estimated usage).
     pub async fn next(&mut self) -> Option<Result<Event, GatewayError>> {
@@ -517,7 +574,9 @@ impl Answer {
                     if usage.input_tokens == 0 && usage.output_tokens == 0 {
                         usage = self.settle.estimate();
                     }
-                    if let Err(e) = self.settle.settle(usage).await {
+                    if self.background_settlement {
+                        self.settle.settle_in_background(usage);
+                    } else if let Err(e) = self.settle.settle(usage).await {
                         tracing::error!(error = %e, "settling a model call failed");
                     }
                     return None;

@@ -138,8 +138,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         metadata = if args.database_url.is_some() { "postgres" } else { "sqlite" },
         blobs = platform.blobs().describe(), models = gateway.models().len(), "vibebase is serving"
     );
-    let state = server::AppState::new(platform).with_gateway(gateway);
+    let state = server::AppState::new(platform).with_gateway(gateway.clone());
     server::serve(listener, state, shutdown_signal()).await.context("serve")?;
+    let unsettled = gateway.drain(std::time::Duration::from_secs(10)).await;
+    if unsettled > 0 {
+        tracing::warn!(unsettled, "model calls still unsettled at shutdown");
+    }
     tracing::info!("shutting down: flushing meters");
     let _ = stop_tx.send(true);
     for task in background {

@@ -34,6 +34,8 @@ pub struct Harness {
     pub admin: String,
     pub clock: Arc<TestClock>,
     pub dir: tempfile::TempDir,
+    /// The model gateway, once [`Harness::use_models`] configured one.
+    pub gateway: Option<gateway::Gateway>,
 }
 
 pub struct Resp {
@@ -87,7 +89,7 @@ impl Harness {
         let clock = Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc())));
         let platform = Platform::new(config, db, blobs, ADMIN_KEY, clock.clone(), Arc::new(OsEntropy));
         let router = server::router(server::AppState::new(platform.clone()));
-        Self { platform, router, admin: ADMIN_KEY.to_owned(), clock, dir }
+        Self { platform, router, admin: ADMIN_KEY.to_owned(), clock, dir, gateway: None }
     }
 
     /// Serves the model gateway with this models file (JSON) from now on.
@@ -95,6 +97,7 @@ impl Harness {
         let config = gateway::Config::from_json(models_json, self.dir.path()).unwrap();
         let gw = gateway::Gateway::new(self.platform.clone(), config).unwrap();
         self.router = server::router(server::AppState::new(self.platform.clone()).with_gateway(gw.clone()));
+        self.gateway = Some(gw.clone());
         gw
     }
 

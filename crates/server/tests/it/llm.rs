@@ -221,7 +221,11 @@ async fn post(h: &Harness, path: &str, key: &str, body: Value) -> crate::harness
     .await
 }
 
+/// The env's usage once every call is settled (HTTP calls settle after their last byte).
 async fn usage(h: &Harness) -> HashMap<String, i64> {
+    if let Some(gw) = &h.gateway {
+        assert_eq!(gw.drain(Duration::from_secs(10)).await, 0, "calls left unsettled");
+    }
     let r = h.call("GET", "/v1/envs/shop/usage", Some(&h.admin), None).await;
     r.json["totals"]
         .as_array()
