@@ -83,6 +83,19 @@ def test_files_write_read_list_and_remove(sbx):
         sbx.files.read("/home/user/nope.txt")
 
 
+def test_directory_watch_reports_changes(sbx):
+    sbx.files.make_dir("/home/user/watched")
+    handle = sbx.files.watch_dir("/home/user/watched")
+    sbx.files.write("/home/user/watched/new.txt", "x")
+    deadline = time.time() + 10
+    events = []
+    while time.time() < deadline and not any(e.name == "new.txt" for e in events):
+        events.extend(handle.get_new_events())
+        time.sleep(0.2)
+    handle.stop()
+    assert any(e.name == "new.txt" for e in events), events
+
+
 def test_kill_ends_the_sandbox():
     sandbox = Sandbox.create(timeout=60)
     assert sandbox.is_running()

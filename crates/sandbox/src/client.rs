@@ -217,6 +217,16 @@ impl AgentClient {
         entry(Some(self.call(&Request::Move { from: from.to_owned(), to: to.to_owned() }).await?))
     }
 
+    /// Watches a directory: the stream yields changes until it is dropped.
+    pub async fn watch(&self, path: &str, recursive: bool) -> Result<WatchStream, SandboxError> {
+        let mut conn = self.open(&Request::Watch { path: path.to_owned(), recursive }).await?;
+        match read_frame::<_, Reply>(&mut conn).await.map_err(lost)? {
+            Some(Reply::Ok) => Ok(WatchStream { conn }),
+            Some(Reply::Error { error }) => Err(SandboxError::Agent(error)),
+            _ => Err(unexpected()),
+        }
+    }
+
     /// A byte stream to `127.0.0.1:port` inside the sandbox.
     pub async fn forward(&self, port: u16) -> Result<UnixStream, SandboxError> {
         let mut conn = self.open(&Request::Forward { port }).await?;
@@ -265,5 +275,24 @@ impl ExecStream {
 
     pub async fn send(&mut self, input: &ExecInput) -> Result<(), SandboxError> {
         write_frame(&mut self.conn, input).await.map_err(lost)
+    }
+}
+
+/// Changes under a watched directory.
+pub struct WatchStream {
+    conn: UnixStream,
+}
+
+impl WatchStream {
+    /// The next change; `None` when the agent closed the stream.
+    pub async fn next(&mut self) -> Result<Option<crate::proto::WatchEvent>, SandboxError> {
+        loop {
+            match read_frame::<_, Reply>(&mut self.conn).await.map_err(lost)? {
+                Some(Reply::Watch { event }) => return Ok(Some(event)),
+                Some(Reply::Error { error }) => return Err(SandboxError::Agent(error)),
+                Some(_) => continue,
+                None => return Ok(None),
+            }
+        }
     }
 }

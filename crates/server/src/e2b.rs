@@ -413,7 +413,21 @@ pub async fn envd(
     match rest.as_str() {
         "process.Process/Start" => return start(agent, msg).await,
         "process.Process/Connect" => return connect(agent, msg).await,
+        "filesystem.Filesystem/WatchDir" => return watch_dir(agent, msg).await,
         _ => {}
+    }
+    let sandbox = parts.headers.get("e2b-sandbox-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let watched = match rest.as_str() {
+        "filesystem.Filesystem/CreateWatcher" => Some(create_watcher(&state, &sandbox, &agent, &msg).await),
+        "filesystem.Filesystem/GetWatcherEvents" => Some(watcher_events(&state, &sandbox, &msg, false)),
+        "filesystem.Filesystem/RemoveWatcher" => Some(watcher_events(&state, &sandbox, &msg, true)),
+        _ => None,
+    };
+    if let Some(r) = watched {
+        return match r {
+            Ok(v) => json_response(StatusCode::OK, v),
+            Err(e) => e.unary(),
+        };
     }
     match unary(&agent, &rest, &msg, &body).await {
         Ok(v) => json_response(StatusCode::OK, v),
@@ -612,6 +626,120 @@ async fn forward_events(
             return;
         }
     }
+}
+
+/// Polling watchers (`CreateWatcher` / `GetWatcherEvents` / `RemoveWatcher`, what the sync SDK uses):
+/// each collects its sandbox's changes in the background until removed or its sandbox ends.
+#[derive(Default)]
+pub struct Watchers {
+    by_id: std::sync::Mutex<std::collections::HashMap<String, Watcher>>,
+}
+
+struct Watcher {
+    sandbox: String,
+    events: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Events a watcher keeps between polls; older ones are dropped.
+const MAX_WATCHER_EVENTS: usize = 10_000;
+
+impl Watchers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Watcher>> {
+        self.by_id.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+async fn create_watcher(
+    state: &AppState,
+    sandbox: &str,
+    agent: &AgentClient,
+    msg: &Value,
+) -> Result<Value, ConnectError> {
+    let path = path_of(&msg["path"])?.to_owned();
+    let mut stream = agent.watch(&path, msg["recursive"].as_bool().unwrap_or(false)).await?;
+    let root = sandbox::agent::resolve(&path).map(|p| p.to_string_lossy().into_owned()).unwrap_or(path);
+    let events: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = std::sync::Arc::default();
+    let sink = events.clone();
+    let task = tokio::spawn(async move {
+        while let Ok(Some(e)) = stream.next().await {
+            let mut ev = sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if ev.len() >= MAX_WATCHER_EVENTS {
+                ev.remove(0);
+            }
+            ev.push(fs_event(&root, &e));
+        }
+    });
+    let id = state.platform.random_id(16);
+    state.watchers.lock().insert(id.clone(), Watcher { sandbox: sandbox.to_owned(), events, task });
+    Ok(json!({"watcherId": id}))
+}
+
+fn watcher_events(state: &AppState, sandbox: &str, msg: &Value, remove: bool) -> Result<Value, ConnectError> {
+    let id = msg["watcherId"].as_str().unwrap_or("");
+    let mut all = state.watchers.lock();
+    let owned = all.get(id).is_some_and(|w| w.sandbox == sandbox);
+    if !owned {
+        return Err(ConnectError::new("not_found", "no such watcher"));
+    }
+    if remove {
+        if let Some(w) = all.remove(id) {
+            w.task.abort();
+        }
+        return Ok(json!({}));
+    }
+    let events = all
+        .get(id)
+        .map(|w| std::mem::take(&mut *w.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner)))
+        .unwrap_or_default();
+    Ok(json!({"events": events}))
+}
+
+fn fs_event(root: &str, e: &sandbox::proto::WatchEvent) -> Value {
+    let name = e.path.strip_prefix(root).unwrap_or(&e.path).trim_start_matches('/').to_owned();
+    let kind = match e.kind.as_str() {
+        "create" => "EVENT_TYPE_CREATE",
+        "write" => "EVENT_TYPE_WRITE",
+        "remove" => "EVENT_TYPE_REMOVE",
+        "chmod" => "EVENT_TYPE_CHMOD",
+        _ => "EVENT_TYPE_UNSPECIFIED",
+    };
+    json!({"name": name, "type": kind})
+}
+
+/// `WatchDir`: a start event, then one event per change (paths relative to the watched directory).
+async fn watch_dir(agent: AgentClient, msg: Value) -> Response {
+    let path = match path_of(&msg["path"]) {
+        Ok(p) => p.to_owned(),
+        Err(e) => return e.unary(),
+    };
+    let recursive = msg["recursive"].as_bool().unwrap_or(false);
+    let mut stream = match agent.watch(&path, recursive).await {
+        Ok(s) => s,
+        Err(e) => return ConnectError::from(e).unary(),
+    };
+    let root = sandbox::agent::resolve(&path).map(|p| p.to_string_lossy().into_owned()).unwrap_or(path);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        if tx.send(Ok(json!({"start": {}}))).await.is_err() {
+            return;
+        }
+        loop {
+            let event = match tokio::time::timeout(Duration::from_secs(20), stream.next()).await {
+                Err(_) => json!({"keepalive": {}}),
+                Ok(Ok(Some(e))) => json!({"filesystem": fs_event(&root, &e)}),
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            if tx.send(Ok(event)).await.is_err() {
+                return;
+            }
+        }
+    });
+    stream_response(rx)
 }
 
 fn signal_name(s: i32) -> &'static str {

@@ -37,6 +37,42 @@ pub async fn openapi(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], state.openapi.clone()).into_response()
 }
 
+/// Header with which a platform principal or an env's secret key names the session to bill on the model
+/// gateway. A minted token's own session always wins (the hands cannot bill another session).
+pub const SESSION_HEADER: &str = "x-vibebase-session";
+
+/// The model gateway (`/env/<env>/llm/v1/...`): the env and session to bill come from the verified caller.
+pub async fn llm(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    req: axum::extract::Request,
+) -> Response {
+    let env = match env_of(&caller) {
+        Ok(e) => e.clone(),
+        Err(e) => return e.into_response(),
+    };
+    let (parts, body) = req.into_parts();
+    let session = match &caller.principal {
+        tenancy::Principal::Minted { session, .. } => session.clone(),
+        _ => parts
+            .headers
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| !s.is_empty() && s.len() <= 200)
+            .map(str::to_owned),
+    };
+    let path = parts.uri.path();
+    let rest = path.split_once("/llm/v1").map_or("", |(_, r)| r);
+    let bill = gateway::Bill { env, session };
+    match gateway::http::handle(&state.gateway, bill, &parts.method, rest, &parts.headers, body).await {
+        Ok(r) => r,
+        Err(e) => {
+            let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            ApiError { status, code: e.code, message: e.message, retry_after: e.retry_after }.into_response()
+        }
+    }
+}
+
 /// Answer of data-plane surfaces whose protocol a later capability builds (see STATUS.md).
 pub async fn surface_not_built() -> ApiError {
     ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", "this surface is not available yet")

@@ -44,6 +44,10 @@ pub struct AppState {
     openapi: bytes::Bytes,
     /// The sandbox registry, or why this instance has none (no bubblewrap, no cgroups, not root).
     pub sandboxes: Result<sandbox::Sandboxes, String>,
+    /// The model gateway (`/env/<env>/llm/v1`); without `--models` it knows no models.
+    pub gateway: gateway::Gateway,
+    /// E2B's polling directory watchers.
+    pub watchers: Arc<e2b::Watchers>,
 }
 
 impl AppState {
@@ -56,16 +60,27 @@ impl AppState {
             specs.entry(s.path).or_default().push(s);
         }
         let openapi = openapi::document().to_json().unwrap_or_else(|_| "{}".to_owned());
+        let gateway = gateway::Gateway::empty(platform.clone());
         Self {
             platform,
             specs: Arc::new(specs),
             metrics: Arc::default(),
             openapi: bytes::Bytes::from(openapi),
             sandboxes: Err("sandboxes are not configured on this instance".to_owned()),
+            gateway,
+            watchers: Arc::default(),
         }
     }
 
-    /// Attaches the sandbox registry (or the reason there is none).
+    /// The same state with a configured model gateway. Call it before [`Self::with_sandboxes`]: the
+    /// sandboxes' egress proxy serves their model calls with the state it is given.
+    pub fn with_gateway(mut self, gateway: gateway::Gateway) -> Self {
+        self.gateway = gateway;
+        self
+    }
+
+    /// Attaches the sandbox registry (or the reason there is none), and gives its sandboxes their
+    /// egress proxy (which dispatches their API calls through this state's router).
     pub fn with_sandboxes(mut self, sandboxes: Result<sandbox::Sandboxes, String>) -> Self {
         self.sandboxes = sandboxes;
         if let Ok(s) = &self.sandboxes {

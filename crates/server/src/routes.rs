@@ -479,12 +479,17 @@ fn table() -> Vec<R> {
         surface("/env/{env}/auth/v1/{*rest}", Surface::Auth, "auth:Request", Any, "GoTrue auth API."),
         surface("/env/{env}/storage/v1/{*rest}", Surface::Storage, "storage:Request", Any, "Supabase Storage API."),
         surface("/env/{env}/functions/v1/{*rest}", Surface::Functions, "functions:Invoke", Any, "Cloud functions."),
-        surface(
-            "/env/{env}/llm/v1/{*rest}",
-            Surface::Llm,
-            "llm:Request",
-            SecretOrMinted,
-            "Model gateway (OpenAI and Anthropic APIs).",
+        // The model gateway: one catch-all, dispatched inside (`gateway::http`); ANY routes stay out of
+        // the OpenAPI document, which describes `/v1`.
+        built(
+            surface(
+                "/env/{env}/llm/v1/{*rest}",
+                Surface::Llm,
+                "llm:Request",
+                SecretOrMinted,
+                "Model gateway (OpenAI and Anthropic APIs).",
+            ),
+            any(handlers::llm),
         ),
         built(
             surface("/env/{env}/e2b/{*rest}", Surface::E2b, "sandboxes:Request", SecretOrMinted, "E2B control plane."),

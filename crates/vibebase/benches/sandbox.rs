@@ -44,7 +44,10 @@ impl Api {
     }
 
     async fn create(&self, spec: Value) -> String {
-        self.call(reqwest::Method::POST, "/v1/envs/bench/sandboxes", Some(spec)).await["id"].as_str().unwrap().to_owned()
+        self.call(reqwest::Method::POST, "/v1/envs/bench/sandboxes", Some(spec)).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     async fn exec(&self, id: &str, argv: &[&str]) -> Value {
@@ -79,7 +82,12 @@ fn sandbox_memory(env: &str) -> u64 {
 /// Builds a Vite + React app with its dependencies installed, or says why not.
 fn vite_template(dir: &std::path::Path) -> Result<(), String> {
     let run = |args: &[&str], cwd: &std::path::Path| -> Result<(), String> {
-        let out = Command::new(args[0]).args(&args[1..]).current_dir(cwd).stdin(Stdio::null()).output().map_err(|e| e.to_string())?;
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
         if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
     };
     run(&["npm", "create", "-y", "vite@6", "app", "--", "--template", "react"], dir)?;
@@ -175,7 +183,14 @@ async fn main() {
             let files = Command::new("sh").arg("-c").arg("find . | wc -l").current_dir(&app).output().unwrap();
             let archive = Command::new("tar").arg("-C").arg(&app).args(["-czf", "-", "."]).output().unwrap().stdout;
             let t = Instant::now();
-            let r = api.http.put(format!("{}/v1/templates/vite-react", api.base)).bearer_auth(ADMIN).body(archive.clone()).send().await.unwrap();
+            let r = api
+                .http
+                .put(format!("{}/v1/templates/vite-react", api.base))
+                .bearer_auth(ADMIN)
+                .body(archive.clone())
+                .send()
+                .await
+                .unwrap();
             assert!(r.status().is_success());
             println!(
                 "vite-react template: {} files, {:.1} MiB archive, stored in {}",

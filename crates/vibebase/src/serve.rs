@@ -48,6 +48,9 @@ pub struct ServeArgs {
     /// Host directory for sandbox sockets and mount points (default: /run/vibebase/<hash of data dir>).
     #[arg(long, env = "VIBEBASE_SANDBOX_RUN_DIR")]
     sandbox_run_dir: Option<PathBuf>,
+    /// Models file (JSON) of the model gateway: providers, models, routes, prices, budgets.
+    #[arg(long, env = "VIBEBASE_MODELS")]
+    models: Option<PathBuf>,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"], env = "VIBEBASE_LOG_FORMAT")]
     log_format: String,
@@ -127,19 +130,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.default_rate_per_second = args.rate_limit.max(1);
     config.webhook_delivery = !args.no_webhook_delivery;
     let platform = Platform::new(config, db, blobs, &admin_key, Arc::new(SystemClock), Arc::new(OsEntropy));
+    let gateway = match &args.models {
+        Some(path) => {
+            let models = gateway::Config::load(path).with_context(|| format!("--models {}", path.display()))?;
+            gateway::Gateway::new(platform.clone(), models).with_context(|| format!("--models {}", path.display()))?
+        }
+        None => gateway::Gateway::empty(platform.clone()),
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let background = platform.spawn_background(stop_rx);
     tracing::info!(
         listen = %local, %public_url, data_dir = %data_dir.display(), schema_version = version,
         metadata = if args.database_url.is_some() { "postgres" } else { "sqlite" },
-        blobs = platform.blobs().describe(), "vibebase is serving"
+        blobs = platform.blobs().describe(), models = gateway.models().len(), "vibebase is serving"
     );
     let sandboxes = start_sandboxes(&platform, &args, &data_dir);
-    let state = server::AppState::new(platform).with_sandboxes(sandboxes.clone());
+    let state = server::AppState::new(platform).with_gateway(gateway.clone()).with_sandboxes(sandboxes.clone());
     server::serve(listener, state, shutdown_signal()).await.context("serve")?;
     if let Ok(s) = &sandboxes {
         tracing::info!("shutting down: killing sandboxes");
         s.shutdown().await;
+    }
+    let unsettled = gateway.drain(std::time::Duration::from_secs(10)).await;
+    if unsettled > 0 {
+        tracing::warn!(unsettled, "model calls still unsettled at shutdown");
     }
     tracing::info!("shutting down: flushing meters");
     let _ = stop_tx.send(true);

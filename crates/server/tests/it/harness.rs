@@ -36,6 +36,8 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     /// Real sandboxes (bubblewrap), or why this host has none.
     pub sandboxes: Result<sandbox::Sandboxes, String>,
+    /// The model gateway, once [`Harness::use_models`] configured one.
+    pub gateway: Option<gateway::Gateway>,
 }
 
 pub struct Resp {
@@ -143,7 +145,17 @@ impl Harness {
         });
         let state = server::AppState::new(platform.clone()).with_sandboxes(sandboxes.clone());
         let router = server::router(state);
-        Self { platform, router, admin: ADMIN_KEY.to_owned(), clock, dir, sandboxes }
+        Self { platform, router, admin: ADMIN_KEY.to_owned(), clock, dir, sandboxes, gateway: None }
+    }
+
+    /// Serves the model gateway with this models file (JSON) from now on.
+    pub fn use_models(&mut self, models_json: &str) -> gateway::Gateway {
+        let config = gateway::Config::from_json(models_json, self.dir.path()).unwrap();
+        let gw = gateway::Gateway::new(self.platform.clone(), config).unwrap();
+        let state = server::AppState::new(self.platform.clone()).with_gateway(gw.clone());
+        self.router = server::router(state.with_sandboxes(self.sandboxes.clone()));
+        self.gateway = Some(gw.clone());
+        gw
     }
 
     /// Sends a request; `key` goes in `Authorization: Bearer`.

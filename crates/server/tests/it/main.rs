@@ -5,6 +5,7 @@ mod delete;
 mod envs;
 mod harness;
 mod ledger;
+mod llm;
 mod matrix;
 mod surfaces;
 mod webhooks;

@@ -285,7 +285,6 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
         ("ANY", "/env/{env}/functions/v1/{*rest}") => {
             f("data_any", 501, "/env/tenant-a/functions/v1/hello".into(), None)
         }
-        ("ANY", "/env/{env}/llm/v1/{*rest}") => f("data_hands", 501, "/env/tenant-a/llm/v1/models".into(), None),
         ("ANY", "/env/{env}/e2b/{*rest}") => f("data_hands", 200, "/env/tenant-a/e2b/sandboxes".into(), None),
         ("ANY", "/env/{env}/e2b/envd/{*rest}") => Some(Fixture {
             class: "data_hands",
@@ -294,6 +293,7 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
             body: None,
             headers: vec![("e2b-sandbox-id", w.sandbox.clone())],
         }),
+        ("ANY", "/env/{env}/llm/v1/{*rest}") => f("data_hands", 200, "/env/tenant-a/llm/v1/models".into(), None),
         ("ANY", "/env/{env}/mcp") => f("data_secret", 501, "/env/tenant-a/mcp".into(), None),
         ("POST", "/v1/envs/{env}/agent") => f("data_secret", 501, "/v1/envs/tenant-a/agent".into(), Some(json!({}))),
         ("ANY", "/env/{env}/site/{*rest}") => f("public", 501, "/env/tenant-a/site/index.html".into(), None),
@@ -392,4 +392,79 @@ async fn platform_audit_log_hides_the_envs_a_policy_denies() {
     // Owner of A has no platform-wide grant.
     let owner = w.h.call("GET", "/v1/audit", w.creds[6].as_deref(), None).await;
     assert_eq!(owner.status, StatusCode::FORBIDDEN);
+}
+
+/// Every envd RPC method and route, with the credentials that must not reach env A's sandbox: env B's
+/// secret key and env B's envd token (wrong env), and the envd token of A's other sandbox (wrong
+/// sandbox). A's own envd token for the sandbox gets past authorization on each.
+#[tokio::test]
+async fn envd_methods_refuse_other_envs_and_other_sandboxes() {
+    let h = crate::harness::Harness::new().await;
+    let a = h.create_env("env-a").await;
+    let b = h.create_env("env-b").await;
+    let start = |env: &'static str| {
+        let h = &h;
+        async move {
+            let r = h
+                .call(
+                    "POST",
+                    &format!("/v1/envs/{env}/sandboxes"),
+                    Some(&h.admin),
+                    Some(json!({"timeout_seconds": 60})),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+            (r.json["id"].as_str().unwrap().to_owned(), r.json["envd_access_token"].as_str().unwrap().to_owned())
+        }
+    };
+    let (a1, a1_token) = start("env-a").await;
+    let (_a2, a2_token) = start("env-a").await;
+    let (_b1, b1_token) = start("env-b").await;
+    let methods = [
+        "process.Process/Start",
+        "process.Process/Connect",
+        "process.Process/List",
+        "process.Process/Update",
+        "process.Process/StreamInput",
+        "process.Process/SendInput",
+        "process.Process/SendSignal",
+        "process.Process/CloseStdin",
+        "filesystem.Filesystem/Stat",
+        "filesystem.Filesystem/MakeDir",
+        "filesystem.Filesystem/Move",
+        "filesystem.Filesystem/ListDir",
+        "filesystem.Filesystem/WatchDir",
+        "filesystem.Filesystem/Remove",
+        "filesystem.Filesystem/CreateWatcher",
+        "filesystem.Filesystem/GetWatcherEvents",
+        "filesystem.Filesystem/RemoveWatcher",
+        "files",
+        "health",
+    ];
+    let refused: [(&str, &str, StatusCode); 4] = [
+        ("b secret", b.secret(), StatusCode::FORBIDDEN),
+        ("b envd token", &b1_token, StatusCode::FORBIDDEN),
+        ("a's other sandbox's envd token", &a2_token, StatusCode::FORBIDDEN),
+        ("a publishable", a.publishable(), StatusCode::FORBIDDEN),
+    ];
+    for method in methods {
+        let path = format!("/env/env-a/e2b/envd/{method}");
+        let verb = if matches!(method, "files" | "health") { "GET" } else { "POST" };
+        for (who, token, want) in &refused {
+            let headers = [("x-access-token", (*token).to_owned()), ("e2b-sandbox-id", a1.clone())];
+            let r = h.send(verb, &path, &headers, Some("{}".to_owned())).await;
+            assert_eq!(r.status, *want, "{method} with {who}: {}", r.text);
+        }
+        let headers = [("x-access-token", a1_token.clone()), ("e2b-sandbox-id", a1.clone())];
+        let r = h.send(verb, &path, &headers, Some("{}".to_owned())).await;
+        assert!(
+            r.status != StatusCode::UNAUTHORIZED && r.status != StatusCode::FORBIDDEN,
+            "{method} with the sandbox's own token: {} {}",
+            r.status,
+            r.text
+        );
+    }
+    if let Ok(s) = &h.sandboxes {
+        s.kill_all().await;
+    }
 }

@@ -1,0 +1,163 @@
+//! Model-gateway overhead benchmark (not a test): the same chat call sent straight to a mock upstream
+//! and through `vibebase serve`'s gateway (authentication, budget reservation, routing, SSE decoding
+//! and re-encoding, settlement in the ledger), one request at a time, streamed and not.
+//! Overhead = gateway latency − direct latency, per percentile.
+//!
+//! Run: `cargo bench -p vibebase --bench gateway` (optionally `-- N`, default 2,000 calls per series).
+//! The mock upstream runs in this process on its own thread; the server is the real binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vibebase");
+const ADMIN: &str = "bench-admin-key-0123456789abcdef";
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// A documented-shape OpenAI stream: role chunk, five content chunks, finish, usage, [DONE].
+fn mock_stream() -> String {
+    let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
+    };
+    let mut s = chunk(json!({"role": "assistant", "content": ""}), serde_json::Value::Null);
+    for w in ["The", " quick", " brown", " fox", " jumps."] {
+        s.push_str(&chunk(json!({"content": w}), serde_json::Value::Null));
+    }
+    s.push_str(&chunk(json!({}), json!("stop")));
+    s.push_str(&format!(
+        "data: {}\n\n",
+        json!({"id": "c", "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}})
+    ));
+    s.push_str("data: [DONE]\n\n");
+    s
+}
+
+fn start_mock() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let body = mock_stream();
+            let app = axum::Router::new().route(
+                "/v1/chat/completions",
+                axum::routing::post(move || {
+                    let body = body.clone();
+                    async move { ([("content-type", "text/event-stream")], body) }
+                }),
+            );
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    port
+}
+
+async fn series(client: &reqwest::Client, url: &str, key: &str, body: &serde_json::Value, n: usize) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = client.post(url).bearer_auth(key).json(body).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.bytes().await.unwrap();
+        out.push(t.elapsed());
+    }
+    out.sort();
+    out
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2000);
+    let mock = start_mock();
+    let dir = tempfile::tempdir().unwrap();
+    let models = json!({
+        "providers": {"mock": {"kind": "openai", "base_url": format!("http://127.0.0.1:{mock}/v1")}},
+        "models": [{"name": "bench", "routes": [{"provider": "mock"}], "input_price": 1, "output_price": 2}],
+    });
+    std::fs::write(dir.path().join("models.json"), models.to_string()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--rate-limit", "1000000", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--models")
+        .arg(dir.path().join("models.json"))
+        .env("VIBEBASE_ADMIN_KEY", ADMIN)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let env: serde_json::Value = client
+        .post(format!("{base}/v1/envs"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"id": "bench"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = env["keys"]["secret"].as_str().unwrap().to_owned();
+    let msgs = json!([{"role": "user", "content": "Say something short."}]);
+    let direct_url = format!("http://127.0.0.1:{mock}/v1/chat/completions");
+    let gw_url = format!("{base}/env/bench/llm/v1/chat/completions");
+    let plain = json!({"model": "bench", "messages": msgs});
+    let streamed =
+        json!({"model": "bench", "messages": msgs, "stream": true, "stream_options": {"include_usage": true}});
+    // Warm up connections, caches and the SQLite file.
+    series(&client, &direct_url, "x", &streamed, 200).await;
+    series(&client, &gw_url, &key, &plain, 200).await;
+    // Interleave the series so drift on the shared machine hits all of them alike.
+    let (mut d, mut g, mut s) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..10 {
+        d.extend(series(&client, &direct_url, "x", &streamed, n / 10).await);
+        g.extend(series(&client, &gw_url, &key, &plain, n / 10).await);
+        s.extend(series(&client, &gw_url, &key, &streamed, n / 10).await);
+    }
+    for v in [&mut d, &mut g, &mut s] {
+        v.sort();
+    }
+    let ms = |x: Duration| x.as_secs_f64() * 1000.0;
+    println!("calls per series: {}", d.len());
+    println!("direct to mock (streamed)      p50 {:.3} ms  p99 {:.3} ms", ms(pct(&d, 0.5)), ms(pct(&d, 0.99)));
+    println!("gateway, not streamed          p50 {:.3} ms  p99 {:.3} ms", ms(pct(&g, 0.5)), ms(pct(&g, 0.99)));
+    println!("gateway, streamed              p50 {:.3} ms  p99 {:.3} ms", ms(pct(&s, 0.5)), ms(pct(&s, 0.99)));
+    println!(
+        "overhead, not streamed         p50 {:.3} ms  p99 {:.3} ms",
+        ms(pct(&g, 0.5)) - ms(pct(&d, 0.5)),
+        ms(pct(&g, 0.99)) - ms(pct(&d, 0.99))
+    );
+    println!(
+        "overhead, streamed             p50 {:.3} ms  p99 {:.3} ms",
+        ms(pct(&s, 0.5)) - ms(pct(&d, 0.5)),
+        ms(pct(&s, 0.99)) - ms(pct(&d, 0.99))
+    );
+    let usage: serde_json::Value = client
+        .get(format!("{base}/v1/envs/bench/usage"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    println!("ledger after the run: {}", usage["totals"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
