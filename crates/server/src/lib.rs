@@ -2,6 +2,7 @@
 //! authorization path ([`gate`]), and the mapping of errors to each surface's wire shape.
 
 pub mod address;
+pub mod data;
 pub mod error;
 pub mod extract;
 pub mod gate;
@@ -38,6 +39,8 @@ pub struct AppState {
     specs: Arc<HashMap<&'static str, Vec<RouteSpec>>>,
     pub metrics: Arc<metrics::Metrics>,
     openapi: bytes::Bytes,
+    /// Env app databases (migrations, the PostgREST data API).
+    pub appdb: appdb::AppDbs,
 }
 
 impl AppState {
@@ -50,7 +53,9 @@ impl AppState {
             specs.entry(s.path).or_default().push(s);
         }
         let openapi = openapi::document().to_json().unwrap_or_else(|_| "{}".to_owned());
-        Self { platform, specs: Arc::new(specs), metrics: Arc::default(), openapi: bytes::Bytes::from(openapi) }
+        let appdb = appdb::AppDbs::new(platform.clone());
+        appdb.register_delete_hook();
+        Self { platform, specs: Arc::new(specs), metrics: Arc::default(), openapi: bytes::Bytes::from(openapi), appdb }
     }
 
     /// The route a matched path and method belong to.

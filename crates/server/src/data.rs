@@ -1,0 +1,154 @@
+//! Handlers of the env database: migrations (`/v1/envs/{env}/sql`) and the PostgREST data API
+//! (`/env/{env}/rest/v1/…`). The gate has authenticated the key; this maps the principal to a request
+//! role, verifies an end-user JWT when one is presented, and meters rows.
+
+use appdb::api::{Method, RestRequest, RestResponse};
+use appdb::migrate::MigrateError;
+use appdb::sqlgen::RestError;
+use appdb::{RequestAuth, RequestRole};
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode};
+use protocol::Meter;
+use protocol::api::{SqlRequest, SqlResult};
+use tenancy::{EnvRole, Principal};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Body;
+use crate::gate::Caller;
+
+/// Largest data-API request body.
+pub const MAX_REST_BODY: usize = 1024 * 1024;
+
+pub async fn sql(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Body(req): Body<SqlRequest>,
+) -> ApiResult<Json<SqlResult>> {
+    let env = caller.env.clone().ok_or_else(|| ApiError::not_found("env_not_found", "environment not found"))?;
+    match state.appdb.migrate(&env, req.query).await {
+        Ok(applied) => Ok(Json(SqlResult { version: applied.version, statements: applied.statements as u64 })),
+        Err(MigrateError::AppDb(e)) => {
+            tracing::error!(error = %e, "env database unavailable");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the env database is unavailable",
+            ))
+        }
+        Err(e) => {
+            let message = match &e {
+                MigrateError::Database { index, error } if *index > 0 => {
+                    format!("statement {index}: {} (SQLSTATE {})", error.message, error.code)
+                }
+                MigrateError::Database { error, .. } => format!("{} (SQLSTATE {})", error.message, error.code),
+                other => other.to_string(),
+            };
+            Err(ApiError::bad_request(e.code(), message))
+        }
+    }
+}
+
+fn rest_error(status: u16, code: &str, message: &str) -> Response {
+    let e = RestError::new(status, code, message);
+    to_response(RestResponse::error(&e))
+}
+
+fn to_response(r: RestResponse) -> Response {
+    let mut resp =
+        (StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), r.body).into_response();
+    for (k, v) in r.headers {
+        if let Ok(v) = http::HeaderValue::from_str(&v) {
+            resp.headers_mut().insert(k, v);
+        }
+    }
+    resp
+}
+
+/// The request role: the key decides, unless `Authorization: Bearer` carries an end-user JWT.
+fn request_auth(state: &AppState, caller: &Caller, headers: &HeaderMap) -> Result<RequestAuth, RestError> {
+    let env = caller.env.as_ref();
+    let bearer = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.strip_prefix("Bearer ").or_else(|| s.strip_prefix("bearer ")))
+        .map(str::trim);
+    let apikey = headers.get("apikey").or_else(|| headers.get("x-api-key")).and_then(|v| v.to_str().ok());
+    // A JWT (three dot-separated parts) that is not the key itself is an end user's token.
+    if let (Some(token), Some(env)) = (bearer, env)
+        && Some(token) != apikey
+        && token.split('.').count() == 3
+    {
+        return match state.appdb.verify_jwt(env, token) {
+            Ok(claims) => {
+                let role = claims.get("role").and_then(|r| r.as_str()).unwrap_or("authenticated");
+                Ok(match role {
+                    "service_role" => RequestAuth { role: RequestRole::ServiceRole, claims },
+                    "anon" => RequestAuth { role: RequestRole::Anon, claims },
+                    _ => RequestAuth::authenticated(claims),
+                })
+            }
+            Err(why) => Err(RestError::new(401, "PGRST301", format!("JWT could not be verified: {why}"))),
+        };
+    }
+    Ok(match &caller.principal {
+        Principal::EnvKey { role: EnvRole::Anon, .. } => RequestAuth::anon(),
+        Principal::EnvKey { role: EnvRole::Service, .. }
+        | Principal::Minted { .. }
+        | Principal::Admin
+        | Principal::SubAccount { .. } => RequestAuth::service_role(),
+    })
+}
+
+pub async fn rest(State(state): State<AppState>, Extension(caller): Extension<Caller>, req: Request) -> Response {
+    let Some(env) = caller.env.clone() else {
+        return rest_error(404, "PGRST000", "environment not found");
+    };
+    let (parts, body) = req.into_parts();
+    let method = match parts.method.as_str() {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        "PATCH" => Method::Patch,
+        "DELETE" => Method::Delete,
+        _ => return rest_error(405, "PGRST117", "Unsupported HTTP method"),
+    };
+    let path = parts.uri.path();
+    let table = path.split_once("/rest/v1/").map_or("", |(_, t)| t).trim_end_matches('/').to_owned();
+    if table.is_empty() || table.contains('/') {
+        if table.starts_with("rpc/") {
+            return rest_error(404, "PGRST202", "Could not find the function in the schema cache");
+        }
+        return rest_error(404, "PGRST125", "Invalid path specified in request URL");
+    }
+    let auth = match request_auth(&state, &caller, &parts.headers) {
+        Ok(a) => a,
+        Err(e) => return to_response(RestResponse::error(&e)),
+    };
+    if matches!(method, Method::Post | Method::Patch)
+        && let Err(e) = state.platform.check_quota(&env, Meter::DbRowsWritten).await
+    {
+        return ApiError::from(e).into_response();
+    }
+    let body = match axum::body::to_bytes(body, MAX_REST_BODY).await {
+        Ok(b) => b.to_vec(),
+        Err(_) => return rest_error(413, "PGRST413", "request body is too large"),
+    };
+    let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let request = RestRequest {
+        method,
+        table,
+        query: parts.uri.query().unwrap_or("").to_owned(),
+        prefer: header("prefer"),
+        accept: header("accept"),
+        range: header("range"),
+        body,
+    };
+    let response = state.appdb.rest(&env, auth, request).await;
+    state.platform.meter(&env, Meter::DbRowsRead, ("surface", "rest"), response.rows_read);
+    state.platform.meter(&env, Meter::DbRowsWritten, ("surface", "rest"), response.rows_written);
+    to_response(response)
+}
