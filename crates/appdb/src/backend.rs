@@ -606,7 +606,8 @@ impl PgCluster {
             h.update(&hook.postgres);
         }
         let digest: String = h.finalize().iter().take(5).map(|b| format!("{b:02x}")).collect();
-        let name = format!("{}vb_tpl_{digest}", self.inner.namespace);
+        // Templates depend only on the DDL, so every platform on the cluster shares them.
+        let name = format!("vb_tpl_{digest}");
         let _guard = self.inner.template_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if Self::database_exists(client, &name)? {
             return Ok(name);

@@ -200,22 +200,19 @@ impl AppDbs {
         }
     }
 
-    /// Registers the hook that drops an env's database when the platform deletes the env.
+    /// Registers the hook that drops an env's database when the platform deletes the env. The hook
+    /// holds the databases weakly: the platform must not keep them alive (nor they it) in a cycle.
     pub fn register_delete_hook(&self) {
-        let this = self.clone();
+        let weak = Arc::downgrade(&self.inner);
         self.inner.platform.on_env_delete(Arc::new(move |env| {
-            let this = this.clone();
-            Box::pin(async move { this.drop_env(&env).await.map_err(|e| e.to_string()) })
+            let inner = weak.upgrade();
+            Box::pin(async move {
+                match inner {
+                    Some(inner) => AppDbs { inner }.drop_env(&env).await.map_err(|e| e.to_string()),
+                    None => Ok(()),
+                }
+            })
         }));
-    }
-
-    pub fn platform(&self) -> &Platform {
-        &self.inner.platform
-    }
-
-    /// Which dialect env databases speak.
-    pub fn dialect(&self) -> Dialect {
-        if self.inner.pg_config.is_some() { Dialect::Postgres } else { Dialect::Sqlite }
     }
 
     /// Adds DDL run in every env database (see the crate docs). Register before serving.

@@ -195,7 +195,7 @@ async fn migrations_select_filters_and_embedding() {
         ("or=(priority.eq.3,and(done.is.false,priority.is.null))", &["write code", "Bob's secret"]),
         ("not.or=(priority.eq.1,priority.is.null)", &["write code"]),
         ("meta->>color=eq.blue", &["write code"]),
-        ("owner=eq.".to_owned().leak(), &[]),
+        ("title=eq.", &[]),
     ];
     for (q, want) in cases {
         let r = e.rest("GET", &format!("todos?select=title&order=id&{q}"), &s, None).await;
@@ -259,7 +259,9 @@ async fn migrations_select_filters_and_embedding() {
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let r = e.rest("DELETE", "todos?done=is.true&select=title", &rep, None).await;
-    assert_eq!(titles(&r), ["buy milk", "write code"]);
+    let mut deleted = titles(&r);
+    deleted.sort();
+    assert_eq!(deleted, ["buy milk", "write code"]);
     let r = e.rest("GET", "todos?select=title", &with(s.clone(), &[("prefer", "count=exact")]), None).await;
     assert_eq!(r.headers["content-range"], "0-0/1");
     e.delete().await;
@@ -300,7 +302,9 @@ async fn row_level_security_for_two_users() {
         .await;
     assert_eq!((r.status, r.json.clone()), (StatusCode::OK, json!([])), "{}", r.text);
     let r = e.rest("DELETE", "todos", &with(e.user(BOB), &[("prefer", "return=representation")]), None).await;
-    assert_eq!(titles(&r), ["Bob's secret", "mine"]);
+    let mut deleted = titles(&r);
+    deleted.sort();
+    assert_eq!(deleted, ["Bob's secret", "mine"]);
     // Bob may not move his row to Alice (WITH CHECK on update).
     let r = e.rest("GET", "todos?select=title&order=id", &e.user(ALICE), None).await;
     assert_eq!(titles(&r), ["buy milk", "write code"]);
