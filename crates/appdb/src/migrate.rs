@@ -302,7 +302,7 @@ impl AppDbs {
                     }
                     Dialect::Sqlite => {
                         for (i, s) in statements.iter().enumerate() {
-                            for step in translate_sqlite(tx, s)? {
+                            for step in translate_sqlite(s)? {
                                 run_step(tx, step).map_err(|error| MigrateError::Database { index: i + 1, error })?;
                             }
                         }
@@ -315,6 +315,21 @@ impl AppDbs {
         })
         .await
     }
+}
+
+/// What a migration becomes on SQLite, statement by statement (checks and bookkeeping left out):
+/// for tests, and for showing a user what runs.
+pub fn sqlite_translation(sql: &str) -> Result<Vec<String>, MigrateError> {
+    let mut out = Vec::new();
+    for s in parse(sql)? {
+        check_statement(&s)?;
+        for step in translate_sqlite(&s)? {
+            if let Step::Sql(sql) = step {
+                out.push(sql);
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn record(tx: &mut Tx<'_>, sql: &str) -> Result<i64, SqlError> {
@@ -348,6 +363,8 @@ impl From<String> for crate::backend::Param {
 /// One thing a translated statement does on SQLite.
 enum Step {
     Sql(String),
+    /// A query run only to see that it compiles (policy expressions).
+    Probe(String),
     /// SQL with parameters (bookkeeping rows).
     Bound(String, Vec<crate::backend::Param>),
     /// A check that must find a row, else the error.
@@ -356,7 +373,7 @@ enum Step {
 
 fn run_step(tx: &mut Tx<'_>, step: Step) -> Result<(), SqlError> {
     match step {
-        Step::Sql(s) => tx.batch_sql(&s),
+        Step::Sql(s) | Step::Probe(s) => tx.batch_sql(&s),
         Step::Bound(s, p) => tx.exec(&s, &p).map(drop),
         Step::Expect(s, p, e) => {
             if tx.rows(&s, &p)?.is_empty() {
@@ -683,7 +700,7 @@ fn sqlite_statement(stmt: &Statement) -> Result<String, MigrateError> {
     }
 }
 
-fn translate_sqlite(_tx: &mut Tx<'_>, stmt: &Statement) -> Result<Vec<Step>, MigrateError> {
+fn translate_sqlite(stmt: &Statement) -> Result<Vec<Step>, MigrateError> {
     Ok(match stmt {
         Statement::CreateTable(ct) => {
             let t = user_table(&ct.name)?;
@@ -823,7 +840,7 @@ fn translate_sqlite(_tx: &mut Tx<'_>, stmt: &Statement) -> Result<Vec<Step>, Mig
             let mut steps = vec![exists_table(&t)];
             // The expressions must compile against the table now, not at the first request.
             for e in [&using_sql, &check_sql].into_iter().flatten() {
-                steps.push(Step::Sql(format!("SELECT 1 FROM {} WHERE ({e}) LIMIT 0", t.sqlite())));
+                steps.push(Step::Probe(format!("SELECT 1 FROM {} WHERE ({e}) LIMIT 0", t.sqlite())));
             }
             steps.push(Step::Bound(
                 "INSERT INTO _vb_policies (table_name, name, command, roles, permissive, using_sql, check_sql) \

@@ -211,8 +211,8 @@ fn split_top(s: &str, sep: char) -> Result<Vec<String>, ParseError> {
                 continue;
             }
             '"' => quoted = !quoted,
-            '(' if !quoted => depth += 1,
-            ')' if !quoted => {
+            '(' | '{' | '[' if !quoted => depth += 1,
+            ')' | '}' | ']' if !quoted => {
                 depth = depth.checked_sub(1).ok_or_else(|| perr("unbalanced parentheses", s.to_owned()))?;
             }
             c if c == sep && !quoted && depth == 0 => {
