@@ -151,6 +151,8 @@ struct Inner {
     jwt_verifier: RwLock<Option<JwtVerifier>>,
     hooks: RwLock<Vec<SchemaHook>>,
     open: Mutex<Lru>,
+    /// When each env's size was last sampled (ms).
+    size_sampled: Mutex<HashMap<EnvId, i64>>,
 }
 
 #[derive(Default)]
@@ -172,6 +174,7 @@ impl AppDbs {
                 jwt_verifier: RwLock::new(None),
                 hooks: RwLock::new(Vec::new()),
                 open: Mutex::new(Lru::default()),
+                size_sampled: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -317,6 +320,27 @@ impl AppDbs {
                     }
                 }
                 Ok(())
+            }
+        }
+    }
+
+    /// The env database's size in bytes.
+    pub async fn size_bytes(&self, env: &EnvId) -> Result<i64, AppDbError> {
+        self.run(env, |db| db.size_bytes()).await
+    }
+
+    /// True at most once a minute per env: whether to sample the database size for the `db_bytes` gauge.
+    pub fn size_sample_due(&self, env: &EnvId) -> bool {
+        let now = self.inner.platform.clock().now_ms();
+        let mut last = self.inner.size_sampled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match last.get(env) {
+            Some(t) if now - t < 60_000 => false,
+            _ => {
+                if last.len() > 10_000 {
+                    last.clear();
+                }
+                last.insert(env.clone(), now);
+                true
             }
         }
     }

@@ -128,10 +128,13 @@ pub async fn rest(State(state): State<AppState>, Extension(caller): Extension<Ca
         Ok(a) => a,
         Err(e) => return to_response(RestResponse::error(&e)),
     };
-    if matches!(method, Method::Post | Method::Patch)
-        && let Err(e) = state.platform.check_quota(&env, Meter::DbRowsWritten).await
-    {
+    let writes = matches!(method, Method::Post | Method::Patch);
+    let meter = if writes { Meter::DbRowsWritten } else { Meter::DbRowsRead };
+    if let Err(e) = state.platform.check_quota(&env, meter).await {
         return ApiError::from(e).into_response();
+    }
+    if writes && let Err(e) = check_size_quota(&state, &env).await {
+        return e.into_response();
     }
     let body = match axum::body::to_bytes(body, MAX_REST_BODY).await {
         Ok(b) => b.to_vec(),
@@ -150,5 +153,47 @@ pub async fn rest(State(state): State<AppState>, Extension(caller): Extension<Ca
     let response = state.appdb.rest(&env, auth, request).await;
     state.platform.meter(&env, Meter::DbRowsRead, ("surface", "rest"), response.rows_read);
     state.platform.meter(&env, Meter::DbRowsWritten, ("surface", "rest"), response.rows_written);
+    if response.rows_written > 0 && state.appdb.size_sample_due(&env) {
+        sample_size(&state, &env).await;
+    }
     to_response(response)
+}
+
+/// 402 when the env's database is at or over a hard `db_bytes` quota (its size now, not a sum).
+async fn check_size_quota(state: &AppState, env: &protocol::EnvId) -> Result<(), ApiError> {
+    let limits = state.platform.get_env_limits(env).await?;
+    let Some(q) = limits.quotas.iter().find(|q| q.meter == Meter::DbBytes.name() && q.hard_limit.is_some()) else {
+        return Ok(());
+    };
+    let limit = q.hard_limit.unwrap_or(i64::MAX);
+    let used = state.appdb.size_bytes(env).await.map_err(|e| {
+        tracing::error!(error = %e, "env database unavailable");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "the env database is unavailable")
+    })?;
+    if used >= limit {
+        return Err(platform::PlatformError::QuotaExceeded {
+            meter: Meter::DbBytes.name().to_owned(),
+            used,
+            limit,
+            period: q.period.as_str(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Records the database size as a `db_bytes` gauge event.
+async fn sample_size(state: &AppState, env: &protocol::EnvId) {
+    let Ok(size) = state.appdb.size_bytes(env).await else { return };
+    let input = protocol::api::UsageEventInput {
+        meter: Meter::DbBytes.name().to_owned(),
+        quantity: size,
+        source: "appdb".to_owned(),
+        event_id: format!("size-{}", state.platform.random_id(16)),
+        at: None,
+        dimensions: Default::default(),
+    };
+    if let Err(e) = state.platform.record_usage(env, input).await {
+        tracing::warn!(error = %e, "could not record db_bytes");
+    }
 }

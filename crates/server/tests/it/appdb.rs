@@ -437,3 +437,66 @@ async fn deleting_the_env_drops_its_database() {
         assert!(!layout.sqlite_file.exists());
     }
 }
+
+#[tokio::test]
+async fn rows_and_bytes_are_metered_and_quotas_hold() {
+    let e = seeded().await;
+    let r = e.rest("GET", "todos?select=title", &e.service(), None).await;
+    assert_eq!(r.json.as_array().unwrap().len(), 3);
+    e.h.platform.flush_meters().await.unwrap();
+    let usage = e.h.call("GET", &format!("/v1/envs/{}/usage", e.id), Some(&e.h.admin), None).await;
+    let total = |m: &str| {
+        usage.json["totals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["meter"] == m)
+            .map_or(0, |t| t["quantity"].as_i64().unwrap())
+    };
+    assert_eq!(total("db_rows_written"), 5, "{}", usage.text);
+    // 3 rows returned by the seeding insert's representation are writes, not reads.
+    assert_eq!(total("db_rows_read"), 3, "{}", usage.text);
+    assert!(total("db_bytes") > 0, "{}", usage.text);
+    // Hard quotas: rows written per day, and the database's size.
+    let limits = json!({"quotas": [{"meter": "db_rows_written", "period": "day", "hard_limit": 5}]});
+    assert_eq!(
+        e.h.call("PUT", &format!("/v1/envs/{}/limits", e.id), Some(&e.h.admin), Some(limits)).await.status,
+        StatusCode::OK
+    );
+    let r = e
+        .rest(
+            "POST",
+            "profiles",
+            &e.service(),
+            Some(json!({"id": "44444444-4444-4444-8444-444444444444", "username": "carol"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (StatusCode::PAYMENT_REQUIRED, Some("quota_exceeded_db_rows_written")),
+        "{}",
+        r.text
+    );
+    let limits = json!({"quotas": [{"meter": "db_bytes", "period": "month", "hard_limit": 1024}]});
+    assert_eq!(
+        e.h.call("PUT", &format!("/v1/envs/{}/limits", e.id), Some(&e.h.admin), Some(limits)).await.status,
+        StatusCode::OK
+    );
+    let r = e
+        .rest(
+            "POST",
+            "profiles",
+            &e.service(),
+            Some(json!({"id": "44444444-4444-4444-8444-444444444444", "username": "carol"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (StatusCode::PAYMENT_REQUIRED, Some("quota_exceeded_db_bytes")),
+        "{}",
+        r.text
+    );
+    // Reads still work.
+    assert_eq!(e.rest("GET", "profiles", &e.service(), None).await.status, StatusCode::OK);
+    e.delete().await;
+}
