@@ -703,3 +703,147 @@ fn delete(
         }
     }
 }
+
+/// A function that `rpc/<name>` may call: every argument is an input argument.
+struct RpcFn {
+    args: Vec<(String, String)>,
+    returns_set: bool,
+    returns_void: bool,
+}
+
+fn rpc_not_found(name: &str, keys: &[String]) -> RestError {
+    RestError::new(
+        404,
+        "PGRST202",
+        format!("Could not find the function public.{name}({}) in the schema cache", keys.join(", ")),
+    )
+}
+
+impl AppDbs {
+    /// Calls `public.<name>` with the JSON object's fields as named arguments (`POST /rpc/<name>`), or
+    /// the query string's (`GET`). PostgreSQL only: SQLite env databases have no SQL functions.
+    pub async fn rpc(
+        &self,
+        env: &EnvId,
+        auth: RequestAuth,
+        name: String,
+        args: Json,
+        accept: Option<String>,
+    ) -> RestResponse {
+        let result = self.rpc_inner(env, auth, name, args, accept).await;
+        result.unwrap_or_else(|e| RestResponse::error(&e))
+    }
+
+    async fn rpc_inner(
+        &self,
+        env: &EnvId,
+        auth: RequestAuth,
+        name: String,
+        args: Json,
+        accept: Option<String>,
+    ) -> Result<RestResponse, RestError> {
+        let name = crate::rest::ident(&crate::rest::percent_decode(&name)?)?;
+        let Json::Object(args) = args else {
+            return Err(RestError::new(400, "PGRST102", "rpc arguments must be a JSON object"));
+        };
+        if self.dialect() == Dialect::Sqlite {
+            let keys: Vec<String> = args.keys().cloned().collect();
+            return Err(
+                rpc_not_found(&name, &keys).details("this environment's database (SQLite) has no SQL functions")
+            );
+        }
+        let one = singular(accept.as_deref());
+        let role = auth.role;
+        let (status, body) = self
+            .run(env, move |db| {
+                db.tx(&Role::Request(auth.clone()), |tx: &mut Tx<'_>| {
+                    let err = sql_err(&auth);
+                    let rows = tx
+                        .rows(
+                            "SELECT p.proretset::text, (p.prorettype = 'void'::regtype)::text, \
+                             coalesce(array_to_json(p.proargnames[1:p.pronargs])::text, '[]'), \
+                             coalesce((SELECT json_agg(format_type(t, NULL) ORDER BY i) FROM unnest(p.proargtypes) WITH ORDINALITY u(t, i))::text, '[]') \
+                             FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+                             WHERE n.nspname = 'public' AND p.proname = $1::text AND p.prokind = 'f' \
+                             AND (p.proargmodes IS NULL OR NOT ('o' = ANY(p.proargmodes::text[]) OR 'b' = ANY(p.proargmodes::text[]) OR 't' = ANY(p.proargmodes::text[])))",
+                            &[Param::Text(name.clone())],
+                        )
+                        .map_err(&err)?;
+                    let keys: Vec<String> = args.keys().cloned().collect();
+                    let mut candidates: Vec<RpcFn> = rows
+                        .iter()
+                        .filter_map(|r| {
+                            let names: Vec<String> = serde_json::from_str(r[2].as_deref()?).ok()?;
+                            let types: Vec<String> = serde_json::from_str(r[3].as_deref()?).ok()?;
+                            Some(RpcFn {
+                                args: names.into_iter().zip(types).collect(),
+                                returns_set: r[0].as_deref() == Some("true"),
+                                returns_void: r[1].as_deref() == Some("true"),
+                            })
+                        })
+                        // Every given key must name an argument (arguments with defaults may be left out).
+                        .filter(|f| keys.iter().all(|k| f.args.iter().any(|(n, _)| n == k)))
+                        .collect();
+                    let f = match candidates.len() {
+                        0 => return Err(rpc_not_found(&name, &keys)),
+                        1 => candidates.remove(0),
+                        _ => {
+                            return Err(RestError::new(
+                                300,
+                                "PGRST203",
+                                format!("Could not choose the best candidate function between overloads of public.{name}"),
+                            ));
+                        }
+                    };
+                    let mut params = Vec::new();
+                    let mut call_args = Vec::new();
+                    for (arg, ty) in &f.args {
+                        let Some(v) = args.get(arg) else { continue };
+                        let text = match v {
+                            Json::Null => None,
+                            Json::String(s) => Some(s.clone()),
+                            Json::Array(a) if ty.ends_with("[]") => Some(crate::sqlgen::pg_array_literal(a)),
+                            other => Some(other.to_string()),
+                        };
+                        params.push(text.map_or(Param::Null, Param::Text));
+                        call_args.push(format!("{} => CAST(${}::text AS {ty})", quote_ident(arg), params.len()));
+                    }
+                    let call = format!("public.{}({})", quote_ident(&name), call_args.join(", "));
+                    if f.returns_void {
+                        tx.rows(&format!("SELECT 1 FROM (SELECT {call}) AS _vb_r"), &params).map_err(&err)?;
+                        return Ok((204, None));
+                    }
+                    let sql = if f.returns_set {
+                        format!("SELECT coalesce(json_agg(_vb_r), '[]'::json)::text FROM {call} AS _vb_r")
+                    } else {
+                        format!("SELECT to_json(_vb_r)::text FROM {call} AS _vb_r")
+                    };
+                    let rows = tx.rows(&sql, &params).map_err(&err)?;
+                    Ok((200, Some(first(&rows).unwrap_or_else(|| "null".to_owned()))))
+                })
+            })
+            .await?;
+        let _ = role;
+        let mut headers = vec![("content-type", "application/json; charset=utf-8".to_owned())];
+        let body = match body {
+            None => String::new(),
+            Some(j) if one => {
+                headers[0].1 = "application/vnd.pgrst.object+json; charset=utf-8".to_owned();
+                match serde_json::from_str::<Json>(&j) {
+                    Ok(Json::Array(items)) if items.len() == 1 => items[0].to_string(),
+                    Ok(Json::Array(items)) => {
+                        return Err(RestError::new(
+                            406,
+                            "PGRST116",
+                            "JSON object requested, multiple (or no) rows returned",
+                        )
+                        .details(format!("The result contains {} rows", items.len())));
+                    }
+                    _ => j,
+                }
+            }
+            Some(j) => j,
+        };
+        Ok(RestResponse { status, headers, body, rows_read: 0, rows_written: 0 })
+    }
+}

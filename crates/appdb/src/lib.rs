@@ -218,6 +218,15 @@ impl AppDbs {
         }));
     }
 
+    pub fn platform(&self) -> &Platform {
+        &self.inner.platform
+    }
+
+    /// Which dialect env databases speak.
+    pub fn dialect(&self) -> Dialect {
+        if self.inner.pg_config.is_some() { Dialect::Postgres } else { Dialect::Sqlite }
+    }
+
     /// Adds DDL run in every env database (see the crate docs). Register before serving.
     pub fn register_schema(&self, hook: SchemaHook) {
         self.inner.hooks.write().unwrap_or_else(std::sync::PoisonError::into_inner).push(hook);

@@ -82,6 +82,36 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, MigrateError> {
     Ok(statements)
 }
 
+/// The text with the keyword `setof` (outside quotes) removed.
+fn without_setof(sql: &str) -> String {
+    let lower = sql.to_ascii_lowercase();
+    let bytes = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == b'\'' || c == b'"' => quote = Some(c),
+            None if lower[i..].starts_with("setof")
+                && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric() && bytes[i - 1] != b'_')
+                && bytes.get(i + 5).is_none_or(|n| !n.is_ascii_alphanumeric() && *n != b'_') =>
+            {
+                i += 5;
+                continue;
+            }
+            None => {}
+        }
+        // Copy one UTF-8 character.
+        let len = sql[i..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&sql[i..i + len]);
+        i += len;
+    }
+    out
+}
+
 fn unsupported(what: impl std::fmt::Display) -> MigrateError {
     MigrateError::Unsupported(what.to_string())
 }
@@ -289,7 +319,12 @@ fn check_statement(stmt: &Statement) -> Result<(), MigrateError> {
 impl AppDbs {
     /// Applies a migration to the env's database in one transaction and records it in the history.
     pub async fn migrate(&self, env: &protocol::EnvId, sql: String) -> Result<Applied, MigrateError> {
-        let statements = parse(&sql)?;
+        let statements = match self.dialect() {
+            // PostgreSQL runs the original text; the parser only checks it, and it does not know
+            // `RETURNS SETOF t`, which changes nothing the checks look at.
+            Dialect::Postgres => parse(&without_setof(&sql))?,
+            Dialect::Sqlite => parse(&sql)?,
+        };
         for s in &statements {
             check_statement(s)?;
         }

@@ -948,7 +948,7 @@ pub fn body_param(v: &serde_json::Value, col: &Column, dialect: Dialect) -> Para
 }
 
 /// A JSON array as PostgreSQL's array literal (`{"a","b"}`).
-fn pg_array_literal(a: &[serde_json::Value]) -> String {
+pub(crate) fn pg_array_literal(a: &[serde_json::Value]) -> String {
     let items: Vec<String> = a
         .iter()
         .map(|v| match v {

@@ -118,16 +118,41 @@ pub async fn rest(State(state): State<AppState>, Extension(caller): Extension<Ca
     };
     let path = parts.uri.path();
     let table = path.split_once("/rest/v1/").map_or("", |(_, t)| t).trim_end_matches('/').to_owned();
-    if table.is_empty() || table.contains('/') {
-        if table.starts_with("rpc/") {
-            return rest_error(404, "PGRST202", "Could not find the function in the schema cache");
-        }
-        return rest_error(404, "PGRST125", "Invalid path specified in request URL");
-    }
     let auth = match request_auth(&state, &caller, &parts.headers) {
         Ok(a) => a,
         Err(e) => return to_response(RestResponse::error(&e)),
     };
+    if let Some(function) = table.strip_prefix("rpc/").filter(|f| !f.is_empty() && !f.contains('/')) {
+        let args = match method {
+            Method::Post => match axum::body::to_bytes(body, MAX_REST_BODY).await {
+                Ok(b) if b.is_empty() => serde_json::json!({}),
+                Ok(b) => match serde_json::from_slice(&b) {
+                    Ok(v) => v,
+                    Err(e) => return rest_error(400, "PGRST102", &format!("Empty or invalid json: {e}")),
+                },
+                Err(_) => return rest_error(413, "PGRST413", "request body is too large"),
+            },
+            Method::Get | Method::Head => {
+                let mut m = serde_json::Map::new();
+                for pair in parts.uri.query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    match (appdb::rest::percent_decode(k), appdb::rest::percent_decode(v)) {
+                        (Ok(k), Ok(v)) => {
+                            m.insert(k, serde_json::Value::String(v));
+                        }
+                        (Err(e), _) | (_, Err(e)) => return rest_error(400, e.code, &e.message),
+                    }
+                }
+                serde_json::Value::Object(m)
+            }
+            _ => return rest_error(405, "PGRST101", "rpc takes GET or POST"),
+        };
+        let accept = parts.headers.get("accept").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        return to_response(state.appdb.rpc(&env, auth, function.to_owned(), args, accept).await);
+    }
+    if table.is_empty() || table.contains('/') {
+        return rest_error(404, "PGRST125", "Invalid path specified in request URL");
+    }
     let writes = matches!(method, Method::Post | Method::Patch);
     let meter = if writes { Meter::DbRowsWritten } else { Meter::DbRowsRead };
     if let Err(e) = state.platform.check_quota(&env, meter).await {

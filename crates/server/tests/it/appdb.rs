@@ -500,3 +500,37 @@ async fn rows_and_bytes_are_metered_and_quotas_hold() {
     assert_eq!(e.rest("GET", "profiles", &e.service(), None).await.status, StatusCode::OK);
     e.delete().await;
 }
+
+#[tokio::test]
+async fn rpc_calls_functions_on_postgresql() {
+    let e = seeded().await;
+    let s = e.service();
+    if e.h.platform.db().dialect() == store::Dialect::Sqlite {
+        let r = e.rest("POST", "rpc/anything", &s, Some(json!({}))).await;
+        assert_eq!((r.status, r.json["code"].as_str()), (StatusCode::NOT_FOUND, Some("PGRST202")), "{}", r.text);
+        e.delete().await;
+        return;
+    }
+    let r = e
+        .sql(
+            "create function add(a int, b int) returns int language sql as $$ select a + b $$;
+             create function my_todos() returns setof todos language sql stable as $$ select * from todos where owner = auth.uid() order by id $$;
+             create function touch(t text) returns void language plpgsql as $$ begin perform t; end $$;",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = e.rest("POST", "rpc/add", &s, Some(json!({"a": 2, "b": 40}))).await;
+    assert_eq!((r.status, r.json.clone()), (StatusCode::OK, json!(42)), "{}", r.text);
+    let r = e.rest("GET", "rpc/add?a=1&b=2", &s, None).await;
+    assert_eq!(r.json, json!(3), "{}", r.text);
+    // Functions run as the request role, so RLS and auth.uid() apply.
+    let r = e.rest("POST", "rpc/my_todos", &e.user(BOB), Some(json!({}))).await;
+    assert_eq!(titles(&r), ["Bob's secret"]);
+    let r = e.rest("POST", "rpc/touch", &s, Some(json!({"t": "x"}))).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let r = e.rest("POST", "rpc/add", &s, Some(json!({"a": 1, "nope": 2}))).await;
+    assert_eq!((r.status, r.json["code"].as_str()), (StatusCode::NOT_FOUND, Some("PGRST202")), "{}", r.text);
+    let r = e.rest("POST", "rpc/add", &s, Some(json!({"a": "x'); drop table todos; --", "b": 1}))).await;
+    assert_eq!((r.status, r.json["code"].as_str()), (StatusCode::BAD_REQUEST, Some("22P02")), "{}", r.text);
+    e.delete().await;
+}
