@@ -18,7 +18,7 @@ vb_root() {
 
 # Debian packages the project needs, as "command:package" pairs: the package is installed when
 # the command is missing. bubblewrap is for sandboxes.
-VB_APT_NEEDS=(bwrap:bubblewrap curl:curl timeout:coreutils pg_isready:postgresql psql:postgresql-client)
+VB_APT_NEEDS=(bwrap:bubblewrap curl:curl timeout:coreutils pg_isready:postgresql psql:postgresql-client node:nodejs npm:npm)
 
 vb_install_apt() {
   local pair cmd pkg missing=()

@@ -60,6 +60,7 @@ struct Prefs {
     count: bool,
     merge: bool,
     ignore: bool,
+    missing_default: bool,
 }
 
 fn prefs(h: Option<&str>) -> Prefs {
@@ -70,6 +71,7 @@ fn prefs(h: Option<&str>) -> Prefs {
             "count=exact" | "count=planned" | "count=estimated" => p.count = true,
             "resolution=merge-duplicates" => p.merge = true,
             "resolution=ignore-duplicates" => p.ignore = true,
+            "missing=default" => p.missing_default = true,
             _ => {}
         }
     }
@@ -425,10 +427,11 @@ fn insert(
     let meta = b.meta(tx, table)?;
     let all_cols = body_columns(&meta, query, &rows)?;
     let conflict = if prefs.merge || prefs.ignore { Some(conflict_target(&meta, query)?) } else { None };
-    // Keys a row leaves out get their column's default (PostgREST's `missing=default`), unless
-    // `columns` names them. Consecutive rows with the same keys go in one statement.
+    // With `columns` (as supabase-js sends for bulk inserts), a key a row leaves out is NULL, as in
+    // PostgREST, unless `Prefer: missing=default`; without `columns`, it gets the column's default.
+    // Consecutive rows with the same keys go in one statement.
     let keys_of = |r: &serde_json::Map<String, Json>| -> Vec<String> {
-        if query.columns.is_some() {
+        if query.columns.is_some() && !prefs.missing_default {
             all_cols.clone()
         } else {
             all_cols.iter().filter(|c| r.contains_key(*c)).cloned().collect()

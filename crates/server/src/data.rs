@@ -170,7 +170,11 @@ pub async fn rest(State(state): State<AppState>, Extension(caller): Extension<Ca
         method,
         table,
         query: parts.uri.query().unwrap_or("").to_owned(),
-        prefer: header("prefer"),
+        // Clients may send several Prefer headers; their preferences add up.
+        prefer: Some(
+            parts.headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(","),
+        )
+        .filter(|p| !p.is_empty()),
         accept: header("accept"),
         range: header("range"),
         body,
