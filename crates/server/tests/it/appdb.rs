@@ -534,3 +534,61 @@ async fn rpc_calls_functions_on_postgresql() {
     assert_eq!((r.status, r.json["code"].as_str()), (StatusCode::BAD_REQUEST, Some("22P02")), "{}", r.text);
     e.delete().await;
 }
+
+/// The contract the `auth` crate builds on: schema DDL registered once per env database, and
+/// `with_conn` transactions on the env's database; migrations and the data API can reference
+/// `auth.users` on both backends.
+#[tokio::test]
+async fn auth_schema_hook_and_with_conn() {
+    let h = Harness::new().await;
+    let id = format!("auth-{}", h.platform.random_id(8));
+    let rec = h.create_env(&id).await;
+    let state = server::AppState::new(h.platform.clone());
+    state.appdb.register_schema(appdb::SchemaHook {
+        name: "test-auth-v1".into(),
+        sqlite: r#"CREATE TABLE "auth.users" (id TEXT PRIMARY KEY, email TEXT UNIQUE NOT NULL);"#.into(),
+        postgres: "CREATE TABLE auth.users (id uuid PRIMARY KEY, email text UNIQUE NOT NULL);".into(),
+    });
+    let env = protocol::EnvId::parse(&id).unwrap();
+    let dialect = state.appdb.dialect();
+    let users = appdb::table_ref(dialect, "auth", "users");
+    let insert = match dialect {
+        store::Dialect::Postgres => format!("INSERT INTO {users} (id, email) VALUES ($1::text::uuid, $2)"),
+        store::Dialect::Sqlite => format!("INSERT INTO {users} (id, email) VALUES ($1, $2)"),
+    };
+    let n = state
+        .appdb
+        .with_conn(&env, appdb::Role::Owner, move |c| {
+            c.execute(&insert, &[ALICE.into(), "alice@example.com".into()])?;
+            let rows = c.query(&format!("SELECT CAST(id AS TEXT), email FROM {users}"), &[])?;
+            Ok::<_, appdb::AppDbError>(rows.len())
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    // A failing closure leaves nothing behind.
+    let users = appdb::table_ref(dialect, "auth", "users");
+    let failed = state
+        .appdb
+        .with_conn(&env, appdb::Role::Owner, move |c| {
+            c.execute(&format!("DELETE FROM {users}"), &[])?;
+            Err::<(), _>(appdb::AppDbError::from(store::StoreError::Conflict))
+        })
+        .await;
+    assert!(failed.is_err());
+    let router = server::router(state.clone());
+    let e =
+        Env { h, router, id: id.clone(), secret: rec.secret().to_owned(), publishable: rec.publishable().to_owned() };
+    let r = e
+        .sql("create table notes (id bigserial primary key, user_id uuid not null references auth.users(id) on delete cascade, body text)")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = e.rest("POST", "notes", &e.service(), Some(json!({"user_id": ALICE, "body": "hi"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = e.rest("POST", "notes", &e.service(), Some(json!({"user_id": BOB, "body": "no such user"}))).await;
+    assert_eq!((r.status, r.json["code"].as_str()), (StatusCode::CONFLICT, Some("23503")), "{}", r.text);
+    // auth tables are not part of the data API.
+    let r = e.rest("GET", "auth.users", &e.service(), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    e.delete().await;
+}
