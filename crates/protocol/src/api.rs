@@ -525,8 +525,8 @@ fn dimensions_schema() -> utoipa::openapi::Object {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SqlRequest {
-    /// One or more SQL statements (schema changes, policies, seed data).
-    #[schema(min_length = 1, max_length = 1000000)]
+    /// One or more SQL statements (schema changes, policies, seed data), at most 100,000 characters.
+    #[schema(min_length = 1, max_length = 100000)]
     pub query: String,
 }
 

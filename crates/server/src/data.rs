@@ -20,6 +20,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::Body;
 use crate::gate::Caller;
 
+/// Longest migration text.
+pub const MAX_SQL_CHARS: usize = 100_000;
+
 /// Largest data-API request body.
 pub const MAX_REST_BODY: usize = 1024 * 1024;
 
@@ -29,6 +32,10 @@ pub async fn sql(
     Body(req): Body<SqlRequest>,
 ) -> ApiResult<Json<SqlResult>> {
     let env = caller.env.clone().ok_or_else(|| ApiError::not_found("env_not_found", "environment not found"))?;
+    // Within the JSON body limit even when every character is escaped.
+    if req.query.chars().count() > MAX_SQL_CHARS {
+        return Err(ApiError::bad_request("sql_too_long", format!("query is longer than {MAX_SQL_CHARS} characters")));
+    }
     match state.appdb.migrate(&env, req.query).await {
         Ok(applied) => Ok(Json(SqlResult { version: applied.version, statements: applied.statements as u64 })),
         Err(MigrateError::AppDb(e)) => {
