@@ -99,8 +99,8 @@ fn singular(accept: Option<&str>) -> bool {
     accept.is_some_and(|a| a.contains("application/vnd.pgrst.object"))
 }
 
-/// Upper bound on rows a single read returns when the client sets no limit.
-pub const MAX_ROWS: u64 = 10_000;
+/// Most rows one read returns, whatever limit the client asks for (Supabase's default `max_rows`).
+pub const MAX_ROWS: u64 = 1000;
 
 struct Outcome {
     status: u16,
@@ -248,7 +248,8 @@ fn read(
     let limit = match (root.limit, r_lim) {
         (Some(a), Some(b)) => a.min(b),
         (a, b) => a.or(b).unwrap_or(MAX_ROWS),
-    };
+    }
+    .min(MAX_ROWS);
     let mut b = Builder::new(tx.dialect(), auth);
     let meta = b.meta(tx, table)?;
     let alias = b.alias();

@@ -277,6 +277,16 @@ async fn row_level_security_for_two_users() {
     assert_eq!(titles(&r), ["buy milk", "write code"]);
     let r = e.rest("GET", "todos?select=title", &e.user(BOB), None).await;
     assert_eq!(titles(&r), ["Bob's secret"]);
+    // Embedded rows are filtered by their own table's policies too.
+    let r = e.rest("GET", "profiles?select=username,todos(title)&order=username", &e.user(BOB), None).await;
+    assert_eq!(
+        r.json,
+        json!([{"username": "alice", "todos": []}, {"username": "bob", "todos": [{"title": "Bob's secret"}]}]),
+        "{}",
+        r.text
+    );
+    let r = e.rest("GET", "profiles?select=username,todos!inner(title)", &e.user(BOB), None).await;
+    assert_eq!(r.json, json!([{"username": "bob", "todos": [{"title": "Bob's secret"}]}]), "{}", r.text);
     // WITH CHECK: Bob may not insert a todo owned by Alice; anon may not insert at all.
     let r = e.rest("POST", "todos", &e.user(BOB), Some(json!({"owner": ALICE, "title": "spam"}))).await;
     assert_eq!((r.status, r.json["code"].as_str()), (StatusCode::FORBIDDEN, Some("42501")), "{}", r.text);
