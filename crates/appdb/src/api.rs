@@ -134,7 +134,6 @@ impl AppDbs {
         };
         let (r_off, r_lim) =
             if matches!(req.method, Method::Get | Method::Head) { range(req.range.as_deref())? } else { (None, None) };
-        let role = auth.role;
         let method = req.method;
         let out = self
             .run(env, move |db| {
@@ -157,14 +156,7 @@ impl AppDbs {
                     Ok(out)
                 })
             })
-            .await
-            .map_err(|e: RestError| {
-                if e.status == 0 {
-                    RestError::from_sql(crate::backend::SqlError::new("XX000", e.message), role)
-                } else {
-                    e
-                }
-            })?;
+            .await?;
         let mut headers = Vec::new();
         let body = match out.json {
             Some(j) if one => {
@@ -757,7 +749,6 @@ impl AppDbs {
             );
         }
         let one = singular(accept.as_deref());
-        let role = auth.role;
         let (status, body) = self
             .run(env, move |db| {
                 db.tx(&Role::Request(auth.clone()), |tx: &mut Tx<'_>| {
@@ -827,7 +818,6 @@ impl AppDbs {
                 })
             })
             .await?;
-        let _ = role;
         let mut headers = vec![("content-type", "application/json; charset=utf-8".to_owned())];
         let body = match body {
             None => String::new(),

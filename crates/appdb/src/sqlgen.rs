@@ -171,50 +171,40 @@ pub fn load_meta(tx: &mut Tx<'_>, table: &str) -> Result<TableMeta, RestError> {
                 }
                 columns.push(Column { name, kind: kind_of(&pg), pg_type: pg });
             }
-            let mut fks = Vec::new();
-            let tables = tx
+            // Every FK from or to this table, in one query over all tables.
+            let rows = tx
                 .rows(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_vb%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
-                    &[],
+                    "SELECT m.name, f.id, f.\"table\", f.\"from\", f.\"to\" FROM sqlite_master AS m, \
+                     pragma_foreign_key_list(m.name) AS f WHERE m.type = 'table' AND m.name NOT LIKE '\\_vb%' ESCAPE '\\' \
+                     AND (m.name = ?1 OR f.\"table\" = ?1) ORDER BY m.name, f.id, f.seq",
+                    &[table.into()],
                 )
                 .map_err(sqlerr)?;
-            for t in tables.into_iter().filter_map(|r| r.into_iter().next().flatten()) {
-                let rows = tx
-                    .rows(
-                        "SELECT id, \"table\", \"from\", \"to\" FROM pragma_foreign_key_list(?1) ORDER BY id, seq",
-                        &[t.clone().into()],
-                    )
-                    .map_err(sqlerr)?;
-                let mut by_id: Vec<(String, Fk)> = Vec::new();
-                for r in rows {
-                    let id = r[0].clone().unwrap_or_default();
-                    let ref_table = r[1].clone().unwrap_or_default();
-                    if t != table && ref_table != table {
-                        continue;
-                    }
-                    let from = r[2].clone().unwrap_or_default();
-                    let to = r[3].clone();
-                    match by_id.iter_mut().find(|(i, _)| *i == id) {
-                        Some((_, fk)) => {
-                            fk.columns.push(from);
-                            fk.ref_columns.extend(to);
-                        }
-                        None => by_id.push((
-                            id.clone(),
-                            Fk {
-                                name: String::new(),
-                                table: t.clone(),
-                                columns: vec![from],
-                                ref_table,
-                                ref_columns: to.into_iter().collect(),
-                            },
-                        )),
-                    }
+            let mut fks: Vec<Fk> = Vec::new();
+            let mut last: Option<(String, String)> = None;
+            for r in rows {
+                let t = r[0].clone().unwrap_or_default();
+                let id = r[1].clone().unwrap_or_default();
+                let from = r[3].clone().unwrap_or_default();
+                let to = r[4].clone();
+                if last.as_ref() == Some(&(t.clone(), id.clone()))
+                    && let Some(fk) = fks.last_mut()
+                {
+                    fk.columns.push(from);
+                    fk.ref_columns.extend(to);
+                    continue;
                 }
-                for (_, mut fk) in by_id {
-                    fk.name = format!("{}_{}_fkey", fk.table, fk.columns.join("_"));
-                    fks.push(fk);
-                }
+                last = Some((t.clone(), id));
+                fks.push(Fk {
+                    name: String::new(),
+                    table: t,
+                    columns: vec![from],
+                    ref_table: r[2].clone().unwrap_or_default(),
+                    ref_columns: to.into_iter().collect(),
+                });
+            }
+            for fk in &mut fks {
+                fk.name = format!("{}_{}_fkey", fk.table, fk.columns.join("_"));
             }
             // REFERENCES t without columns means t's primary key.
             for fk in &mut fks {
