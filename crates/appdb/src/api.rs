@@ -438,6 +438,7 @@ fn insert(
             _ => groups.push((k, vec![r])),
         }
     }
+    let update_using = if tx.dialect() == Dialect::Sqlite { policy_sql(&meta, auth, Cmd::Update, true) } else { None };
     let mut json_rows: Vec<Json> = Vec::new();
     let mut written = 0i64;
     let mut rowids = Vec::new();
@@ -455,7 +456,13 @@ fn insert(
                     if prefs.ignore || updates.is_empty() {
                         format!(" ON CONFLICT ({t}) DO NOTHING")
                     } else {
-                        format!(" ON CONFLICT ({t}) DO UPDATE SET {}", updates.join(", "))
+                        // SQLite: the existing row must pass the UPDATE policies' USING, as on
+                        // PostgreSQL; a row that does not is left alone (PostgreSQL raises 42501).
+                        let guard = match update_using.as_deref() {
+                            Some(p) if excluded == "excluded" => format!(" WHERE {p}"),
+                            _ => String::new(),
+                        };
+                        format!(" ON CONFLICT ({t}) DO UPDATE SET {}{guard}", updates.join(", "))
                     }
                 }
             }
@@ -532,6 +539,9 @@ fn insert(
     }
     if tx.dialect() == Dialect::Sqlite {
         sqlite_check(tx, auth, &meta, Cmd::Insert, &rowids)?;
+        if prefs.merge {
+            sqlite_check(tx, auth, &meta, Cmd::Update, &rowids)?;
+        }
         written = rowids.len() as i64;
         if prefs.representation {
             let (json, visible) = sqlite_rows_json(tx, auth, table, query, &rowids)?;

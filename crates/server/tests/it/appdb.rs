@@ -301,6 +301,21 @@ async fn row_level_security_for_two_users() {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    // An upsert may not take over another user's row.
+    let r = e.rest("GET", "todos?select=id&title=eq.buy milk", &e.service(), None).await;
+    let alice_row = r.json[0]["id"].clone();
+    let r = e
+        .rest(
+            "POST",
+            "todos",
+            &with(e.user(BOB), &[("prefer", "resolution=merge-duplicates")]),
+            Some(json!({"id": alice_row, "owner": BOB, "title": "taken"})),
+        )
+        .await;
+    // SQLite leaves the row alone; PostgreSQL refuses (the identity column, or RLS).
+    assert!(r.status == StatusCode::CREATED || r.status.is_client_error(), "{}", r.text);
+    let r = e.rest("GET", &format!("todos?select=title,owner&id=eq.{alice_row}"), &e.service(), None).await;
+    assert_eq!(r.json, json!([{"title": "buy milk", "owner": ALICE}]), "{}", r.text);
     // USING: Bob's update and delete of Alice's rows touch nothing.
     let r = e
         .rest(
