@@ -29,7 +29,13 @@
 //!   (`$1::text::uuid`), select them as `col::text`.
 //! - [`AppDbs::register_schema`] adds DDL (one text per dialect) run once in every env database,
 //!   before the env's own migrations can see it: in the template on PostgreSQL, and on open for envs
-//!   created before the hook existed. Register hooks before serving.
+//!   created before the hook existed. Register hooks before serving. On PostgreSQL the DDL runs as the
+//!   platform's (super)user; afterwards the env's owner and `service_role` get all privileges on the
+//!   tables of `auth` and `storage`.
+//! - The closure's error type needs `From<AppDbError>` (and usually `From<store::StoreError>`).
+//! - End-user tokens: [`AppDbs::set_jwt_verifier`] installs the function that turns a bearer token of an
+//!   env into its claims; the data API then runs as `authenticated` with them. `auth.uid()` is the
+//!   `sub` claim (a `uuid` on PostgreSQL, as on Supabase; text on SQLite).
 
 pub mod api;
 pub mod backend;
