@@ -750,19 +750,48 @@ impl<'a> Builder<'a> {
         if let Some(h) = &e.hint {
             candidates.retain(|(fk, _)| fk.name == *h || fk.columns.iter().any(|c| c == h));
         }
-        let (fk, to_one) = match candidates.len() {
-            0 => {
-                return Err(RestError::new(
-                    400,
-                    "PGRST200",
-                    format!(
-                        "Could not find a relationship between '{}' and '{}' in the schema cache",
-                        parent.name, e.relation
-                    ),
-                ));
+        // Many-to-many through a junction table with FKs to both, when there is no direct FK.
+        let mut junctions: Vec<(TableMeta, Fk, Fk)> = Vec::new();
+        if candidates.is_empty() {
+            for to_parent in parent
+                .fks
+                .iter()
+                .filter(|f| f.ref_table == parent.name && f.table != parent.name && f.table != child.name)
+            {
+                let Ok(j) = self.meta(tx, &to_parent.table) else { continue };
+                for to_child in j.fks.iter().filter(|f| f.table == j.name && f.ref_table == child.name) {
+                    if e.hint.as_ref().is_none_or(|h| *h == j.name) {
+                        junctions.push((j.clone(), to_parent.clone(), to_child.clone()));
+                    }
+                }
             }
-            1 => candidates.remove(0),
-            _ => {
+        }
+        let name = e.alias.clone().unwrap_or_else(|| e.relation.clone());
+        let child_path = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
+        let scope = query.scopes.get(&child_path).cloned();
+        let ca = self.alias();
+        let eq = |a: &str, x: &str, b: &str, y: &str| {
+            format!("{}.{} = {}.{}", quote_ident(a), quote_ident(x), quote_ident(b), quote_ident(y))
+        };
+        let (join, to_one): (Vec<String>, bool) = if candidates.is_empty() && junctions.len() == 1 {
+            let (j, to_parent, to_child) = junctions.remove(0);
+            let ja = self.alias();
+            let mut conds: Vec<String> =
+                to_child.columns.iter().zip(&to_child.ref_columns).map(|(c, r)| eq(&ja, c, &ca, r)).collect();
+            conds
+                .extend(to_parent.columns.iter().zip(&to_parent.ref_columns).map(|(c, r)| eq(&ja, c, parent_alias, r)));
+            conds.extend(self.where_sql(&ja, &j, None, Cmd::Select)?);
+            (
+                vec![format!(
+                    "EXISTS (SELECT 1 FROM {} AS {} WHERE {})",
+                    quote_ident(&j.name),
+                    quote_ident(&ja),
+                    conds.join(" AND ")
+                )],
+                false,
+            )
+        } else {
+            if candidates.is_empty() && junctions.len() > 1 {
                 return Err(RestError::new(
                     300,
                     "PGRST201",
@@ -771,41 +800,38 @@ impl<'a> Builder<'a> {
                         parent.name, e.relation
                     ),
                 )
-                .details(candidates.iter().map(|(f, _)| f.name.clone()).collect::<Vec<_>>().join(", ")));
+                .details(junctions.iter().map(|(j, _, _)| j.name.clone()).collect::<Vec<_>>().join(", ")));
             }
-        };
-        let name = e.alias.clone().unwrap_or_else(|| e.relation.clone());
-        let child_path = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
-        let scope = query.scopes.get(&child_path).cloned();
-        let ca = self.alias();
-        let join: Vec<String> = if to_one {
-            fk.columns
-                .iter()
-                .zip(&fk.ref_columns)
-                .map(|(c, r)| {
-                    format!(
-                        "{}.{} = {}.{}",
-                        quote_ident(&ca),
-                        quote_ident(r),
-                        quote_ident(parent_alias),
-                        quote_ident(c)
+            let (fk, to_one) = match candidates.len() {
+                0 => {
+                    return Err(RestError::new(
+                        400,
+                        "PGRST200",
+                        format!(
+                            "Could not find a relationship between '{}' and '{}' in the schema cache",
+                            parent.name, e.relation
+                        ),
+                    ));
+                }
+                1 => candidates.remove(0),
+                _ => {
+                    return Err(RestError::new(
+                        300,
+                        "PGRST201",
+                        format!(
+                            "Could not embed because more than one relationship was found for '{}' and '{}'",
+                            parent.name, e.relation
+                        ),
                     )
-                })
-                .collect()
-        } else {
-            fk.columns
-                .iter()
-                .zip(&fk.ref_columns)
-                .map(|(c, r)| {
-                    format!(
-                        "{}.{} = {}.{}",
-                        quote_ident(&ca),
-                        quote_ident(c),
-                        quote_ident(parent_alias),
-                        quote_ident(r)
-                    )
-                })
-                .collect()
+                    .details(candidates.iter().map(|(f, _)| f.name.clone()).collect::<Vec<_>>().join(", ")));
+                }
+            };
+            let join = if to_one {
+                fk.columns.iter().zip(&fk.ref_columns).map(|(c, r)| eq(&ca, r, parent_alias, c)).collect()
+            } else {
+                fk.columns.iter().zip(&fk.ref_columns).map(|(c, r)| eq(&ca, c, parent_alias, r)).collect()
+            };
+            (join, to_one)
         };
         let mut nested_inner = Vec::new();
         let obj = self.object_sql(tx, &ca, &child, &e.select, query, &child_path, &mut nested_inner)?;

@@ -617,3 +617,32 @@ async fn auth_schema_hook_and_with_conn() {
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
     e.delete().await;
 }
+
+#[tokio::test]
+async fn many_to_many_embedding_through_a_junction_table() {
+    let e = Env::new().await;
+    let r = e
+        .sql(
+            "create table posts (id bigint primary key, title text not null);
+             create table tags (id bigint primary key, name text not null);
+             create table post_tags (post_id bigint references posts(id) on delete cascade,
+                                     tag_id bigint references tags(id) on delete cascade,
+                                     primary key (post_id, tag_id));
+             insert into posts values (1, 'first'), (2, 'second');
+             insert into tags values (10, 'rust'), (11, 'sql');
+             insert into post_tags values (1, 10), (1, 11), (2, 11);",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let s = e.service();
+    let r = e.rest("GET", "posts?select=title,tags(name)&order=id&tags.order=name", &s, None).await;
+    assert_eq!(
+        r.json,
+        json!([{"title": "first", "tags": [{"name": "rust"}, {"name": "sql"}]}, {"title": "second", "tags": [{"name": "sql"}]}]),
+        "{}",
+        r.text
+    );
+    let r = e.rest("GET", "tags?select=name,posts(title)&name=eq.rust", &s, None).await;
+    assert_eq!(r.json, json!([{"name": "rust", "posts": [{"title": "first"}]}]), "{}", r.text);
+    e.delete().await;
+}
