@@ -50,6 +50,12 @@ impl SqlError {
                     _ if m.contains("syntax error") => "42601",
                     _ if m.contains("already exists") => "42P07",
                     _ if m.contains("datatype mismatch") => "22P02",
+                    _ if m.contains("JSON") => "22P02",
+                    _ if m.contains("integer overflow") => "22003",
+                    _ if m.contains("too many SQL variables") || m.contains("too many arguments") => "54023",
+                    _ if m.contains("too large") || m.contains("too complex") || m.contains("stack overflow") => {
+                        "54001"
+                    }
                     _ => "XX000",
                 }
             }

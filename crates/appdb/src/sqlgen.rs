@@ -41,7 +41,14 @@ impl RestError {
             }
             "42P01" | "42883" => 404,
             "25006" => 405,
-            c if c.starts_with("22") || c.starts_with("23") || c.starts_with("42") || c == "P0001" => 400,
+            c if c.starts_with("22")
+                || c.starts_with("23")
+                || c.starts_with("42")
+                || c.starts_with("54")
+                || c == "P0001" =>
+            {
+                400
+            }
             _ => 500,
         };
         if status == 500 {
