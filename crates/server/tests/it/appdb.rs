@@ -718,3 +718,42 @@ fn arbitrary_queries_never_fail_the_server() {
     assert_eq!(r.headers["content-range"], "0-2/3");
     rt.block_on(e.delete());
 }
+
+/// Arbitrary JSON bodies for inserts and updates: a success or a client error, never a 5xx.
+#[test]
+fn arbitrary_bodies_never_fail_the_server() {
+    use proptest::prelude::*;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e = rt.block_on(seeded());
+    let s = with(e.service(), &[("prefer", "return=representation")]);
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        "[ -~]{0,12}".prop_map(Value::from),
+        Just(json!(ALICE)),
+    ];
+    let value = leaf.prop_recursive(2, 8, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..3).prop_map(Value::from),
+            prop::collection::btree_map("[a-z]{1,3}", inner, 0..3).prop_map(|m| json!(m)),
+        ]
+    });
+    let column = prop::sample::select(vec!["owner", "title", "done", "priority", "tags", "meta", "id", "nope"]);
+    let body = prop::collection::btree_map(column, value, 0..5);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 200, ..ProptestConfig::default() });
+    runner
+        .run(&(body, any::<bool>()), |(b, patch)| {
+            let b = json!(b);
+            let r = if patch {
+                rt.block_on(e.rest("PATCH", "todos?id=eq.-1", &s, Some(b.clone())))
+            } else {
+                rt.block_on(e.rest("POST", "todos", &s, Some(b.clone())))
+            };
+            prop_assert!(r.status.as_u16() < 500, "{b} → {} {}", r.status, r.text);
+            Ok(())
+        })
+        .unwrap();
+    rt.block_on(e.delete());
+}
