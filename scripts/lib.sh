@@ -20,7 +20,7 @@ vb_root() {
 # the command is missing. bubblewrap, e2fsprogs and mount are for sandboxes (namespaces, workspace
 # images); the sandbox tests run Debian's python3 and curl inside sandboxes, which see only /usr.
 VB_APT_NEEDS=(bwrap:bubblewrap curl:curl timeout:coreutils pg_isready:postgresql psql:postgresql-client
-  mkfs.ext4:e2fsprogs mount:mount unshare:util-linux pgrep:procps /usr/bin/python3:python3)
+  mkfs.ext4:e2fsprogs mount:mount unshare:util-linux pgrep:procps /usr/bin/python3:python3 node:nodejs npm:npm)
 
 vb_install_apt() {
   local pair cmd pkg missing=()

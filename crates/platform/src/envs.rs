@@ -226,6 +226,12 @@ impl Platform {
             })
             .await?;
         let layout = self.layout(env);
+        for hook in self.env_delete_hooks() {
+            hook(env.clone()).await.map_err(|e| PlatformError::Io {
+                context: format!("remove what env {env} owns"),
+                source: std::io::Error::other(e),
+            })?;
+        }
         self.blobs().delete_prefix(&layout.object_prefix).await?;
         match tokio::fs::remove_dir_all(&layout.data_dir).await {
             Ok(()) => {}

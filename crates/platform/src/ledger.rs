@@ -112,6 +112,13 @@ impl Platform {
         self.inner.meters.add(env.as_str(), Meter::ApiRequests, ("surface", surface), 1, self.clock().now_ms());
     }
 
+    /// Adds a quantity of a high-rate meter (e.g. `db_rows_read`) to the buffer the flusher writes.
+    pub fn meter(&self, env: &EnvId, meter: Meter, dim: (&str, &str), quantity: i64) {
+        if quantity > 0 {
+            self.inner.meters.add(env.as_str(), meter, dim, quantity, self.clock().now_ms());
+        }
+    }
+
     /// Counted since `since_ms` but not yet in the ledger.
     pub fn pending_usage(&self, env: &str, meter: Meter, since_ms: i64) -> i64 {
         self.inner.meters.pending(env, meter, since_ms)

@@ -86,7 +86,17 @@ struct Inner {
     limiter: limits::Limiter,
     /// Identifies this process in idempotency keys of the events it emits.
     instance: String,
+    /// What other capabilities remove when an env is deleted (e.g. its app database).
+    env_delete_hooks: std::sync::RwLock<Vec<EnvDeleteHook>>,
 }
+
+/// Removes what a capability keeps for an env outside the platform's own tables and directories; run by
+/// [`Platform::delete_env`] before the env's data directory goes. Must be idempotent.
+pub type EnvDeleteHook = Arc<
+    dyn Fn(EnvId) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::result::Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 impl Platform {
     /// Builds the platform on an open (migrated) database and object store.
@@ -110,6 +120,7 @@ impl Platform {
                 clock,
                 entropy,
                 instance,
+                env_delete_hooks: std::sync::RwLock::new(Vec::new()),
             }),
         }
     }
@@ -133,6 +144,28 @@ impl Platform {
     /// The names `env` owns (data dir, object prefix, database name, cache prefix, cgroup).
     pub fn layout(&self, env: &EnvId) -> EnvLayout {
         EnvLayout::new(&self.inner.config.data_dir, env)
+    }
+
+    /// A secret derived from the admin key for `purpose` (hex of HMAC-SHA256): the same on every
+    /// instance sharing the admin key, different per purpose. Used e.g. for env database passwords.
+    pub fn derive_secret(&self, purpose: &str) -> String {
+        use hmac::Mac as _;
+        // HMAC takes keys of any length, so this never fails.
+        let Ok(mut mac) = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(self.inner.admin_key_hash.as_bytes())
+        else {
+            return String::new();
+        };
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Registers a hook run for every deleted env (see [`EnvDeleteHook`]).
+    pub fn on_env_delete(&self, hook: EnvDeleteHook) {
+        self.inner.env_delete_hooks.write().unwrap_or_else(std::sync::PoisonError::into_inner).push(hook);
+    }
+
+    pub(crate) fn env_delete_hooks(&self) -> Vec<EnvDeleteHook> {
+        self.inner.env_delete_hooks.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// A random lowercase id of `len` characters.

@@ -520,3 +520,21 @@ fn dimensions_schema() -> utoipa::openapi::Object {
         .max_properties(Some(16))
         .build()
 }
+
+/// `POST /v1/envs/{env}/sql`: a migration in the PostgreSQL dialect, run in one transaction.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SqlRequest {
+    /// One or more SQL statements (schema changes, policies, seed data), at most 100,000 characters.
+    #[schema(min_length = 1, max_length = 100000)]
+    pub query: String,
+}
+
+/// A migration that was applied.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SqlResult {
+    /// Its number in the env's migration history.
+    pub version: i64,
+    /// How many statements it ran.
+    pub statements: u64,
+}

@@ -2,6 +2,7 @@
 //! authorization path ([`gate`]), and the mapping of errors to each surface's wire shape.
 
 pub mod address;
+pub mod data;
 pub mod e2b;
 pub mod egress;
 pub mod error;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub gateway: gateway::Gateway,
     /// E2B's polling directory watchers.
     pub watchers: Arc<e2b::Watchers>,
+    /// Env app databases (migrations, the PostgREST data API).
+    pub appdb: appdb::AppDbs,
 }
 
 impl AppState {
@@ -61,6 +64,8 @@ impl AppState {
         }
         let openapi = openapi::document().to_json().unwrap_or_else(|_| "{}".to_owned());
         let gateway = gateway::Gateway::empty(platform.clone());
+        let appdb = appdb::AppDbs::new(platform.clone());
+        appdb.register_delete_hook();
         Self {
             platform,
             specs: Arc::new(specs),
@@ -69,6 +74,7 @@ impl AppState {
             sandboxes: Err("sandboxes are not configured on this instance".to_owned()),
             gateway,
             watchers: Arc::default(),
+            appdb,
         }
     }
 

@@ -44,6 +44,8 @@ fn components() -> utoipa::openapi::Components {
         .schema_from::<RotatedKey>()
         .schema_from::<MintTokenRequest>()
         .schema_from::<MintedToken>()
+        .schema_from::<SqlRequest>()
+        .schema_from::<SqlResult>()
         .schema_from::<AuditEntry>()
         .schema_from::<UsageReport>()
         .schema_from::<UsageEventInput>()

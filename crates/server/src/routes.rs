@@ -279,6 +279,16 @@ fn table() -> Vec<R> {
             post(handlers::mint_token),
         ),
         r(
+            "POST",
+            "/v1/envs/{env}/sql",
+            control("db:Migrate", Secret),
+            Env,
+            "Apply a migration (PostgreSQL dialect) to the env's database in one transaction.",
+            Some("SqlRequest"),
+            (200, Some("SqlResult")),
+            post(crate::data::sql),
+        ),
+        r(
             "GET",
             "/v1/envs/{env}/audit",
             control("audit:Read", Secret),
@@ -475,7 +485,14 @@ fn table() -> Vec<R> {
     ];
     routes.extend(sandbox_routes());
     routes.extend([
-        surface("/env/{env}/rest/v1/{*rest}", Surface::Rest, "db:Request", Any, "PostgREST data API."),
+        R {
+            spec: RouteSpec {
+                built: true,
+                response: (200, None),
+                ..surface("/env/{env}/rest/v1/{*rest}", Surface::Rest, "db:Request", Any, "PostgREST data API.").spec
+            },
+            handler: any(crate::data::rest),
+        },
         surface("/env/{env}/auth/v1/{*rest}", Surface::Auth, "auth:Request", Any, "GoTrue auth API."),
         surface("/env/{env}/storage/v1/{*rest}", Surface::Storage, "storage:Request", Any, "Supabase Storage API."),
         surface("/env/{env}/functions/v1/{*rest}", Surface::Functions, "functions:Invoke", Any, "Cloud functions."),

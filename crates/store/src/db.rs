@@ -80,6 +80,10 @@ impl<T: Into<Value>> From<Option<T>> for Value {
 pub struct Row(Vec<Value>);
 
 impl Row {
+    /// A row of these values (for other implementations of [`Conn`]).
+    pub fn from_values(values: Vec<Value>) -> Self {
+        Self(values)
+    }
     pub fn int(&self, i: usize) -> Result<i64, StoreError> {
         match self.0.get(i) {
             Some(Value::Int(v)) => Ok(*v),
@@ -167,6 +171,14 @@ impl Db {
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// The connection settings when this is PostgreSQL (env databases live on the same cluster).
+    pub fn postgres_config(&self) -> Option<&postgres::Config> {
+        match &*self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(pool) => Some(&pool.config),
+        }
     }
 
     pub fn dialect(&self) -> Dialect {

@@ -105,7 +105,8 @@ async fn main() {
         }
     };
     let public = timed(format!("{base}/healthz"), None).await;
-    let guarded = timed(format!("{base}/env/bench-0/rest/v1/todos"), Some(pk)).await;
+    // A data-plane surface that does no work of its own yet, so this measures the gate alone.
+    let guarded = timed(format!("{base}/env/bench-0/storage/v1/bucket"), Some(pk)).await;
 
     println!("vibebase platform-core benchmark ({envs} environments, SQLite, loopback HTTP, sequential)");
     println!(

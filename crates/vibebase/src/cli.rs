@@ -91,6 +91,15 @@ pub enum ClientCommand {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Apply a migration (PostgreSQL dialect) from FILE (`-` = stdin) to an env's database.
+    Sql {
+        #[arg(long)]
+        env: String,
+        /// SQL file; `-` reads standard input.
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Show an env's audit log.
     Audit {
         #[arg(long)]
@@ -903,6 +912,20 @@ async fn dispatch(command: ClientCommand) -> Result<Option<ExitCode>, Failure> {
                     c.show(r, |v| table(items(v), &cols));
                 }
             }
+        }
+        ClientCommand::Sql { env, file, conn } => {
+            let c = Client::new(conn)?;
+            let query = if file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .map_err(|e| Failure { code: 2, message: format!("cannot read standard input: {e}") })?;
+                s
+            } else {
+                std::fs::read_to_string(&file)
+                    .map_err(|e| Failure { code: 2, message: format!("cannot read {}: {e}", file.display()) })?
+            };
+            let r = c.call(Method::POST, &format!("/v1/envs/{env}/sql"), Some(json!({ "query": query }))).await?;
+            c.show(r, |v| format!("applied migration {} ({} statements)\n", v["version"], v["statements"]));
         }
         ClientCommand::Audit { env, limit, conn } => {
             let c = Client::new(conn)?;

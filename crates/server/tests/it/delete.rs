@@ -154,6 +154,17 @@ async fn delete_leaves_only_ledger_and_audit_rows() {
     let retained: BTreeSet<&str> = rows_after.difference(&rows_before).map(|(t, _)| t.as_str()).collect();
     assert_eq!(retained, RETAINED.into_iter().collect(), "ledger and audit rows are kept for billing");
     assert!(processes_naming(id).is_empty());
+    // The app database went with it (the data-API calls above created it).
+    if h.platform.db().dialect() == store::Dialect::Postgres {
+        let like = format!("%{}", layout.database_name);
+        let left = h
+            .platform
+            .db()
+            .tx(move |c| c.query("SELECT datname::text FROM pg_database WHERE datname LIKE $1", &[like.into()]))
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "env database left behind");
+    }
     assert!(cgroups_naming(id).is_empty());
     // The neighbour is untouched.
     assert_eq!(h.call("GET", "/v1/envs/neighbour", Some(keep.secret()), None).await.status, StatusCode::OK);

@@ -63,7 +63,7 @@ async fn suspend_stops_tenant_traffic_and_resume_restores_it() {
     let h = Harness::new().await;
     let a = h.create_env("shop").await;
     let data = || h.call("GET", "/env/shop/rest/v1/todos", Some(a.publishable()), None);
-    assert_eq!(data().await.status, StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(data().await.status, StatusCode::NOT_FOUND);
     let r = h.call("POST", "/v1/envs/shop/suspend", Some(&h.admin), None).await;
     assert_eq!((r.status, r.json["status"].as_str()), (StatusCode::OK, Some("suspended")));
     let r = data().await;
@@ -74,7 +74,7 @@ async fn suspend_stops_tenant_traffic_and_resume_restores_it() {
     assert_eq!(h.call("GET", "/v1/envs/shop", Some(&h.admin), None).await.status, StatusCode::OK);
     let r = h.call("POST", "/v1/envs/shop/resume", Some(&h.admin), None).await;
     assert_eq!(r.json["status"], "active");
-    assert_eq!(data().await.status, StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(data().await.status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
@@ -148,7 +148,7 @@ async fn minted_tokens_expire_and_revoke_at_once() {
     assert_eq!(t.status, StatusCode::CREATED, "{}", t.text);
     let token = t.json["token"].as_str().unwrap().to_owned();
     assert!(token.starts_with("vb_tok_"));
-    assert_eq!(h.call("GET", "/env/shop/rest/v1/t", Some(&token), None).await.status, StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(h.call("GET", "/env/shop/rest/v1/t", Some(&token), None).await.status, StatusCode::NOT_FOUND);
     // Its actions bound it: storage is not among them.
     let r = h.call("GET", "/env/shop/storage/v1/bucket", Some(&token), None).await;
     assert_eq!((r.status, r.json["code"].as_str()), (StatusCode::FORBIDDEN, Some("access_denied")));
@@ -287,8 +287,9 @@ async fn host_form_reaches_the_same_routes_as_path_form() {
     let h = Harness::new().await;
     let a = h.create_env("shop").await;
     let hdr = |host: &str| vec![("host", host.to_owned()), ("apikey", a.publishable().to_owned())];
+    // A data-API answer (no such table) proves the host form reached the PostgREST route.
     let r = h.send("GET", "/rest/v1/todos", &hdr("shop.localhost:8787"), None).await;
-    assert_eq!((r.status, r.json["code"].as_str()), (StatusCode::NOT_IMPLEMENTED, Some("not_implemented")));
+    assert_eq!((r.status, r.json["code"].as_str()), (StatusCode::NOT_FOUND, Some("42P01")));
     // The same origin's API prefixes answer in their own shapes.
     let r = h.send("GET", "/auth/v1/user", &hdr("shop.localhost:8787"), None).await;
     assert_eq!(r.json["error_code"], "not_implemented");

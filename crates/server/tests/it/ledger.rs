@@ -74,7 +74,7 @@ async fn hard_quota_answers_402_naming_the_quota_and_spares_the_operator() {
     for _ in 0..3 {
         assert_eq!(
             h.call("GET", "/env/shop/rest/v1/t", Some(a.publishable()), None).await.status,
-            StatusCode::NOT_IMPLEMENTED
+            StatusCode::NOT_FOUND
         );
     }
     let r = h.call("GET", "/env/shop/rest/v1/t", Some(a.publishable()), None).await;
@@ -89,18 +89,12 @@ async fn hard_quota_answers_402_naming_the_quota_and_spares_the_operator() {
     // The operator can still read and raise the limit.
     let raise = json!({"quotas": [{"meter": "api_requests", "period": "day", "hard_limit": 1000}]});
     assert_eq!(h.call("PUT", "/v1/envs/shop/limits", Some(&h.admin), Some(raise)).await.status, StatusCode::OK);
-    assert_eq!(
-        h.call("GET", "/env/shop/rest/v1/t", Some(a.publishable()), None).await.status,
-        StatusCode::NOT_IMPLEMENTED
-    );
+    assert_eq!(h.call("GET", "/env/shop/rest/v1/t", Some(a.publishable()), None).await.status, StatusCode::NOT_FOUND);
     // Quotas reset with their period.
     let again = json!({"quotas": [{"meter": "api_requests", "period": "minute", "hard_limit": 1}]});
     h.call("PUT", "/v1/envs/shop/limits", Some(&h.admin), Some(again)).await;
     h.clock.advance(Duration::from_secs(61));
-    assert_eq!(
-        h.call("GET", "/env/shop/rest/v1/t", Some(a.publishable()), None).await.status,
-        StatusCode::NOT_IMPLEMENTED
-    );
+    assert_eq!(h.call("GET", "/env/shop/rest/v1/t", Some(a.publishable()), None).await.status, StatusCode::NOT_FOUND);
     assert_eq!(
         h.call("GET", "/env/shop/rest/v1/t", Some(a.publishable()), None).await.status,
         StatusCode::PAYMENT_REQUIRED
@@ -139,18 +133,15 @@ async fn rate_limit_answers_429_with_retry_after() {
     let limits = json!({"rate_limit_per_second": 1, "rate_limit_burst": 2});
     h.call("PUT", "/v1/envs/shop/limits", Some(&h.admin), Some(limits)).await;
     let hit = || h.call("GET", "/env/shop/rest/v1/t", Some(a.publishable()), None);
-    assert_eq!(hit().await.status, StatusCode::NOT_IMPLEMENTED);
-    assert_eq!(hit().await.status, StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(hit().await.status, StatusCode::NOT_FOUND);
+    assert_eq!(hit().await.status, StatusCode::NOT_FOUND);
     let r = hit().await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(r.json["code"], "rate_limited");
     assert_eq!(r.headers["retry-after"], "1");
     h.clock.advance(Duration::from_millis(1100));
-    assert_eq!(hit().await.status, StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(hit().await.status, StatusCode::NOT_FOUND);
     // Another env is not affected by this env's limit.
     let b = h.create_env("other").await;
-    assert_eq!(
-        h.call("GET", "/env/other/rest/v1/t", Some(b.publishable()), None).await.status,
-        StatusCode::NOT_IMPLEMENTED
-    );
+    assert_eq!(h.call("GET", "/env/other/rest/v1/t", Some(b.publishable()), None).await.status, StatusCode::NOT_FOUND);
 }

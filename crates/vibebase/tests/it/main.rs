@@ -205,6 +205,19 @@ fn cli_drives_the_platform_with_meaningful_exit_codes() {
         actions.contains(&"env:Create") && actions.contains(&"tokens:Mint") && actions.contains(&"keys:Rotate"),
         "{actions:?}"
     );
+    // Migrations from a file: applied in order; a bad one exits 2 and names the problem.
+    let good = dir.join("001.sql");
+    std::fs::write(&good, "create table notes (id bigserial primary key, body text not null);").unwrap();
+    let applied = json(&server.cli(&new_secret, &["sql", "--env", "shop", good.to_str().unwrap(), "--json"]));
+    assert_eq!((applied["version"].as_i64(), applied["statements"].as_i64()), (Some(1), Some(1)), "{applied}");
+    let human = server.cli(&new_secret, &["sql", "--env", "shop", good.to_str().unwrap()]);
+    assert_eq!(human.status.code(), Some(2), "the table exists now");
+    assert!(String::from_utf8_lossy(&human.stderr).contains("sql_error"), "{}", String::from_utf8_lossy(&human.stderr));
+    let forbidden = dir.join("002.sql");
+    std::fs::write(&forbidden, "create table other.t (id int);").unwrap();
+    let out = server.cli(&new_secret, &["sql", "--env", "shop", forbidden.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sql_forbidden"));
     // Limits, sub-accounts and webhooks.
     let limits = json(&server.cli(
         admin,
@@ -261,7 +274,7 @@ fn graceful_shutdown_flushes_metered_requests() {
         for _ in 0..7 {
             let r =
                 client.get(format!("{}/env/shop/rest/v1/t", server.url)).header("apikey", &pk).send().await.unwrap();
-            assert_eq!(r.status().as_u16(), 501);
+            assert_eq!(r.status().as_u16(), 404, "no such table, after the gate");
         }
     });
     server.stop();
