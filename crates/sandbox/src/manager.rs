@@ -296,34 +296,18 @@ impl Sandboxes {
     ) -> Result<SandboxRecord, SandboxError> {
         let platform = &self.inner.platform;
         let id = format!("sb{}", platform.random_id(14).to_ascii_lowercase());
-        let ttl_seconds = (timeout.as_secs() + 60).min(MAX_SANDBOX_SECONDS);
+        let mint = |actions: Vec<String>, holder: String| MintTokenRequest {
+            ttl_seconds: (timeout.as_secs() + 60).min(MAX_SANDBOX_SECONDS),
+            session: req.session.clone(),
+            actions,
+            holder: Some(holder),
+        };
         // The sandbox's only credential: scoped to its env (and session), dead when the sandbox ends.
         // It reaches the env's data plane, never sandboxes (the hands do not start more hands).
-        let token = platform
-            .mint_token(
-                actor,
-                env,
-                MintTokenRequest {
-                    ttl_seconds,
-                    session: req.session.clone(),
-                    actions: HANDS_ACTIONS.iter().map(|a| (*a).to_owned()).collect(),
-                    holder: Some(format!("sandbox:{id}")),
-                },
-            )
-            .await?;
+        let hands = HANDS_ACTIONS.iter().map(|a| (*a).to_owned()).collect();
+        let token = platform.mint_token(actor, env, mint(hands, format!("sandbox:{id}"))).await?;
         // The caller's key for this sandbox's envd API (E2B's `envdAccessToken`), bound to it.
-        let envd = platform
-            .mint_token(
-                actor,
-                env,
-                MintTokenRequest {
-                    ttl_seconds,
-                    session: req.session.clone(),
-                    actions: vec![ENVD_ACTION.to_owned()],
-                    holder: Some(envd_holder(&id)),
-                },
-            )
-            .await;
+        let envd = platform.mint_token(actor, env, mint(vec![ENVD_ACTION.to_owned()], envd_holder(&id))).await;
         let envd = match envd {
             Ok(t) => t,
             Err(e) => {
