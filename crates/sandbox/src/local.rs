@@ -353,8 +353,10 @@ impl Backend for LocalBackend {
             Limits { memory_bytes: plan.memory_bytes, pids: plan.max_processes, cpu_percent: plan.cpu_percent };
         let mut mount = None;
         let mut cgroup = None;
+        let started = std::time::Instant::now();
         let result = async {
             prepare_run_dir(&run, self.config.uid, self.config.gid).await?;
+            tracing::debug!(us = started.elapsed().as_micros() as u64, "sandbox start: run dir");
             if let Some(image) = &plan.workspace_image {
                 let target = self.config.run_root.join("mnt").join(&plan.id);
                 mount_image(image, &target, plan.disk_bytes, self.config.uid, self.config.gid).await?;
@@ -366,8 +368,10 @@ impl Backend for LocalBackend {
                     .await?;
                 mount = Some(target);
             }
+            tracing::debug!(us = started.elapsed().as_micros() as u64, "sandbox start: workspace");
             let cg =
                 Cgroup::create(&self.hierarchy, &cgroup_rel, limits).map_err(|e| SandboxError::Start(e.to_string()))?;
+            tracing::debug!(us = started.elapsed().as_micros() as u64, "sandbox start: cgroup");
             let procs = cg_procs(&self.hierarchy, &cgroup_rel);
             cgroup = Some(cg.clone());
             let args = self.bwrap_args(&plan, &run, mount.as_deref());
@@ -380,6 +384,7 @@ impl Backend for LocalBackend {
                 command: vec![AGENT_PATH.to_owned(), crate::AGENT_COMMAND.to_owned()],
             };
             let child = spawn_launcher(&self.config.exe, &launch).await?;
+            tracing::debug!(us = started.elapsed().as_micros() as u64, "sandbox start: agent ready");
             Ok::<_, SandboxError>((cg, child))
         }
         .await;
