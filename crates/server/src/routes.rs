@@ -286,7 +286,9 @@ fn table() -> Vec<R> {
             "Apply a migration (PostgreSQL dialect) to the env's database in one transaction.",
             Some("SqlRequest"),
             (200, Some("SqlResult")),
-            post(crate::data::sql),
+            // A migration of the largest allowed length may be several times longer once JSON-escaped:
+            // the handler, not the body limit, answers `sql_too_long`.
+            post(crate::data::sql).layer(axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024)),
         ),
         r(
             "GET",
