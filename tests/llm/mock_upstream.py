@@ -16,6 +16,7 @@ The last user text picks the scenario:
 GET /stats returns counters (requests per scenario, streams cut by the client)."""
 
 import json
+import socket
 import sys
 import threading
 import time
@@ -64,6 +65,11 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def setup(self):
+        super().setup()
+        # Small SSE writes must not wait for delayed ACKs (Nagle), as no real provider's do.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def do_GET(self):
         if self.path == "/stats":
             with LOCK:
@@ -97,6 +103,20 @@ class Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 self.wfile.write(data)
                 return
+        if kind == "openai" and not body.get("stream"):
+            # Non-streamed callers (other gateways in the side-by-side benchmark) get the same answer whole.
+            text = "".join(text_answer(body))
+            data = json.dumps({"id": "chatcmpl-mock1", "object": "chat.completion", "created": 1700000000,
+                               "model": body["model"], "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                                                                    "message": {"role": "assistant", "content": text}}],
+                               "usage": {"prompt_tokens": prompt_tokens(body), "completion_tokens": 4,
+                                         "total_tokens": prompt_tokens(body) + 4}}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("cache-control", "no-cache")

@@ -70,6 +70,19 @@ pub struct ChatRequest {
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub stop: Vec<String>,
+    /// Provider-specific options (`response_format`, `seed`, `top_k`, …) forwarded verbatim to upstreams
+    /// of the protocol they were written for, and dropped for the other.
+    #[serde(default)]
+    pub extra: Extra,
+}
+
+/// Options of one protocol with no neutral form.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Extra {
+    /// Chat Completions fields for OpenAI-compatible upstreams.
+    pub openai: serde_json::Map<String, Value>,
+    /// Messages fields for Anthropic upstreams.
+    pub anthropic: serde_json::Map<String, Value>,
 }
 
 impl ChatRequest {

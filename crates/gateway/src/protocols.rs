@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use crate::error::GatewayError;
-use crate::ir::{ChatRequest, Completion, Event, FinishReason, Message, Part, Role, Tool, ToolChoice};
+use crate::ir::{ChatRequest, Completion, Event, Extra, FinishReason, Message, Part, Role, Tool, ToolChoice};
 use crate::sse::frame;
 
 /// What a caller asked for besides the chat itself.
@@ -109,6 +109,25 @@ fn text_of(v: &Value, what: &str) -> Result<String, GatewayError> {
         }
         _ => Err(bad(format!("{what} must be a string or an array of parts"))),
     }
+}
+
+/// Chat Completions options forwarded to OpenAI-compatible upstreams as they are.
+const OPENAI_PASSTHROUGH: &[&str] = &[
+    "response_format",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "user",
+    "parallel_tool_calls",
+    "reasoning_effort",
+    "service_tier",
+];
+/// Messages options forwarded to Anthropic upstreams as they are.
+const ANTHROPIC_PASSTHROUGH: &[&str] = &["top_k", "metadata", "service_tier"];
+
+fn passthrough(o: &Map<String, Value>, keys: &[&str]) -> Map<String, Value> {
+    keys.iter().filter_map(|k| o.get(*k).filter(|v| !v.is_null()).map(|v| ((*k).to_owned(), v.clone()))).collect()
 }
 
 fn schema(v: Option<&Value>) -> Value {
@@ -254,6 +273,7 @@ pub mod chat {
             temperature: opt_f64(o, "temperature")?,
             top_p: opt_f64(o, "top_p")?,
             stop: stop_list(o, "stop")?,
+            extra: Extra { openai: passthrough(o, OPENAI_PASSTHROUGH), anthropic: Map::new() },
         };
         Ok((req, Options { stream, include_usage }))
     }
@@ -454,6 +474,7 @@ pub mod responses {
             temperature: opt_f64(o, "temperature")?,
             top_p: opt_f64(o, "top_p")?,
             stop: vec![],
+            extra: Extra::default(),
         };
         Ok((req, Options { stream: opt_bool(o, "stream")?, include_usage: true }))
     }
@@ -767,6 +788,7 @@ pub mod messages {
             temperature: opt_f64(o, "temperature")?,
             top_p: opt_f64(o, "top_p")?,
             stop: stop_list(o, "stop_sequences")?,
+            extra: Extra { openai: Map::new(), anthropic: passthrough(o, ANTHROPIC_PASSTHROUGH) },
         };
         Ok((req, Options { stream: opt_bool(o, "stream")?, include_usage: true }))
     }

@@ -14,14 +14,20 @@ use crate::sse::{SseEvent, SseParser};
 
 /// The JSON body of the upstream request; `model` is the provider's name for the model.
 pub fn request_body(provider: &ProviderConfig, req: &ChatRequest, model: &str, max_tokens: u64) -> Value {
-    match provider.kind {
-        ProviderKind::Anthropic => anthropic_body(req, model, max_tokens),
+    let (mut body, extra) = match provider.kind {
+        ProviderKind::Anthropic => (anthropic_body(req, model, max_tokens), &req.extra.anthropic),
         ProviderKind::Openai | ProviderKind::Replay => {
             let mut body = openai_body(req, model);
             body[provider.max_tokens_param.as_str()] = json!(max_tokens);
-            body
+            (body, &req.extra.openai)
+        }
+    };
+    if let Value::Object(b) = &mut body {
+        for (k, v) in extra {
+            b.entry(k.clone()).or_insert_with(|| v.clone());
         }
     }
+    body
 }
 
 fn openai_body(req: &ChatRequest, model: &str) -> Value {

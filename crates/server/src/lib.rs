@@ -175,6 +175,13 @@ pub async fn serve(
     let router = router(state);
     let app = tower::util::MapRequestLayer::new(move |req: Request| rewrite_host(&apps_domain, req));
     let service = tower::Layer::layer(&app, router);
+    // Streamed responses (the model gateway's SSE) are many small writes: without TCP_NODELAY each one
+    // after the first waits for the client's delayed ACK (about 40 ms on Linux).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(service))
         .with_graceful_shutdown(shutdown)
         .await

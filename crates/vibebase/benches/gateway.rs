@@ -3,7 +3,12 @@
 //! and re-encoding, settlement in the ledger), one request at a time, streamed and not.
 //! Overhead = gateway latency − direct latency, per percentile.
 //!
-//! Run: `cargo bench -p vibebase --bench gateway` (optionally `-- N`, default 2,000 calls per series).
+//! Then an open-loop run: requests started at a fixed rate (default 2,000/s for 5 s) whatever the answers
+//! do, direct and through the gateway, streamed; with `taskset` available the server is pinned to CPU 1
+//! and this process (load generator and mock) to CPU 0.
+//!
+//! Run: `cargo bench -p vibebase --bench gateway` (optionally `-- N RATE`: N calls per sequential series,
+//! default 2,000; RATE requests/s in the open-loop run, default 2,000).
 //! The mock upstream runs in this process on its own thread; the server is the real binary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
@@ -76,9 +81,51 @@ async fn series(client: &reqwest::Client, url: &str, key: &str, body: &serde_jso
     out
 }
 
+/// Starts one request every 1/rate s for `secs` s; returns the sorted latencies.
+async fn open_loop(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: &serde_json::Value,
+    rate: u32,
+    secs: u32,
+) -> Vec<Duration> {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::new();
+    for _ in 0..rate * secs {
+        tick.tick().await;
+        let (c, url, key, body) = (client.clone(), url.to_owned(), key.to_owned(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = c.post(url).bearer_auth(key).json(&body).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            r.bytes().await.unwrap();
+            t.elapsed()
+        }));
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out.sort();
+    out
+}
+
+fn pin(pid: u32, cpu: &str) -> bool {
+    Command::new("taskset")
+        .args(["-a", "-p", "-c", cpu, &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2000);
+    let mut nums = std::env::args().skip(1).filter_map(|a| a.parse::<usize>().ok());
+    let n = nums.next().unwrap_or(2000);
+    let rate = u32::try_from(nums.next().unwrap_or(2000)).unwrap();
     let mock = start_mock();
     let dir = tempfile::tempdir().unwrap();
     let models = json!({
@@ -98,6 +145,7 @@ async fn main() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let pinned = pin(child.id(), "1") && pin(std::process::id(), "0");
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     while client.get(format!("{base}/healthz")).send().await.is_err() {
@@ -147,6 +195,16 @@ async fn main() {
         "overhead, streamed             p50 {:.3} ms  p99 {:.3} ms",
         ms(pct(&s, 0.5)) - ms(pct(&d, 0.5)),
         ms(pct(&s, 0.99)) - ms(pct(&d, 0.99))
+    );
+    let od = open_loop(&client, &direct_url, "x", &streamed, rate, 5).await;
+    let og = open_loop(&client, &gw_url, &key, &streamed, rate, 5).await;
+    println!("open loop at {rate}/s for 5 s, streamed ({} calls each; pinned: {pinned})", od.len());
+    println!("direct to mock                 p50 {:.3} ms  p99 {:.3} ms", ms(pct(&od, 0.5)), ms(pct(&od, 0.99)));
+    println!("gateway                        p50 {:.3} ms  p99 {:.3} ms", ms(pct(&og, 0.5)), ms(pct(&og, 0.99)));
+    println!(
+        "overhead                       p50 {:.3} ms  p99 {:.3} ms",
+        ms(pct(&og, 0.5)) - ms(pct(&od, 0.5)),
+        ms(pct(&og, 0.99)) - ms(pct(&od, 0.99))
     );
     let usage: serde_json::Value = client
         .get(format!("{base}/v1/envs/bench/usage"))

@@ -22,6 +22,8 @@ struct MockState {
     hits: Arc<Mutex<HashMap<String, usize>>>,
     /// Streams the client (the gateway) dropped before they ended.
     dropped: Arc<AtomicUsize>,
+    /// The last request body each provider received.
+    last: Arc<Mutex<HashMap<String, Value>>>,
 }
 
 struct Mock {
@@ -71,6 +73,7 @@ fn sse(frames: Vec<String>) -> Response {
 async fn mock_handler(State(s): State<MockState>, Path((name, op)): Path<(String, String)>, body: String) -> Response {
     let body: Value = serde_json::from_str(&body).unwrap();
     *s.hits.lock().unwrap().entry(name.clone()).or_default() += 1;
+    s.last.lock().unwrap().insert(name.clone(), body.clone());
     let text = last_user_text(&body);
     if name == "fail" {
         return Response::builder().status(500).body(Body::from("{\"error\":{\"message\":\"down\"}}")).unwrap();
@@ -466,6 +469,7 @@ async fn in_process_calls_share_budgets_and_meters_with_http() {
         temperature: None,
         top_p: None,
         stop: vec![],
+        extra: Default::default(),
     };
     let c = gw.chat(&env, Some("agent-1"), req(5)).await.unwrap().collect().await.unwrap();
     assert_eq!((c.usage.input_tokens, c.usage.output_tokens), (10, 5));
@@ -540,4 +544,31 @@ async fn replay_provider_plays_back_and_fails_loudly() {
     .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(r.json["error"]["message"].as_str().unwrap().contains("no recording"), "{}", r.text);
+}
+
+#[tokio::test]
+async fn protocol_specific_options_reach_upstreams_of_their_protocol_only() {
+    let (h, m, key) = env_with_models(json!({})).await;
+    let last = |name: &str| m.state.last.lock().unwrap()[name].clone();
+    let msg = json!([{"role": "user", "content": "hi"}]);
+    let opts = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}});
+    for model in ["gpt", "claude"] {
+        let body = json!({"model": model, "messages": msg, "response_format": opts, "seed": 7, "unknown_field": 1});
+        assert_eq!(post(&h, "chat/completions", &key, body).await.status, StatusCode::OK);
+        let body = json!({"model": model, "max_tokens": 5, "messages": msg, "top_k": 5, "metadata": {"user_id": "u1"}});
+        assert_eq!(post(&h, "messages", &key, body).await.status, StatusCode::OK);
+    }
+    // The OpenAI upstream got the Chat Completions options of the first call, not the Messages ones.
+    // (Its last request is the Messages call translated: no top_k.)
+    let oa = last("oa");
+    assert!(oa.get("top_k").is_none() && oa.get("metadata").is_none(), "{oa}");
+    let an = last("an");
+    assert_eq!((an["top_k"].clone(), an["metadata"]["user_id"].clone()), (json!(5), json!("u1")), "{an}");
+    assert!(an.get("response_format").is_none() && an.get("unknown_field").is_none());
+    let body = json!({"model": "gpt", "messages": msg, "response_format": opts, "seed": 7, "unknown_field": 1});
+    assert_eq!(post(&h, "chat/completions", &key, body).await.status, StatusCode::OK);
+    let oa = last("oa");
+    assert_eq!((oa["response_format"].clone(), oa["seed"].clone()), (opts, json!(7)), "{oa}");
+    assert!(oa.get("unknown_field").is_none(), "unknown fields are not forwarded: {oa}");
+    assert_eq!(oa["stream"], true, "the gateway's own fields win");
 }
