@@ -89,7 +89,10 @@ pub async fn get_env(
 }
 
 pub async fn delete_env(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<StatusCode> {
-    state.platform.delete_env(&caller.actor, env_of(&caller)?).await?;
+    let env = env_of(&caller)?;
+    state.platform.delete_env(&caller.actor, env).await?;
+    // The env's auth settings and signing keys live in the platform store; its users went with its data.
+    state.auth.forget_env(env).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -2,6 +2,7 @@
 //! authorization path ([`gate`]), and the mapping of errors to each surface's wire shape.
 
 pub mod address;
+pub mod auth_api;
 pub mod error;
 pub mod extract;
 pub mod gate;
@@ -38,6 +39,8 @@ pub struct AppState {
     specs: Arc<HashMap<&'static str, Vec<RouteSpec>>>,
     pub metrics: Arc<metrics::Metrics>,
     openapi: bytes::Bytes,
+    /// End-user auth (GoTrue) of every env.
+    pub auth: auth::Auth,
 }
 
 impl AppState {
@@ -50,7 +53,14 @@ impl AppState {
             specs.entry(s.path).or_default().push(s);
         }
         let openapi = openapi::document().to_json().unwrap_or_else(|_| "{}".to_owned());
-        Self { platform, specs: Arc::new(specs), metrics: Arc::default(), openapi: bytes::Bytes::from(openapi) }
+        let auth = auth::Auth::new(platform.clone(), auth::AuthConfig::default());
+        Self { platform, specs: Arc::new(specs), metrics: Arc::default(), openapi: bytes::Bytes::from(openapi), auth }
+    }
+
+    /// Replaces the auth service's process-wide configuration (SMTP relay, password hash cost).
+    pub fn with_auth_config(mut self, config: auth::AuthConfig) -> Self {
+        self.auth = auth::Auth::new(self.platform.clone(), config);
+        self
     }
 
     /// The route a matched path and method belong to.

@@ -42,6 +42,12 @@ pub struct ServeArgs {
     /// Queue webhook deliveries without sending them (staging, maintenance, conformance runs).
     #[arg(long, env = "VIBEBASE_NO_WEBHOOK_DELIVERY")]
     no_webhook_delivery: bool,
+    /// SMTP relay for end-user auth mail (smtp://host[:port]); without it mail goes to each env's outbox.
+    #[arg(long, env = "VIBEBASE_SMTP_URL")]
+    smtp_url: Option<String>,
+    /// Sender address of end-user auth mail.
+    #[arg(long, default_value = "no-reply@localhost", env = "VIBEBASE_SMTP_FROM")]
+    smtp_from: String,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"], env = "VIBEBASE_LOG_FORMAT")]
     log_format: String,
@@ -120,6 +126,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.white_label = args.white_label;
     config.default_rate_per_second = args.rate_limit.max(1);
     config.webhook_delivery = !args.no_webhook_delivery;
+    let smtp = match &args.smtp_url {
+        Some(url) => Some(auth::SmtpConfig::from_url(url, &args.smtp_from).context("--smtp-url / --smtp-from")?),
+        None => None,
+    };
     let platform = Platform::new(config, db, blobs, &admin_key, Arc::new(SystemClock), Arc::new(OsEntropy));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let background = platform.spawn_background(stop_rx);
@@ -128,7 +138,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         metadata = if args.database_url.is_some() { "postgres" } else { "sqlite" },
         blobs = platform.blobs().describe(), "vibebase is serving"
     );
-    server::serve(listener, server::AppState::new(platform), shutdown_signal()).await.context("serve")?;
+    let state =
+        server::AppState::new(platform).with_auth_config(auth::AuthConfig { smtp, hash_cost: auth::HashCost::OWASP });
+    server::serve(listener, state, shutdown_signal()).await.context("serve")?;
     tracing::info!("shutting down: flushing meters");
     let _ = stop_tx.send(true);
     for task in background {

@@ -50,6 +50,11 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}{s}")
 }
 
+/// Auth for tests: still argon2id, at a cost that keeps hundreds of sign-ups fast.
+fn test_auth_config(smtp: Option<auth::SmtpConfig>) -> auth::AuthConfig {
+    auth::AuthConfig { smtp, hash_cost: auth::HashCost { memory_kib: 256, iterations: 1 } }
+}
+
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
 
 impl Harness {
@@ -86,8 +91,15 @@ impl Harness {
         adjust(&mut config);
         let clock = Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc())));
         let platform = Platform::new(config, db, blobs, ADMIN_KEY, clock.clone(), Arc::new(OsEntropy));
-        let router = server::router(server::AppState::new(platform.clone()));
+        let router = server::router(server::AppState::new(platform.clone()).with_auth_config(test_auth_config(None)));
         Self { platform, router, admin: ADMIN_KEY.to_owned(), clock, dir }
+    }
+
+    /// The same platform served with another auth configuration (e.g. an SMTP relay).
+    pub fn with_smtp(mut self, smtp: auth::SmtpConfig) -> Self {
+        let state = server::AppState::new(self.platform.clone()).with_auth_config(test_auth_config(Some(smtp)));
+        self.router = server::router(state);
+        self
     }
 
     /// Sends a request; `key` goes in `Authorization: Bearer`.

@@ -3,6 +3,7 @@
 mod blobs;
 mod delete;
 mod envs;
+mod gotrue;
 mod harness;
 mod ledger;
 mod matrix;
