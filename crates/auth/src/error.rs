@@ -141,6 +141,11 @@ impl AuthError {
     }
 
     pub(crate) fn validation(message: impl Into<String>) -> Self {
+        Self::validation_failed(message)
+    }
+
+    /// A 400 `validation_failed` with this message.
+    pub fn validation_failed(message: impl Into<String>) -> Self {
         Self::Validation("validation_failed", message.into())
     }
 }

@@ -346,7 +346,10 @@ pub async fn admin_list_users(
 ) -> AuthResult {
     let env = env_of(&caller)?;
     let db = env_db(&state, env).await?;
-    let (page, per_page) = (q.page.unwrap_or(1).max(1), q.per_page.unwrap_or(50).clamp(1, 1000));
+    let (page, per_page) = (q.page.unwrap_or(1), q.per_page.unwrap_or(50));
+    if !(1..=1_000_000).contains(&page) || !(1..=1000).contains(&per_page) {
+        return Err(auth_error(AuthError::validation_failed("page must be 1..=1000000 and per_page 1..=1000")));
+    }
     let (users, total) = state.auth.admin_list(&db, page, per_page).await.map_err(auth_error)?;
     let mut r = Json(json!({"users": users, "aud": "authenticated"})).into_response();
     let last = ((total + per_page - 1) / per_page).max(1);
@@ -448,8 +451,11 @@ pub async fn outbox(
         .env
         .as_ref()
         .ok_or_else(|| ApiError::not_found("env_not_found", "environment not found").into_response())?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=crate::routes::MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", "limit must be 1..=1000").into_response());
+    }
     let db = env_db(&state, env).await?;
-    let items: Vec<OutboxMail> =
-        state.auth.outbox(&db, q.limit.unwrap_or(100)).await.map_err(|e| v1_error(e).into_response())?;
+    let items: Vec<OutboxMail> = state.auth.outbox(&db, limit).await.map_err(|e| v1_error(e).into_response())?;
     Ok(Json(json!({"items": items})))
 }

@@ -211,7 +211,11 @@ const ADMIN_USERS_QUERY: &[(&str, QueryType, &str)] = &[
 ];
 const VERIFY_QUERY: &[(&str, QueryType, &str)] = &[
     ("token", QueryType::String, "The token hash from the mail link."),
-    ("type", QueryType::OneOf(&["signup", "email", "recovery", "invite", "magiclink", "email_change"]), "Kind."),
+    (
+        "type",
+        QueryType::String,
+        "signup, email, recovery, invite, magiclink or email_change (others redirect with an error).",
+    ),
     ("redirect_to", QueryType::String, "Where to send the browser afterwards."),
 ];
 const OUTBOX_QUERY: &[(&str, QueryType, &str)] = &[("limit", QueryType::Integer(1, MAX_PAGE), "At most this many.")];

@@ -496,6 +496,8 @@ async fn admin_user_management_needs_the_secret_key() {
         "user_not_found",
     );
     gotrue_error(&e.admin("GET", "/admin/users/not-a-uuid", None).await, 404, "user_not_found");
+    gotrue_error(&e.admin("GET", "/admin/users?per_page=0", None).await, 400, "validation_failed");
+    gotrue_error(&e.admin("GET", "/admin/users?page=-1", None).await, 400, "validation_failed");
 
     // Ban: sessions end and sign-in is refused; lifting it lets the user back in.
     let s = e.sign_in("a@example.com", PASSWORD).await;
@@ -577,6 +579,8 @@ async fn settings_are_validated_and_auth_events_are_metered() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
     assert_eq!(e.h.call("GET", &url, Some(e.rec.secret()), None).await.json["access_token_ttl_seconds"], 3600);
     assert_eq!(e.h.call("GET", &url, Some(e.rec.publishable()), None).await.status, StatusCode::FORBIDDEN);
+    let r = e.h.call("GET", "/v1/envs/shop/auth/outbox?limit=0", Some(e.rec.secret()), None).await;
+    assert_eq!((r.status, r.json["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_query")));
 
     let s = e.signup("ann@example.com").await;
     e.sign_in("ann@example.com", PASSWORD).await;
