@@ -104,6 +104,20 @@ pub struct Claims {
     pub is_anonymous: bool,
 }
 
+/// The public half of a signing key: what verification needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    pub kid: String,
+    pub x: String,
+    pub y: String,
+}
+
+impl From<&SigningKey> for PublicKey {
+    fn from(k: &SigningKey) -> Self {
+        Self { kid: k.kid.clone(), x: k.x.clone(), y: k.y.clone() }
+    }
+}
+
 /// Verified claims of an access token, with the whole payload for `auth.jwt()`.
 #[derive(Debug, Clone)]
 pub struct VerifiedClaims {
@@ -119,7 +133,7 @@ pub fn issuer(public_url: &str, env: &str) -> String {
 /// Verifies `token` against the env's keys at time `now` (Unix seconds). Rejects anything but ES256
 /// (including `alg: none`), unknown key ids (another env's tokens), bad signatures, a missing or past
 /// `exp`, another audience, and an issuer of another env.
-pub fn verify(token: &str, keys: &[SigningKey], env: &str, now: i64) -> Result<VerifiedClaims> {
+pub fn verify(token: &str, keys: &[PublicKey], env: &str, now: i64) -> Result<VerifiedClaims> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::BadJwt("malformed token"))?;
     if header.alg != Algorithm::ES256 {
         return Err(AuthError::BadJwt("unexpected signing method"));
@@ -179,11 +193,12 @@ mod tests {
         let stored =
             SigningKey::from_pkcs8("k1".into(), SigningKey::pkcs8_from_base64(&key.pkcs8_base64()).unwrap()).unwrap();
         let token = key.sign(&claims(100, "a")).unwrap();
+        let stored = PublicKey::from(&stored);
         assert_eq!(verify(&token, std::slice::from_ref(&stored), "a", 50).unwrap().claims.sub, "u1");
         assert!(matches!(verify(&token, std::slice::from_ref(&stored), "a", 100), Err(AuthError::JwtExpired)));
         assert!(matches!(verify(&token, std::slice::from_ref(&stored), "b", 50), Err(AuthError::BadJwt(_))));
         let other = SigningKey::generate("k1".into()).unwrap();
-        assert!(matches!(verify(&token, &[other], "a", 50), Err(AuthError::BadJwt(_))));
+        assert!(matches!(verify(&token, &[PublicKey::from(&other)], "a", 50), Err(AuthError::BadJwt(_))));
         // alg=none: same payload, no signature.
         let parts: Vec<&str> = token.split('.').collect();
         let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none","kid":"k1"}"#), parts[1]);

@@ -24,7 +24,7 @@ use protocol::auth::{AuthSettings, AuthSettingsPatch};
 use store::{Conn, Db, Value};
 
 pub use error::{AuthError, Result};
-pub use jwt::{Claims, SigningKey, VerifiedClaims};
+pub use jwt::{Claims, PublicKey, SigningKey, VerifiedClaims};
 pub use mail::SmtpConfig;
 pub use password::HashCost;
 pub use sql::schema_ddl;
@@ -55,7 +55,14 @@ struct Inner {
     config: AuthConfig,
     platform_tables: tokio::sync::OnceCell<()>,
     windows: limits::Windows,
+    /// Recently used envs' public keys, so verifying a token (every data-API request) costs no query.
+    public_keys: std::sync::Mutex<std::collections::HashMap<String, (i64, Vec<jwt::PublicKey>)>>,
 }
+
+/// How long a cached set of public keys is used before it is read again.
+const PUBLIC_KEY_TTL_MS: i64 = 60_000;
+/// The cache is emptied when it holds more envs than this (idle envs cost nothing for long).
+const PUBLIC_KEY_CACHE_MAX: usize = 10_000;
 
 /// The client a request came from, for rate limits.
 #[derive(Debug, Clone)]
@@ -117,6 +124,7 @@ impl Auth {
                 config,
                 platform_tables: tokio::sync::OnceCell::new(),
                 windows: limits::Windows::default(),
+                public_keys: std::sync::Mutex::default(),
             }),
         }
     }
@@ -281,12 +289,29 @@ impl Auth {
 
     /// Verifies an access token of `env` and returns its claims (for the data API and `/user`).
     pub async fn verify_access_token(&self, env: &EnvId, token: &str) -> Result<VerifiedClaims> {
-        let keys = self.signing_keys(env).await?;
-        jwt::verify(token, &keys, env.as_str(), self.now_ms() / 1000)
+        let now = self.now_ms();
+        let cached = {
+            let cache = self.inner.public_keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            cache.get(env.as_str()).filter(|(at, _)| now - at < PUBLIC_KEY_TTL_MS).map(|(_, k)| k.clone())
+        };
+        let keys = match cached {
+            Some(k) => k,
+            None => {
+                let keys: Vec<jwt::PublicKey> = self.signing_keys(env).await?.iter().map(Into::into).collect();
+                let mut cache = self.inner.public_keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if cache.len() >= PUBLIC_KEY_CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(env.to_string(), (now, keys.clone()));
+                keys
+            }
+        };
+        jwt::verify(token, &keys, env.as_str(), now / 1000)
     }
 
     /// Removes everything the env has in the platform store (its database goes with the env).
     pub async fn forget_env(&self, env: &EnvId) -> Result<()> {
+        self.inner.public_keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(env.as_str());
         let db = self.platform_db().await?;
         let id = env.to_string();
         db.tx(move |c: &mut dyn Conn| {
