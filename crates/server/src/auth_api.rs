@@ -60,13 +60,32 @@ fn env_of(caller: &Caller) -> Result<&EnvId, Response> {
     caller.env.as_ref().ok_or_else(|| ApiError::not_found("not_found", "environment not found").into_response())
 }
 
+/// Env databases opened by [`env_db`]: one handle per env, so that one env's writers queue on one
+/// connection instead of contending for SQLite's lock from many. Bounded; emptied when full.
+#[derive(Clone, Default)]
+pub struct EnvDbs(std::sync::Arc<tokio::sync::Mutex<std::collections::HashMap<EnvId, Db>>>);
+
+/// Most env databases kept open at once.
+const OPEN_ENV_DBS_MAX: usize = 1000;
+
+impl EnvDbs {
+    /// Forgets an env's handle (its database is being deleted).
+    pub async fn forget(&self, env: &EnvId) {
+        self.0.lock().await.remove(env);
+    }
+}
+
 /// SEAM (until the appdb capability lands): the env's own database, with the auth tables in it. Today
 /// this is the SQLite file of the env's layout on either platform backend; appdb replaces this function
-/// with its per-env database handle (SQLite file, or the env's PostgreSQL database) and runs
-/// [`auth::schema_ddl`] when it creates a database.
+/// (and [`EnvDbs`]) with its per-env database handle (SQLite file, or the env's PostgreSQL database) and
+/// runs [`auth::schema_ddl`] when it creates a database.
 pub(crate) async fn env_db(state: &AppState, env: &EnvId) -> Result<Db, Response> {
+    let mut open = state.env_dbs.0.lock().await;
+    if let Some(db) = open.get(env) {
+        return Ok(db.clone());
+    }
     let layout = state.platform.layout(env);
-    let open = async {
+    let db = async {
         tokio::fs::create_dir_all(&layout.data_dir).await.map_err(|e| AuthError::Key(format!("env dir: {e}")))?;
         let path = layout.sqlite_file.clone();
         let db = tokio::task::spawn_blocking(move || Db::open_sqlite(&path))
@@ -74,8 +93,14 @@ pub(crate) async fn env_db(state: &AppState, env: &EnvId) -> Result<Db, Response
             .map_err(|e| AuthError::Key(format!("open task: {e}")))??;
         auth::Auth::prepare_env_db(&db).await?;
         Ok::<_, AuthError>(db)
-    };
-    open.await.map_err(auth_error)
+    }
+    .await
+    .map_err(auth_error)?;
+    if open.len() >= OPEN_ENV_DBS_MAX {
+        open.clear();
+    }
+    open.insert(env.clone(), db.clone());
+    Ok(db)
 }
 
 fn client(connect: Option<Extension<ConnectInfo<SocketAddr>>>) -> Client {

@@ -90,6 +90,7 @@ pub async fn get_env(
 
 pub async fn delete_env(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<StatusCode> {
     let env = env_of(&caller)?;
+    state.env_dbs.forget(env).await;
     state.platform.delete_env(&caller.actor, env).await?;
     // The env's auth settings and signing keys live in the platform store; its users went with its data.
     state.auth.forget_env(env).await?;

@@ -41,6 +41,8 @@ pub struct AppState {
     openapi: bytes::Bytes,
     /// End-user auth (GoTrue) of every env.
     pub auth: auth::Auth,
+    /// Open env databases (part of the `auth_api::env_db` seam until appdb lands).
+    pub(crate) env_dbs: auth_api::EnvDbs,
 }
 
 impl AppState {
@@ -54,7 +56,14 @@ impl AppState {
         }
         let openapi = openapi::document().to_json().unwrap_or_else(|_| "{}".to_owned());
         let auth = auth::Auth::new(platform.clone(), auth::AuthConfig::default());
-        Self { platform, specs: Arc::new(specs), metrics: Arc::default(), openapi: bytes::Bytes::from(openapi), auth }
+        Self {
+            platform,
+            specs: Arc::new(specs),
+            metrics: Arc::default(),
+            openapi: bytes::Bytes::from(openapi),
+            auth,
+            env_dbs: auth_api::EnvDbs::default(),
+        }
     }
 
     /// Replaces the auth service's process-wide configuration (SMTP relay, password hash cost).

@@ -705,3 +705,26 @@ async fn mail_goes_through_smtp_when_a_relay_is_configured() {
     e.settings(json!({"email_confirmation": true})).await;
     gotrue_error(&e.signup("bob@example.com").await, 500, "unexpected_failure");
 }
+
+#[tokio::test]
+async fn concurrent_sign_ups_and_refreshes_of_one_env_all_succeed() {
+    let e = std::sync::Arc::new(env().await);
+    e.settings(json!({"rate_limit_per_ip": 1000, "rate_limit_refresh_per_ip": 1000})).await;
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let e = e.clone();
+        tasks.push(tokio::spawn(async move {
+            let s = e.signup(&format!("u{i}@example.com")).await;
+            session_ok(&s);
+            let r = e.refresh(s.json["refresh_token"].as_str().unwrap()).await;
+            session_ok(&r);
+            let me = e.call("GET", "/user", r.json["access_token"].as_str(), None).await;
+            assert_eq!(me.status, StatusCode::OK, "{}", me.text);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let users = e.admin("GET", "/admin/users?per_page=100", None).await;
+    assert_eq!(users.headers["x-total-count"], "24");
+}
