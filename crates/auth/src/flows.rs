@@ -502,6 +502,7 @@ impl Auth {
         let (Some(email), Some(password)) = (req.email, req.password) else {
             return Err(AuthError::InvalidCredentials);
         };
+        self.check_email_attempts(env, &email, &settings)?;
         let lookup = email.trim().to_owned();
         let user = db.tx(move |c: &mut dyn Conn| users::by_email(c, &lookup)).await?;
         // Hash something even for unknown users, so timing does not tell which addresses exist.
@@ -803,7 +804,11 @@ impl Auth {
         };
         let hash = match (&req.token_hash, &req.token, &req.email) {
             (Some(h), _, _) if !h.is_empty() => h.to_lowercase(),
-            (_, Some(t), Some(e)) if !t.is_empty() => token_hash(&valid_email(Some(e))?, t.trim()),
+            (_, Some(t), Some(e)) if !t.is_empty() => {
+                let email = valid_email(Some(e))?;
+                self.check_email_attempts(env, &email, &settings)?;
+                token_hash(&email, t.trim())
+            }
             _ => return Err(AuthError::validation("Verify requires a token_hash, or a token and an email")),
         };
         let issuer = self.issuer(env, &settings).await?;
@@ -1103,5 +1108,17 @@ mod tests {
         }
         assert_eq!(merge(&json!({"a": 1, "b": 2}), &json!({"b": null, "c": 3})), json!({"a": 1, "c": 3}));
         assert_eq!(token_hash("a@b.c", "123456").len(), 56);
+    }
+
+    proptest::proptest! {
+        /// Untrusted strings: the duration and email parsers never panic, and an accepted address
+        /// has nothing that could break out of a mail header or SMTP command.
+        #[test]
+        fn parsers_never_panic(s in "(?s).{0,80}") {
+            let _ = parse_duration(&s);
+            if let Ok(e) = valid_email(Some(&s)) {
+                proptest::prop_assert!(!e.contains(['\r', '\n', '<', '>', ' ']));
+            }
+        }
     }
 }

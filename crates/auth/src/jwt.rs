@@ -204,4 +204,18 @@ mod tests {
         let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none","kid":"k1"}"#), parts[1]);
         assert!(matches!(verify(&none, &[stored], "a", 50), Err(AuthError::BadJwt(_))));
     }
+
+    proptest::proptest! {
+        /// Untrusted tokens: no input panics, and nothing but the key's own signature verifies.
+        #[test]
+        fn arbitrary_tokens_never_verify(token in "(?s).{0,300}", payload in "[A-Za-z0-9_-]{0,200}") {
+            let key = SigningKey::generate("k1".into()).unwrap();
+            let public = [PublicKey::from(&key)];
+            proptest::prop_assert!(verify(&token, &public, "a", 0).is_err());
+            let real = key.sign(&claims(i64::MAX / 2, "a")).unwrap();
+            let parts: Vec<&str> = real.split('.').collect();
+            let forged = format!("{}.{payload}.{}", parts[0], parts[2]);
+            proptest::prop_assert!(forged == real || verify(&forged, &public, "a", 0).is_err());
+        }
+    }
 }

@@ -198,6 +198,9 @@ impl Auth {
         if let Some(v) = patch.rate_limit_refresh_per_ip {
             s.rate_limit_refresh_per_ip = range("rate_limit_refresh_per_ip", v, 1, 1_000_000)?;
         }
+        if let Some(v) = patch.rate_limit_per_email {
+            s.rate_limit_per_email = range("rate_limit_per_email", v, 1, 1_000_000)?;
+        }
         if let Some(v) = patch.email_interval_seconds {
             s.email_interval_seconds = range("email_interval_seconds", v, 0, 86_400)?;
         }
@@ -332,6 +335,16 @@ impl Auth {
         self.inner
             .windows
             .hit(&key, u32::try_from(max).unwrap_or(u32::MAX), FIVE_MINUTES, self.now_ms())
+            .map_err(|retry_after| AuthError::RateLimited { retry_after })
+    }
+
+    /// Counts a sign-in or code attempt for `email`, from any address; 429 `over_request_rate_limit`.
+    pub(crate) fn check_email_attempts(&self, env: &EnvId, email: &str, settings: &AuthSettings) -> Result<()> {
+        let key = format!("{env}\u{0}attempts\u{0}{}", email.trim().to_lowercase());
+        let max = u32::try_from(settings.rate_limit_per_email).unwrap_or(u32::MAX);
+        self.inner
+            .windows
+            .hit(&key, max, FIVE_MINUTES, self.now_ms())
             .map_err(|retry_after| AuthError::RateLimited { retry_after })
     }
 

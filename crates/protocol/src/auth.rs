@@ -30,6 +30,9 @@ pub struct AuthSettings {
     /// Token refreshes per client address per 5 minutes.
     #[schema(minimum = 1, maximum = 1_000_000)]
     pub rate_limit_refresh_per_ip: i64,
+    /// Password sign-ins and code verifications per email address per 5 minutes (from any address).
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub rate_limit_per_email: i64,
     /// Least seconds between two emails to one address.
     #[schema(minimum = 0, maximum = 86_400)]
     pub email_interval_seconds: i64,
@@ -47,6 +50,7 @@ impl Default for AuthSettings {
             additional_redirect_urls: Vec::new(),
             rate_limit_per_ip: 30,
             rate_limit_refresh_per_ip: 150,
+            rate_limit_per_email: 30,
             email_interval_seconds: 60,
         }
     }
@@ -71,6 +75,8 @@ pub struct AuthSettingsPatch {
     pub rate_limit_per_ip: Option<i64>,
     #[schema(minimum = 1, maximum = 1_000_000)]
     pub rate_limit_refresh_per_ip: Option<i64>,
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub rate_limit_per_email: Option<i64>,
     #[schema(minimum = 0, maximum = 86_400)]
     pub email_interval_seconds: Option<i64>,
 }
