@@ -176,8 +176,14 @@ impl Auth {
         })
     }
 
-    /// Applies `patch` to the env's settings after validating every field.
-    pub async fn update_settings(&self, env: &EnvId, patch: AuthSettingsPatch) -> Result<AuthSettings> {
+    /// Applies `patch` to the env's settings after validating every field; the change and its audit
+    /// row (`auth:SetSettings`) commit together.
+    pub async fn update_settings(
+        &self,
+        actor: &platform::Actor,
+        env: &EnvId,
+        patch: AuthSettingsPatch,
+    ) -> Result<AuthSettings> {
         let mut s = self.settings(env).await?;
         let range = |name: &str, v: i64, lo: i64, hi: i64| {
             if (lo..=hi).contains(&v) {
@@ -235,6 +241,7 @@ impl Auth {
         }
         let db = self.platform_db().await?;
         let (id, text, now) = (env.to_string(), serde_json::to_string(&s).unwrap_or_default(), self.now_ms());
+        let actor = actor.clone();
         db.tx(move |c: &mut dyn Conn| {
             let n = c.execute(
                 "UPDATE auth_settings SET settings = $2, updated_at = $3 WHERE env_id = $1",
@@ -243,9 +250,20 @@ impl Auth {
             if n == 0 {
                 c.execute(
                     "INSERT INTO auth_settings (env_id, settings, updated_at) VALUES ($1, $2, $3)",
-                    &[id.into(), text.into(), now.into()],
+                    &[id.clone().into(), text.into(), now.into()],
                 )?;
             }
+            let record = platform::audit::Record {
+                actor: &actor,
+                action: "auth:SetSettings",
+                env: Some(&id),
+                target: None,
+                result: "ok",
+            };
+            platform::audit::write(c, now, &record).map_err(|e| match e {
+                platform::PlatformError::Store(s) => AuthError::Store(s),
+                other => AuthError::Key(other.to_string()),
+            })?;
             Ok::<_, AuthError>(())
         })
         .await?;

@@ -459,7 +459,7 @@ pub async fn put_auth_settings(
     Body(patch): Body<AuthSettingsPatch>,
 ) -> ApiResult<Json<AuthSettings>> {
     let env = caller.env.as_ref().ok_or_else(|| ApiError::not_found("env_not_found", "environment not found"))?;
-    Ok(Json(state.auth.update_settings(env, patch).await.map_err(v1_error)?))
+    Ok(Json(state.auth.update_settings(&caller.actor, env, patch).await.map_err(v1_error)?))
 }
 
 #[derive(Deserialize)]

@@ -190,7 +190,8 @@ async fn flows_on_the_env_database() {
     assert!(v["access_token"].is_string());
 
     // Anonymous sign-in, once enabled.
-    auth.update_settings(&env, AuthSettingsPatch { anonymous_sign_ins: Some(true), ..Default::default() })
+    let actor = platform::Actor { name: "test".into(), request_id: "r1".into() };
+    auth.update_settings(&actor, &env, AuthSettingsPatch { anonymous_sign_ins: Some(true), ..Default::default() })
         .await
         .unwrap();
     let anon = session(auth.signup(&env, db, SignupRequest::default(), &client()).await.unwrap());

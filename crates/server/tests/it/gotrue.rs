@@ -579,6 +579,27 @@ async fn settings_are_validated_and_auth_events_are_metered() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
     assert_eq!(e.h.call("GET", &url, Some(e.rec.secret()), None).await.json["access_token_ttl_seconds"], 3600);
     assert_eq!(e.h.call("GET", &url, Some(e.rec.publishable()), None).await.status, StatusCode::FORBIDDEN);
+    let audit = e.h.call("GET", "/v1/envs/shop/audit", Some(&e.h.admin), None).await;
+    let actions: Vec<(&str, &str)> = audit.json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "auth:SetSettings")
+        .map(|a| (a["result"].as_str().unwrap(), a["actor"].as_str().unwrap()))
+        .collect();
+    assert!(actions.iter().any(|(r, _)| *r == "invalid_settings"), "failures are audited: {actions:?}");
+    assert!(!actions.iter().any(|(r, _)| *r == "ok"), "nothing changed yet: {actions:?}");
+    e.h.call("PUT", &url, Some(e.rec.secret()), Some(json!({"disable_signup": true}))).await;
+    let audit = e.h.call("GET", "/v1/envs/shop/audit", Some(&e.h.admin), None).await;
+    assert!(
+        audit.json["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "auth:SetSettings" && a["result"] == "ok")
+    );
+    gotrue_error(&e.signup("zed@example.com").await, 422, "signup_disabled");
+    e.h.call("PUT", &url, Some(e.rec.secret()), Some(json!({"disable_signup": false}))).await;
     let r = e.h.call("GET", "/v1/envs/shop/auth/outbox?limit=0", Some(e.rec.secret()), None).await;
     assert_eq!((r.status, r.json["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_query")));
 
