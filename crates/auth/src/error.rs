@@ -54,6 +54,9 @@ pub enum AuthError {
     /// Sign-ups of this kind are off for the env.
     #[error("{0}")]
     SignupDisabled(&'static str),
+    /// `POST /otp` with `create_user: false` for an unknown address.
+    #[error("Signups not allowed for otp")]
+    OtpDisabled,
     /// Anonymous sign-ins are off for the env.
     #[error("Anonymous sign-ins are disabled")]
     AnonymousDisabled,
@@ -95,6 +98,7 @@ impl AuthError {
             Self::UserAlreadyExists
             | Self::EmailExists
             | Self::WeakPassword { .. }
+            | Self::OtpDisabled
             | Self::SignupDisabled(_)
             | Self::AnonymousDisabled => 422,
             Self::NoAuthorization => 401,
@@ -124,6 +128,7 @@ impl AuthError {
             Self::UserBanned => "user_banned",
             Self::OtpExpired => "otp_expired",
             Self::SignupDisabled(_) => "signup_disabled",
+            Self::OtpDisabled => "otp_disabled",
             Self::AnonymousDisabled => "anonymous_provider_disabled",
             Self::RateLimited { .. } => "over_request_rate_limit",
             Self::EmailRateLimited { .. } => "over_email_send_rate_limit",

@@ -28,6 +28,30 @@ pub struct SignupRequest {
     pub password: Option<String>,
     /// User metadata.
     pub data: Option<Json>,
+    /// Where the confirmation link sends the browser (from the `redirect_to` query parameter).
+    #[serde(skip)]
+    pub redirect_to: Option<String>,
+}
+
+/// `POST /otp`: a magic link and code to sign in without a password.
+#[derive(Debug, Default, Deserialize)]
+pub struct OtpRequest {
+    pub email: Option<String>,
+    /// Create the user if the address is unknown (default true).
+    pub create_user: Option<bool>,
+    pub data: Option<Json>,
+    #[serde(skip)]
+    pub redirect_to: Option<String>,
+}
+
+/// `POST /resend`: another confirmation mail.
+#[derive(Debug, Default, Deserialize)]
+pub struct ResendRequest {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub email: Option<String>,
+    #[serde(skip)]
+    pub redirect_to: Option<String>,
 }
 
 /// `POST /token?grant_type=password`.
@@ -55,6 +79,8 @@ pub struct UserUpdate {
 #[derive(Debug, Default, Deserialize)]
 pub struct RecoverRequest {
     pub email: Option<String>,
+    #[serde(skip)]
+    pub redirect_to: Option<String>,
 }
 
 /// `POST /verify` (and the query of `GET /verify`).
@@ -105,8 +131,27 @@ impl LogoutScope {
 /// What a verification confirmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OtpKind {
+    /// A sign-up, invite or email-change confirmation.
     Signup,
+    /// A password recovery.
     Recovery,
+    /// A magic link to an existing user.
+    MagicLink,
+    /// GoTrue's `email` type: a confirmation or a magic link.
+    Email,
+}
+
+impl OtpKind {
+    /// The token columns a verification of this kind may match, in order.
+    fn columns(self) -> &'static [(&'static str, &'static str)] {
+        const CONFIRMATION: (&str, &str) = ("confirmation_token", "confirmation_sent_at");
+        const RECOVERY: (&str, &str) = ("recovery_token", "recovery_sent_at");
+        match self {
+            Self::Signup => &[CONFIRMATION],
+            Self::Recovery | Self::MagicLink => &[RECOVERY],
+            Self::Email => &[CONFIRMATION, RECOVERY],
+        }
+    }
 }
 
 /// What sign-up answers: a session (no confirmation needed) or the user (confirmation sent).
@@ -345,9 +390,16 @@ impl Auth {
         }
     }
 
-    fn verify_link(&self, env: &EnvId, hash: &str, kind: &str, settings: &AuthSettings) -> String {
+    fn verify_link(
+        &self,
+        env: &EnvId,
+        hash: &str,
+        kind: &str,
+        settings: &AuthSettings,
+        redirect_to: Option<&str>,
+    ) -> String {
         let base = crate::jwt::issuer(&self.platform().config().public_url, env.as_str());
-        let redirect = self.site_url(env, settings);
+        let redirect = self.redirect_target(env, settings, redirect_to);
         format!("{base}/verify?token={hash}&type={kind}&redirect_to={}", percent_encode(&redirect))
     }
 
@@ -379,6 +431,7 @@ impl Auth {
         let settings = self.settings(env).await?;
         self.check_rate(env, client, Limit::Sensitive, &settings)?;
         let data = object_or_empty(req.data, "data")?;
+        let redirect_to = req.redirect_to;
         if req.email.is_none() && req.password.is_none() {
             if !settings.anonymous_sign_ins {
                 return Err(AuthError::AnonymousDisabled);
@@ -480,7 +533,7 @@ impl Auth {
                 Ok(SignupOutcome::Session(session))
             }
             Ok((user, None)) => {
-                let link = self.verify_link(env, &token_hash, "signup", &settings);
+                let link = self.verify_link(env, &token_hash, "signup", &settings, redirect_to.as_deref());
                 let message = mail::Message {
                     to: email,
                     subject: "Confirm your signup".to_owned(),
@@ -711,7 +764,7 @@ impl Auth {
             })
             .await?;
         if let (true, Some(e), Some(h)) = (confirm, email, th) {
-            let link = self.verify_link(env, &h, "signup", &settings);
+            let link = self.verify_link(env, &h, "email_change", &settings, None);
             let message = mail::Message {
                 to: e,
                 subject: "Confirm your new email address".to_owned(),
@@ -777,7 +830,7 @@ impl Auth {
             })
             .await?;
         if found {
-            let link = self.verify_link(env, &hash, "recovery", &settings);
+            let link = self.verify_link(env, &hash, "recovery", &settings, req.redirect_to.as_deref());
             let message = mail::Message {
                 to: email,
                 subject: "Reset your password".to_owned(),
@@ -795,7 +848,9 @@ impl Auth {
         let settings = self.settings(env).await?;
         self.check_rate(env, client, Limit::Sensitive, &settings)?;
         let kind = match req.kind.as_deref() {
-            Some("signup" | "email" | "invite" | "magiclink" | "email_change") => OtpKind::Signup,
+            Some("signup" | "invite" | "email_change") => OtpKind::Signup,
+            Some("email") => OtpKind::Email,
+            Some("magiclink") => OtpKind::MagicLink,
             Some("recovery") => OtpKind::Recovery,
             Some(other) => {
                 return Err(AuthError::validation(format!("Verify requires a verification type, not {other:?}")));
@@ -815,18 +870,20 @@ impl Auth {
         let expiry_ms = OTP_EXPIRY.as_millis() as i64;
         let session = db
             .tx(move |c: &mut dyn Conn| {
-                let (column, sent) = match kind {
-                    OtpKind::Signup => ("confirmation_token", "confirmation_sent_at"),
-                    OtpKind::Recovery => ("recovery_token", "recovery_sent_at"),
-                };
-                let rows = query(
-                    c,
-                    &format!("SELECT id::text, auth.vb_ts({sent}) FROM auth.users WHERE {column} = $1"),
-                    &[hash.as_str().into()],
-                )?;
-                let row = rows.first().ok_or(AuthError::OtpExpired)?;
-                let id = row.text(0)?;
-                let sent_ms = row.opt_text(1)?.as_deref().and_then(crate::parse_timestamp).unwrap_or(0);
+                let mut found = None;
+                for &(column, sent) in kind.columns() {
+                    let rows = query(
+                        c,
+                        &format!("SELECT id::text, auth.vb_ts({sent}) FROM auth.users WHERE {column} = $1"),
+                        &[hash.as_str().into()],
+                    )?;
+                    if let Some(row) = rows.first() {
+                        found = Some((column, row.text(0)?, row.opt_text(1)?));
+                        break;
+                    }
+                }
+                let (column, id, sent_at) = found.ok_or(AuthError::OtpExpired)?;
+                let sent_ms = sent_at.as_deref().and_then(crate::parse_timestamp).unwrap_or(0);
                 if issuer.now_ms - sent_ms > expiry_ms {
                     return Err(AuthError::OtpExpired);
                 }
@@ -846,6 +903,114 @@ impl Auth {
             .await?;
         self.meter(env, EventKind::Verify).await;
         Ok((session, kind))
+    }
+
+    /// `POST /otp`: mails a magic link and code to an existing user, or creates the user (unless
+    /// `create_user` is false) and mails a confirmation. Answers `{}` either way.
+    pub async fn otp(&self, env: &EnvId, db: &Db, req: OtpRequest, client: &Client) -> Result<()> {
+        let settings = self.settings(env).await?;
+        self.check_rate(env, client, Limit::Sensitive, &settings)?;
+        let email = valid_email(req.email.as_deref())?;
+        let data = object_or_empty(req.data, "data")?;
+        let create = req.create_user.unwrap_or(true);
+        self.check_email_rate(env, &email, &settings)?;
+        let otp = random_otp();
+        let hash = token_hash(&email, &otp);
+        let (em, h, now) = (email.clone(), hash.clone(), timestamp(self.now_ms()));
+        let disable_signup = settings.disable_signup;
+        let kind = db
+            .tx(move |c: &mut dyn Conn| {
+                if let Some(user) = users::by_email(c, &em)? {
+                    exec(
+                        c,
+                        "UPDATE auth.users SET recovery_token = $2, recovery_sent_at = $3::text::timestamptz \
+                         WHERE id = $1::text::uuid",
+                        &[user.id.as_str().into(), h.into(), now.into()],
+                    )?;
+                    return Ok("magiclink");
+                }
+                if !create {
+                    return Err(AuthError::OtpDisabled);
+                }
+                if disable_signup {
+                    return Err(AuthError::SignupDisabled("Signups not allowed for this instance"));
+                }
+                exec(
+                    c,
+                    "INSERT INTO auth.users (id, email, confirmation_token, confirmation_sent_at, raw_app_meta_data, \
+                     raw_user_meta_data, is_anonymous, created_at, updated_at) VALUES ($1::text::uuid, $2, $3, \
+                     $4::text::timestamptz, $5::text::jsonb, $6::text::jsonb, false, $4::text::timestamptz, \
+                     $4::text::timestamptz)",
+                    &[
+                        users::new_uuid().into(),
+                        em.as_str().into(),
+                        h.into(),
+                        now.into(),
+                        json!({"provider": "email", "providers": ["email"]}).to_string().into(),
+                        data.to_string().into(),
+                    ],
+                )?;
+                Ok("signup")
+            })
+            .await?;
+        let link = self.verify_link(env, &hash, kind, &settings, req.redirect_to.as_deref());
+        let (subject, what) = if kind == "magiclink" {
+            ("Your Magic Link", "Follow this link to sign in")
+        } else {
+            ("Confirm your signup", "Follow this link to confirm your email address")
+        };
+        let message = mail::Message {
+            to: email,
+            subject: subject.to_owned(),
+            body: format!("{what}:\n\n{link}\n\nOr enter this code: {otp}\n"),
+        };
+        self.deliver(db, if kind == "magiclink" { "magiclink" } else { "confirmation" }, message).await?;
+        self.meter(env, EventKind::Otp).await;
+        Ok(())
+    }
+
+    /// `POST /resend` (`type: signup`): a fresh confirmation mail to an unconfirmed user. Answers `{}`
+    /// whether or not the address belongs to one.
+    pub async fn resend(&self, env: &EnvId, db: &Db, req: ResendRequest, client: &Client) -> Result<()> {
+        let settings = self.settings(env).await?;
+        self.check_rate(env, client, Limit::Sensitive, &settings)?;
+        match req.kind.as_deref() {
+            Some("signup") => {}
+            other => {
+                return Err(AuthError::validation(format!("Unsupported resend type {:?}", other.unwrap_or(""))));
+            }
+        }
+        let email = valid_email(req.email.as_deref())?;
+        self.check_email_rate(env, &email, &settings)?;
+        let otp = random_otp();
+        let hash = token_hash(&email, &otp);
+        let (em, h, now) = (email.clone(), hash.clone(), timestamp(self.now_ms()));
+        let pending = db
+            .tx(move |c: &mut dyn Conn| {
+                let Some(user) = users::by_email(c, &em)?.filter(|u| u.email_confirmed_at.is_none()) else {
+                    return Ok(false);
+                };
+                exec(
+                    c,
+                    "UPDATE auth.users SET confirmation_token = $2, confirmation_sent_at = $3::text::timestamptz \
+                     WHERE id = $1::text::uuid",
+                    &[user.id.as_str().into(), h.into(), now.into()],
+                )?;
+                Ok::<_, AuthError>(true)
+            })
+            .await?;
+        if pending {
+            let link = self.verify_link(env, &hash, "signup", &settings, req.redirect_to.as_deref());
+            let message = mail::Message {
+                to: email,
+                subject: "Confirm your signup".to_owned(),
+                body: format!(
+                    "Follow this link to confirm your email address:\n\n{link}\n\nOr enter this code: {otp}\n"
+                ),
+            };
+            self.deliver(db, "confirmation", message).await?;
+        }
+        Ok(())
     }
 
     /// `GET /admin/users?page=&per_page=`: a page of users, newest first, and the total.

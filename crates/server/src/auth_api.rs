@@ -8,8 +8,8 @@
 use std::net::SocketAddr;
 
 use auth::flows::{
-    AdminUser, LogoutScope, PasswordGrant, RecoverRequest, RefreshGrant, SignupOutcome, SignupRequest, UserUpdate,
-    VerifyRequest,
+    AdminUser, LogoutScope, OtpRequest, PasswordGrant, RecoverRequest, RefreshGrant, ResendRequest, SignupOutcome,
+    SignupRequest, UserUpdate, VerifyRequest,
 };
 use auth::{AuthError, Client};
 use axum::Extension;
@@ -185,7 +185,6 @@ async fn active_env(state: &AppState, env: &str) -> Result<EnvId, Response> {
 
 #[derive(Deserialize)]
 pub struct RedirectQuery {
-    #[allow(dead_code)]
     redirect_to: Option<String>,
 }
 
@@ -193,10 +192,11 @@ pub async fn signup(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
-    Query(_): Query<RedirectQuery>,
-    Body(req): Body<SignupRequest>,
+    Query(q): Query<RedirectQuery>,
+    Body(mut req): Body<SignupRequest>,
 ) -> AuthResult {
     let env = env_of(&caller)?;
+    req.redirect_to = q.redirect_to;
     let db = env_db(&state, env).await?;
     match state.auth.signup(env, &db, req, &client(connect)).await.map_err(auth_error)? {
         SignupOutcome::Session(s) | SignupOutcome::User(s) => ok(s),
@@ -282,12 +282,41 @@ pub async fn recover(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
-    Query(_): Query<RedirectQuery>,
-    Body(req): Body<RecoverRequest>,
+    Query(q): Query<RedirectQuery>,
+    Body(mut req): Body<RecoverRequest>,
 ) -> AuthResult {
     let env = env_of(&caller)?;
+    req.redirect_to = q.redirect_to;
     let db = env_db(&state, env).await?;
     state.auth.recover(env, &db, req, &client(connect)).await.map_err(auth_error)?;
+    ok(json!({}))
+}
+
+pub async fn otp(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Query(q): Query<RedirectQuery>,
+    Body(mut req): Body<OtpRequest>,
+) -> AuthResult {
+    let env = env_of(&caller)?;
+    req.redirect_to = q.redirect_to;
+    let db = env_db(&state, env).await?;
+    state.auth.otp(env, &db, req, &client(connect)).await.map_err(auth_error)?;
+    ok(json!({}))
+}
+
+pub async fn resend(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Query(q): Query<RedirectQuery>,
+    Body(mut req): Body<ResendRequest>,
+) -> AuthResult {
+    let env = env_of(&caller)?;
+    req.redirect_to = q.redirect_to;
+    let db = env_db(&state, env).await?;
+    state.auth.resend(env, &db, req, &client(connect)).await.map_err(auth_error)?;
     ok(json!({}))
 }
 
@@ -321,11 +350,8 @@ pub async fn verify_get(
     let fragment = match env_db(&state, &env).await {
         Err(r) => return Err(r),
         Ok(db) => match state.auth.verify(&env, &db, &req, &client(connect)).await {
-            Ok((s, kind)) => {
-                let kind = match kind {
-                    auth::flows::OtpKind::Signup => req.kind.as_deref().unwrap_or("signup"),
-                    auth::flows::OtpKind::Recovery => "recovery",
-                };
+            Ok((s, _)) => {
+                let kind = req.kind.as_deref().unwrap_or("signup");
                 format!(
                     "access_token={}&expires_at={}&expires_in={}&refresh_token={}&token_type=bearer&type={}",
                     s["access_token"].as_str().unwrap_or_default(),

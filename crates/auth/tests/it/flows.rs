@@ -125,6 +125,7 @@ async fn flows_on_the_env_database() {
         email: Some(email.into()),
         password: Some("password-123".into()),
         data: Some(json!({"n": 1})),
+        redirect_to: None,
     };
 
     let s = session(auth.signup(&env, db, req("ann@example.com"), &client()).await.unwrap());
@@ -177,7 +178,9 @@ async fn flows_on_the_env_database() {
     assert!(matches!(auth.get_user(&env, db, Some(&access)).await, Err(AuthError::SessionNotFound)));
 
     // Recovery through the outbox.
-    auth.recover(&env, db, RecoverRequest { email: Some("ann@example.com".into()) }, &client()).await.unwrap();
+    auth.recover(&env, db, RecoverRequest { email: Some("ann@example.com".into()), ..Default::default() }, &client())
+        .await
+        .unwrap();
     let mail = auth.outbox(db, 10).await.unwrap().remove(0);
     let code = mail.body.rsplit("code: ").next().unwrap().trim().to_owned();
     let verify = VerifyRequest {

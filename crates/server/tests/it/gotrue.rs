@@ -749,3 +749,81 @@ async fn concurrent_sign_ups_and_refreshes_of_one_env_all_succeed() {
     let users = e.admin("GET", "/admin/users?per_page=100", None).await;
     assert_eq!(users.headers["x-total-count"], "24");
 }
+
+#[tokio::test]
+async fn magic_links_codes_and_resend() {
+    let e = env().await;
+    e.signup("ann@example.com").await;
+    // An existing user: a magic link and code, verified as `magiclink` (or GoTrue's `email`).
+    let r = e.call("POST", "/otp", None, Some(json!({"email": "ann@example.com"}))).await;
+    assert_eq!((r.status, r.json.clone()), (StatusCode::OK, json!({})), "{}", r.text);
+    let mail = e.outbox().await.remove(0);
+    assert_eq!(mail["kind"], "magiclink");
+    assert!(mail["body"].as_str().unwrap().contains("type=magiclink"));
+    let v = e
+        .call(
+            "POST",
+            "/verify",
+            None,
+            Some(json!({"type": "magiclink", "email": "ann@example.com", "token": code_in(&mail)})),
+        )
+        .await;
+    session_ok(&v);
+    assert_eq!(claims(v.json["access_token"].as_str().unwrap())["amr"][0]["method"], "otp");
+
+    // A new address: the user is created and confirmed by the code; it has no password.
+    e.h.clock.advance(Duration::from_secs(61));
+    let r = e.call("POST", "/otp", None, Some(json!({"email": "new@example.com", "data": {"src": "otp"}}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let mail = e.outbox().await.remove(0);
+    assert_eq!(mail["kind"], "confirmation");
+    let v = e
+        .call(
+            "POST",
+            "/verify",
+            None,
+            Some(json!({"type": "email", "email": "new@example.com", "token": code_in(&mail)})),
+        )
+        .await;
+    session_ok(&v);
+    assert_eq!(v.json["user"]["user_metadata"]["src"], "otp");
+    assert!(v.json["user"]["email_confirmed_at"].is_string());
+    gotrue_error(&e.sign_in("new@example.com", "").await, 400, "invalid_credentials");
+    gotrue_error(
+        &e.call("POST", "/otp", None, Some(json!({"email": "nobody@example.com", "create_user": false}))).await,
+        422,
+        "otp_disabled",
+    );
+
+    // Resend: a new confirmation replaces the old one; redirect_to is carried into the link.
+    e.settings(json!({"email_confirmation": true, "site_url": "http://app.example.com"})).await;
+    let r =
+        e.h.send(
+            "POST",
+            &e.path("/signup?redirect_to=http%3A%2F%2Fapp.example.com%2Fwelcome"),
+            &[("apikey", e.rec.publishable().to_owned())],
+            Some(json!({"email": "cy@example.com", "password": PASSWORD}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let first = e.outbox().await.remove(0);
+    assert!(first["body"].as_str().unwrap().contains("redirect_to=http%3A%2F%2Fapp.example.com%2Fwelcome"), "{first}");
+    gotrue_error(
+        &e.call("POST", "/resend", None, Some(json!({"type": "signup", "email": "cy@example.com"}))).await,
+        429,
+        "over_email_send_rate_limit",
+    );
+    e.h.clock.advance(Duration::from_secs(61));
+    let r = e.call("POST", "/resend", None, Some(json!({"type": "signup", "email": "cy@example.com"}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let second = e.outbox().await.remove(0);
+    assert_ne!(first["id"], second["id"]);
+    let verify = |mail: &Value| json!({"type": "signup", "email": "cy@example.com", "token": code_in(mail)});
+    gotrue_error(&e.call("POST", "/verify", None, Some(verify(&first))).await, 403, "otp_expired");
+    session_ok(&e.call("POST", "/verify", None, Some(verify(&second))).await);
+    gotrue_error(
+        &e.call("POST", "/resend", None, Some(json!({"type": "sms", "email": "cy@example.com"}))).await,
+        400,
+        "validation_failed",
+    );
+}

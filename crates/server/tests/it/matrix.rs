@@ -254,6 +254,15 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
         ("POST", "/env/{env}/auth/v1/recover") => {
             f("data_any", 200, "/env/tenant-a/auth/v1/recover".into(), Some(json!({"email": "user@example.com"})))
         }
+        ("POST", "/env/{env}/auth/v1/otp") => {
+            f("data_any", 200, "/env/tenant-a/auth/v1/otp".into(), Some(json!({"email": "user@example.com"})))
+        }
+        ("POST", "/env/{env}/auth/v1/resend") => f(
+            "data_any",
+            200,
+            "/env/tenant-a/auth/v1/resend".into(),
+            Some(json!({"type": "signup", "email": "user@example.com"})),
+        ),
         ("POST", "/env/{env}/auth/v1/verify") => {
             f("data_any", 400, "/env/tenant-a/auth/v1/verify".into(), Some(json!({"token_hash": "00"})))
         }
