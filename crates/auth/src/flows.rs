@@ -8,7 +8,6 @@ use protocol::EnvId;
 use protocol::auth::{AuthSettings, OutboxMail};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
-use sha2::Digest as _;
 use store::{Conn, Db, Value};
 
 use crate::error::{AuthError, Result};
@@ -251,12 +250,16 @@ fn random_otp() -> String {
     format!("{:06}", rand::rngs::StdRng::from_os_rng().random_range(0..1_000_000u32))
 }
 
-/// GoTrue's token hash: hex SHA-224 of the address followed by the code.
-pub fn token_hash(email: &str, otp: &str) -> String {
-    sha2::Sha224::digest(format!("{}{otp}", email.to_lowercase()).as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// The token hash of a mailed code, as the link carries it and the database stores it. GoTrue hashes
+/// the address and the code alone, so anyone who knows an address can compute the hashes of all
+/// million codes offline and try them through the link; here the hash is keyed with the env's secret
+/// key material (HMAC-SHA-256, 56 hex digits like GoTrue's), so only the mail's own link works.
+pub fn token_hash(key: &SigningKey, email: &str, otp: &str) -> Result<String> {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.secret_bytes())
+        .map_err(|_| AuthError::Key("unusable key for token hashes".into()))?;
+    mac.update(format!("{}:{otp}", email.to_lowercase()).as_bytes());
+    Ok(mac.finalize().into_bytes().iter().take(28).map(|b| format!("{b:02x}")).collect())
 }
 
 /// A plausible email address, lower-cased.
@@ -349,8 +352,13 @@ async fn verify_password(password: String, stored: String) -> bool {
 }
 
 impl Auth {
+    /// The env's current signing key (which also keys mailed token hashes).
+    async fn current_key(&self, env: &EnvId) -> Result<SigningKey> {
+        self.signing_keys(env).await?.into_iter().next().ok_or_else(|| AuthError::Key("no key".into()))
+    }
+
     async fn issuer(&self, env: &EnvId, settings: &AuthSettings) -> Result<Issuer> {
-        let key = self.signing_keys(env).await?.into_iter().next().ok_or_else(|| AuthError::Key("no key".into()))?;
+        let key = self.current_key(env).await?;
         Ok(Issuer {
             key,
             iss: crate::jwt::issuer(&self.platform().config().public_url, env.as_str()),
@@ -466,7 +474,7 @@ impl Auth {
         let hash = hash_password(self, password).await?;
         let confirm = settings.email_confirmation;
         let otp = random_otp();
-        let token_hash = token_hash(&email, &otp);
+        let token_hash = token_hash(&self.current_key(env).await?, &email, &otp)?;
         if confirm {
             self.check_email_rate(env, &email, &settings)?;
         }
@@ -711,7 +719,8 @@ impl Auth {
         };
         let confirm = settings.email_confirmation && email.is_some();
         let otp = random_otp();
-        let th = email.as_deref().map(|e| token_hash(e, &otp));
+        let key = self.current_key(env).await?;
+        let th = email.as_deref().map(|e| token_hash(&key, e, &otp)).transpose()?;
         if let (true, Some(e)) = (confirm, &email) {
             self.check_email_rate(env, e, &settings)?;
         }
@@ -815,7 +824,7 @@ impl Auth {
         let email = valid_email(req.email.as_deref())?;
         self.check_email_rate(env, &email, &settings)?;
         let otp = random_otp();
-        let hash = token_hash(&email, &otp);
+        let hash = token_hash(&self.current_key(env).await?, &email, &otp)?;
         let (em, h, now) = (email.clone(), hash.clone(), timestamp(self.now_ms()));
         let found = db
             .tx(move |c: &mut dyn Conn| {
@@ -862,7 +871,7 @@ impl Auth {
             (_, Some(t), Some(e)) if !t.is_empty() => {
                 let email = valid_email(Some(e))?;
                 self.check_email_attempts(env, &email, &settings)?;
-                token_hash(&email, t.trim())
+                token_hash(&self.current_key(env).await?, &email, t.trim())?
             }
             _ => return Err(AuthError::validation("Verify requires a token_hash, or a token and an email")),
         };
@@ -915,7 +924,7 @@ impl Auth {
         let create = req.create_user.unwrap_or(true);
         self.check_email_rate(env, &email, &settings)?;
         let otp = random_otp();
-        let hash = token_hash(&email, &otp);
+        let hash = token_hash(&self.current_key(env).await?, &email, &otp)?;
         let (em, h, now) = (email.clone(), hash.clone(), timestamp(self.now_ms()));
         let disable_signup = settings.disable_signup;
         let kind = db
@@ -983,7 +992,7 @@ impl Auth {
         let email = valid_email(req.email.as_deref())?;
         self.check_email_rate(env, &email, &settings)?;
         let otp = random_otp();
-        let hash = token_hash(&email, &otp);
+        let hash = token_hash(&self.current_key(env).await?, &email, &otp)?;
         let (em, h, now) = (email.clone(), hash.clone(), timestamp(self.now_ms()));
         let pending = db
             .tx(move |c: &mut dyn Conn| {
@@ -1258,6 +1267,7 @@ fn percent_encode(s: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -1272,7 +1282,13 @@ mod tests {
             assert!(valid_email(Some(bad)).is_err(), "{bad}");
         }
         assert_eq!(merge(&json!({"a": 1, "b": 2}), &json!({"b": null, "c": 3})), json!({"a": 1, "c": 3}));
-        assert_eq!(token_hash("a@b.c", "123456").len(), 56);
+        let key = SigningKey::generate("k".into()).unwrap();
+        assert_eq!(token_hash(&key, "a@b.c", "123456").unwrap().len(), 56);
+        assert_eq!(token_hash(&key, "A@b.c", "123456").unwrap(), token_hash(&key, "a@b.c", "123456").unwrap());
+        assert_ne!(
+            token_hash(&key, "a@b.c", "123456").unwrap(),
+            token_hash(&SigningKey::generate("k".into()).unwrap(), "a@b.c", "123456").unwrap()
+        );
     }
 
     proptest::proptest! {

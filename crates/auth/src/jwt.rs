@@ -52,6 +52,11 @@ impl SigningKey {
         Ok(Self { kid, pkcs8, x, y })
     }
 
+    /// The private key material, as secret input for keyed hashes.
+    pub(crate) fn secret_bytes(&self) -> &[u8] {
+        &self.pkcs8
+    }
+
     pub fn pkcs8_base64(&self) -> String {
         STANDARD.encode(&self.pkcs8)
     }
