@@ -136,3 +136,58 @@ test('admin API with the secret key', async () => {
   const { error: denied } = await client().auth.admin.listUsers();
   assert.ok(denied);
 });
+
+async function lastMailTo(email) {
+  const { items } = await v1('GET', `/v1/envs/${env.id}/auth/outbox`);
+  const mail = items.find((m) => m.to === email);
+  assert.ok(mail, `a mail to ${email}`);
+  return { ...mail, code: mail.body.split('code: ').pop().trim() };
+}
+
+test('email confirmation, magic link and password recovery by code', async () => {
+  await v1('PUT', `/v1/envs/${env.id}/auth/settings`, { email_confirmation: true });
+  try {
+    const supabase = client();
+    const email = `eve-${Date.now()}@example.com`;
+    const { data: up, error } = await supabase.auth.signUp({ email, password });
+    assert.equal(error, null);
+    assert.equal(up.session, null, 'no session before confirmation');
+    assert.equal(up.user.email, email);
+    const { error: early } = await supabase.auth.signInWithPassword({ email, password });
+    assert.equal(early?.code, 'email_not_confirmed');
+    const confirm = await lastMailTo(email);
+    const { data: verified, error: verifyError } = await supabase.auth.verifyOtp({ email, token: confirm.code, type: 'signup' });
+    assert.equal(verifyError, null);
+    assert.ok(verified.session.access_token);
+    assert.ok(verified.user.email_confirmed_at);
+
+    // Magic link / code sign-in (another address: one mail per address per minute).
+    const other = client();
+    const magicEmail = `gus-${Date.now()}@example.com`;
+    const { data: gus } = await service().auth.admin.createUser({ email: magicEmail, email_confirm: true });
+    const { error: otpError } = await other.auth.signInWithOtp({ email: magicEmail, options: { shouldCreateUser: false } });
+    assert.equal(otpError, null);
+    const magic = await lastMailTo(magicEmail);
+    assert.equal(magic.kind, 'magiclink');
+    const { data: byCode, error: codeError } = await other.auth.verifyOtp({ email: magicEmail, token: magic.code, type: 'email' });
+    assert.equal(codeError, null);
+    assert.equal(byCode.user.id, gus.user.id);
+
+    // Recovery: a code, then a new password.
+    const rec = client();
+    const recEmail = `fay-${Date.now()}@example.com`;
+    await service().auth.admin.createUser({ email: recEmail, password, email_confirm: true });
+    const { error: resetError } = await rec.auth.resetPasswordForEmail(recEmail);
+    assert.equal(resetError, null);
+    const recovery = await lastMailTo(recEmail);
+    assert.equal(recovery.kind, 'recovery');
+    const { error: recVerifyError } = await rec.auth.verifyOtp({ email: recEmail, token: recovery.code, type: 'recovery' });
+    assert.equal(recVerifyError, null);
+    const { error: updateError } = await rec.auth.updateUser({ password: 'brand-new-password' });
+    assert.equal(updateError, null);
+    const { error: newSignIn } = await client().auth.signInWithPassword({ email: recEmail, password: 'brand-new-password' });
+    assert.equal(newSignIn, null);
+  } finally {
+    await v1('PUT', `/v1/envs/${env.id}/auth/settings`, { email_confirmation: false });
+  }
+});
