@@ -636,6 +636,19 @@ impl Auth {
                 let refresh = if rotated {
                     insert_refresh_token(c, &user_id, &session_id, Some(&token), &now)?
                 } else {
+                    // Rotated out before, or just now by a concurrent refresh (PostgreSQL's UPDATE waited
+                    // for it): when, is what the row says now.
+                    let revoked_at = if revoked {
+                        revoked_at
+                    } else {
+                        query(c, "SELECT auth.vb_ts(updated_at) FROM auth.refresh_tokens WHERE id = $1", &[id.into()])?
+                            .first()
+                            .map(|r| r.text(0))
+                            .transpose()?
+                            .as_deref()
+                            .and_then(crate::parse_timestamp)
+                            .unwrap_or(now_ms)
+                    };
                     let within = now_ms - revoked_at <= REUSE_INTERVAL.as_millis() as i64;
                     match within.then(|| active_descendant(c, &token)).transpose()?.flatten() {
                         Some(active) => active,

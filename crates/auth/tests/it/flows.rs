@@ -255,3 +255,36 @@ async fn flows_on_the_env_database() {
 
     env_db.drop_database().await;
 }
+
+/// Tabs refreshing the same token at once (on PostgreSQL, really in parallel): one rotates it, the
+/// others get its successor; nobody is taken for a replay.
+#[tokio::test]
+async fn concurrent_refreshes_of_one_token_all_succeed() {
+    let (auth, env_db, env, clock) = setup().await;
+    let db = env_db.db.clone();
+    let req = SignupRequest {
+        email: Some("ann@example.com".into()),
+        password: Some("password-123".into()),
+        ..Default::default()
+    };
+    let s = session(auth.signup(&env, &db, req, &client()).await.unwrap());
+    let token = s["refresh_token"].as_str().unwrap().to_owned();
+    clock.advance(Duration::from_secs(60));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (auth, db, env, token) = (auth.clone(), db.clone(), env.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            auth.refresh_grant(&env, &db, RefreshGrant { refresh_token: Some(token) }, &client()).await
+        }));
+    }
+    let mut successors = std::collections::BTreeSet::new();
+    for t in tasks {
+        let r = t.await.unwrap().unwrap();
+        successors.insert(r["refresh_token"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(successors.len(), 1, "{successors:?}");
+    let next = successors.into_iter().next().unwrap();
+    auth.refresh_grant(&env, &db, RefreshGrant { refresh_token: Some(next) }, &client()).await.unwrap();
+    drop(db);
+    env_db.drop_database().await;
+}
