@@ -191,3 +191,28 @@ test('email confirmation, magic link and password recovery by code', async () =>
     await v1('PUT', `/v1/envs/${env.id}/auth/settings`, { email_confirmation: false });
   }
 });
+
+test('PKCE: the confirmation link answers with a code the client exchanges', async () => {
+  await v1('PUT', `/v1/envs/${env.id}/auth/settings`, { email_confirmation: true });
+  try {
+    const supabase = createClient(env.urls.api, env.keys.publishable, { auth: { ...options.auth, flowType: 'pkce' } });
+    const email = `hal-${Date.now()}@example.com`;
+    const { data: up, error } = await supabase.auth.signUp({ email, password });
+    assert.equal(error, null);
+    assert.equal(up.session, null);
+    const mail = await lastMailTo(email);
+    const link = mail.body.split('\n').find((l) => l.includes('/verify?'));
+    const r = await fetch(link, { redirect: 'manual' });
+    assert.equal(r.status, 303);
+    const code = new URL(r.headers.get('location')).searchParams.get('code');
+    assert.ok(code, r.headers.get('location'));
+    const { data, error: exchangeError } = await supabase.auth.exchangeCodeForSession(code);
+    assert.equal(exchangeError, null);
+    assert.equal(data.user.email, email);
+    assert.ok(data.session.access_token);
+    const { data: me } = await supabase.auth.getUser();
+    assert.equal(me.user.id, up.user.id);
+  } finally {
+    await v1('PUT', `/v1/envs/${env.id}/auth/settings`, { email_confirmation: false });
+  }
+});

@@ -57,6 +57,15 @@ pub enum AuthError {
     /// `POST /otp` with `create_user: false` for an unknown address.
     #[error("Signups not allowed for otp")]
     OtpDisabled,
+    /// A PKCE code that was never issued or was already exchanged.
+    #[error("invalid flow state, no valid flow state found")]
+    FlowStateNotFound,
+    /// A PKCE code older than the flow's lifetime.
+    #[error("invalid flow state, flow state has expired")]
+    FlowStateExpired,
+    /// The PKCE verifier does not match the flow's challenge.
+    #[error("code challenge does not match previously saved code verifier")]
+    BadCodeVerifier,
     /// Anonymous sign-ins are off for the env.
     #[error("Anonymous sign-ins are disabled")]
     AnonymousDisabled,
@@ -103,7 +112,9 @@ impl AuthError {
             | Self::AnonymousDisabled => 422,
             Self::NoAuthorization => 401,
             Self::BadJwt(_) | Self::JwtExpired | Self::SessionNotFound | Self::OtpExpired => 403,
-            Self::UserNotFound => 404,
+            Self::UserNotFound | Self::FlowStateNotFound => 404,
+            Self::FlowStateExpired => 422,
+            Self::BadCodeVerifier => 403,
             Self::RateLimited { .. } | Self::EmailRateLimited { .. } => 429,
             Self::Mail(..) | Self::Store(_) | Self::Key(_) => 500,
         }
@@ -129,6 +140,9 @@ impl AuthError {
             Self::OtpExpired => "otp_expired",
             Self::SignupDisabled(_) => "signup_disabled",
             Self::OtpDisabled => "otp_disabled",
+            Self::FlowStateNotFound => "flow_state_not_found",
+            Self::FlowStateExpired => "flow_state_expired",
+            Self::BadCodeVerifier => "bad_code_verifier",
             Self::AnonymousDisabled => "anonymous_provider_disabled",
             Self::RateLimited { .. } => "over_request_rate_limit",
             Self::EmailRateLimited { .. } => "over_email_send_rate_limit",

@@ -27,6 +27,9 @@ pub struct SignupRequest {
     pub password: Option<String>,
     /// User metadata.
     pub data: Option<Json>,
+    /// PKCE (`flowType: 'pkce'`): the mail link then answers with `?code=` for `/token?grant_type=pkce`.
+    pub code_challenge: Option<String>,
+    pub code_challenge_method: Option<String>,
     /// Where the confirmation link sends the browser (from the `redirect_to` query parameter).
     #[serde(skip)]
     pub redirect_to: Option<String>,
@@ -39,6 +42,9 @@ pub struct OtpRequest {
     /// Create the user if the address is unknown (default true).
     pub create_user: Option<bool>,
     pub data: Option<Json>,
+    /// PKCE (`flowType: 'pkce'`): the mail link then answers with `?code=` for `/token?grant_type=pkce`.
+    pub code_challenge: Option<String>,
+    pub code_challenge_method: Option<String>,
     #[serde(skip)]
     pub redirect_to: Option<String>,
 }
@@ -66,6 +72,73 @@ pub struct RefreshGrant {
     pub refresh_token: Option<String>,
 }
 
+/// `POST /token?grant_type=pkce`.
+#[derive(Debug, Default, Deserialize)]
+pub struct PkceGrant {
+    pub auth_code: Option<String>,
+    pub code_verifier: Option<String>,
+}
+
+/// How long a PKCE flow may take from the mail to the code exchange.
+pub const FLOW_STATE_EXPIRY: Duration = Duration::from_secs(3600);
+
+/// A validated PKCE challenge: (challenge, method `s256` or `plain`).
+type Challenge = Option<(String, String)>;
+
+fn pkce_challenge(challenge: Option<String>, method: Option<String>) -> Result<Challenge> {
+    match (challenge.filter(|c| !c.is_empty()), method.filter(|m| !m.is_empty())) {
+        (None, None) => Ok(None),
+        (Some(c), Some(m)) => {
+            let m = m.to_lowercase();
+            if !matches!(m.as_str(), "s256" | "plain") {
+                return Err(AuthError::validation("code_challenge_method must be s256 or plain"));
+            }
+            let ok_char = |ch: char| ch.is_ascii_alphanumeric() || "-._~".contains(ch);
+            if !(43..=128).contains(&c.len()) || !c.chars().all(ok_char) {
+                return Err(AuthError::validation("code_challenge must be 43 to 128 unreserved characters"));
+            }
+            Ok(Some((c, m)))
+        }
+        _ => Err(AuthError::validation("PKCE flow requires code_challenge_method and code_challenge")),
+    }
+}
+
+/// Records a PKCE flow for the mail link whose token hash is `token_hash`.
+fn save_flow_state(
+    c: &mut dyn Conn,
+    challenge: &Challenge,
+    user_id: &str,
+    auth_method: &str,
+    token_hash: &str,
+    now: &str,
+) -> Result<()> {
+    let Some((code_challenge, method)) = challenge else { return Ok(()) };
+    exec(
+        c,
+        "INSERT INTO auth.flow_state (id, user_id, auth_code, code_challenge, code_challenge_method, \
+         authentication_method, token_hash, created_at) VALUES ($1::text::uuid, $2::text::uuid, $3, $4, $5, $6, $7, \
+         $8::text::timestamptz)",
+        &[
+            users::new_uuid().into(),
+            user_id.into(),
+            users::new_uuid().into(),
+            code_challenge.as_str().into(),
+            method.as_str().into(),
+            auth_method.into(),
+            token_hash.into(),
+            now.into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// What a verification produced: a session, or (a mail link of a PKCE flow) the code to exchange.
+#[derive(Debug)]
+pub enum Verified {
+    Session(Json),
+    Code(String),
+}
+
 /// `PUT /user`.
 #[derive(Debug, Default, Deserialize)]
 pub struct UserUpdate {
@@ -78,6 +151,9 @@ pub struct UserUpdate {
 #[derive(Debug, Default, Deserialize)]
 pub struct RecoverRequest {
     pub email: Option<String>,
+    /// PKCE (`flowType: 'pkce'`): the mail link then answers with `?code=` for `/token?grant_type=pkce`.
+    pub code_challenge: Option<String>,
+    pub code_challenge_method: Option<String>,
     #[serde(skip)]
     pub redirect_to: Option<String>,
 }
@@ -440,6 +516,7 @@ impl Auth {
         self.check_rate(env, client, Limit::Sensitive, &settings)?;
         let data = object_or_empty(req.data, "data")?;
         let redirect_to = req.redirect_to;
+        let challenge = pkce_challenge(req.code_challenge, req.code_challenge_method)?;
         if req.email.is_none() && req.password.is_none() {
             if !settings.anonymous_sign_ins {
                 return Err(AuthError::AnonymousDisabled);
@@ -496,6 +573,7 @@ impl Auth {
                          updated_at = $3::text::timestamptz WHERE id = $1::text::uuid",
                         &[existing.id.as_str().into(), th.as_str().into(), now.as_str().into()],
                     )?;
+                    save_flow_state(c, &challenge, &existing.id, "email/signup", &th, &now)?;
                     let user = users::by_id(c, &existing.id)?.ok_or(AuthError::UserNotFound)?;
                     return Ok(Ok((user, None)));
                 }
@@ -527,6 +605,7 @@ impl Auth {
                 })?;
                 let user = users::by_id(c, &id)?.ok_or(AuthError::UserNotFound)?;
                 if confirm {
+                    save_flow_state(c, &challenge, &id, "email/signup", &th, &now)?;
                     Ok(Ok((user, None)))
                 } else {
                     let session = issuer.new_session(c, &user, "password")?;
@@ -839,6 +918,7 @@ impl Auth {
         let otp = random_otp();
         let hash = token_hash(&self.current_key(env).await?, &email, &otp)?;
         let (em, h, now) = (email.clone(), hash.clone(), timestamp(self.now_ms()));
+        let challenge = pkce_challenge(req.code_challenge, req.code_challenge_method)?;
         let found = db
             .tx(move |c: &mut dyn Conn| {
                 let Some(user) = users::by_email(c, &em)? else { return Ok(false) };
@@ -846,8 +926,9 @@ impl Auth {
                     c,
                     "UPDATE auth.users SET recovery_token = $2, recovery_sent_at = $3::text::timestamptz \
                      WHERE id = $1::text::uuid",
-                    &[user.id.as_str().into(), h.into(), now.into()],
+                    &[user.id.as_str().into(), h.as_str().into(), now.as_str().into()],
                 )?;
+                save_flow_state(c, &challenge, &user.id, "recovery", &h, &now)?;
                 Ok::<_, AuthError>(true)
             })
             .await?;
@@ -865,8 +946,16 @@ impl Auth {
     }
 
     /// `POST /verify` and `GET /verify`: consumes a confirmation or recovery token (by its hash, or by
-    /// email and code), confirms the address, and signs the user in.
-    pub async fn verify(&self, env: &EnvId, db: &Db, req: &VerifyRequest, client: &Client) -> Result<(Json, OtpKind)> {
+    /// email and code), confirms the address, and signs the user in. A mail `link` of a PKCE flow
+    /// answers with the code to exchange (`/token?grant_type=pkce`) instead of a session.
+    pub async fn verify(
+        &self,
+        env: &EnvId,
+        db: &Db,
+        req: &VerifyRequest,
+        link: bool,
+        client: &Client,
+    ) -> Result<(Verified, OtpKind)> {
         let settings = self.settings(env).await?;
         self.check_rate(env, client, Limit::Sensitive, &settings)?;
         let kind = match req.kind.as_deref() {
@@ -890,7 +979,7 @@ impl Auth {
         };
         let issuer = self.issuer(env, &settings).await?;
         let expiry_ms = OTP_EXPIRY.as_millis() as i64;
-        let session = db
+        let verified = db
             .tx(move |c: &mut dyn Conn| {
                 let mut found = None;
                 for &(column, sent) in kind.columns() {
@@ -919,12 +1008,66 @@ impl Auth {
                     ),
                     &[id.as_str().into(), now.into()],
                 )?;
+                if link {
+                    let flow = query(
+                        c,
+                        "SELECT auth_code FROM auth.flow_state WHERE token_hash = $1 AND user_id = $2::text::uuid",
+                        &[hash.as_str().into(), id.as_str().into()],
+                    )?;
+                    if let Some(row) = flow.first() {
+                        return Ok(Verified::Code(row.text(0)?));
+                    }
+                }
                 let user = users::by_id(c, &id)?.ok_or(AuthError::UserNotFound)?;
-                issuer.new_session(c, &user, "otp")
+                Ok(Verified::Session(issuer.new_session(c, &user, "otp")?))
             })
             .await?;
         self.meter(env, EventKind::Verify).await;
-        Ok((session, kind))
+        Ok((verified, kind))
+    }
+
+    /// `POST /token?grant_type=pkce`: the code a PKCE mail link answered with, and the verifier whose
+    /// challenge started the flow, for a session. A code works once.
+    pub async fn pkce_grant(&self, env: &EnvId, db: &Db, req: PkceGrant, client: &Client) -> Result<Json> {
+        let settings = self.settings(env).await?;
+        self.check_rate(env, client, Limit::Sensitive, &settings)?;
+        let (Some(code), Some(verifier)) = (req.auth_code.filter(|c| !c.is_empty()), req.code_verifier) else {
+            return Err(AuthError::validation("invalid request: both auth code and code verifier should be non-empty"));
+        };
+        let issuer = self.issuer(env, &settings).await?;
+        let expiry_ms = FLOW_STATE_EXPIRY.as_millis() as i64;
+        let session = db
+            .tx(move |c: &mut dyn Conn| {
+                let rows = query(
+                    c,
+                    "SELECT id::text, user_id::text, code_challenge, code_challenge_method, auth.vb_ts(created_at) \
+                     FROM auth.flow_state WHERE auth_code = $1",
+                    &[code.as_str().into()],
+                )?;
+                let row = rows.first().ok_or(AuthError::FlowStateNotFound)?;
+                let (id, user_id, challenge, method) = (row.text(0)?, row.text(1)?, row.text(2)?, row.text(3)?);
+                let created = crate::parse_timestamp(&row.text(4)?).unwrap_or(0);
+                if issuer.now_ms - created > expiry_ms {
+                    exec(c, "DELETE FROM auth.flow_state WHERE id = $1::text::uuid", &[id.as_str().into()])?;
+                    return Ok(Err(AuthError::FlowStateExpired));
+                }
+                let computed = if method == "s256" {
+                    use base64::Engine as _;
+                    use sha2::Digest as _;
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()))
+                } else {
+                    verifier.clone()
+                };
+                if !constant_time_eq(computed.as_bytes(), challenge.as_bytes()) {
+                    return Err(AuthError::BadCodeVerifier);
+                }
+                exec(c, "DELETE FROM auth.flow_state WHERE id = $1::text::uuid", &[id.as_str().into()])?;
+                let user = users::by_id(c, &user_id)?.ok_or(AuthError::UserNotFound)?;
+                Ok(Ok(issuer.new_session(c, &user, "otp")?))
+            })
+            .await??;
+        self.meter(env, EventKind::Signin).await;
+        Ok(session)
     }
 
     /// `POST /otp`: mails a magic link and code to an existing user, or creates the user (unless
@@ -940,6 +1083,7 @@ impl Auth {
         let hash = token_hash(&self.current_key(env).await?, &email, &otp)?;
         let (em, h, now) = (email.clone(), hash.clone(), timestamp(self.now_ms()));
         let disable_signup = settings.disable_signup;
+        let challenge = pkce_challenge(req.code_challenge, req.code_challenge_method)?;
         let kind = db
             .tx(move |c: &mut dyn Conn| {
                 if let Some(user) = users::by_email(c, &em)? {
@@ -947,8 +1091,9 @@ impl Auth {
                         c,
                         "UPDATE auth.users SET recovery_token = $2, recovery_sent_at = $3::text::timestamptz \
                          WHERE id = $1::text::uuid",
-                        &[user.id.as_str().into(), h.into(), now.into()],
+                        &[user.id.as_str().into(), h.as_str().into(), now.as_str().into()],
                     )?;
+                    save_flow_state(c, &challenge, &user.id, "magiclink", &h, &now)?;
                     return Ok("magiclink");
                 }
                 if !create {
@@ -957,6 +1102,7 @@ impl Auth {
                 if disable_signup {
                     return Err(AuthError::SignupDisabled("Signups not allowed for this instance"));
                 }
+                let id = users::new_uuid();
                 exec(
                     c,
                     "INSERT INTO auth.users (id, email, confirmation_token, confirmation_sent_at, raw_app_meta_data, \
@@ -964,14 +1110,15 @@ impl Auth {
                      $4::text::timestamptz, $5::text::jsonb, $6::text::jsonb, false, $4::text::timestamptz, \
                      $4::text::timestamptz)",
                     &[
-                        users::new_uuid().into(),
+                        id.as_str().into(),
                         em.as_str().into(),
-                        h.into(),
-                        now.into(),
+                        h.as_str().into(),
+                        now.as_str().into(),
                         json!({"provider": "email", "providers": ["email"]}).to_string().into(),
                         data.to_string().into(),
                     ],
                 )?;
+                save_flow_state(c, &challenge, &id, "email/signup", &h, &now)?;
                 Ok("signup")
             })
             .await?;
@@ -1235,6 +1382,10 @@ impl Auth {
         })
         .await
     }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The newest unrevoked token descending from `token` (following the rotation chain).

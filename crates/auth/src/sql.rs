@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use store::Dialect;
 
 /// Tables (and the one helper function) the auth service owns in the `auth` schema.
-const NAMES: [&str; 5] = ["users", "sessions", "refresh_tokens", "mail_outbox", "vb_ts"];
+const NAMES: [&str; 6] = ["users", "sessions", "refresh_tokens", "mail_outbox", "flow_state", "vb_ts"];
 
 /// `sql` (PostgreSQL form) for `dialect`.
 pub fn render(dialect: Dialect, sql: &str) -> Cow<'_, str> {
@@ -104,6 +104,17 @@ CREATE TABLE IF NOT EXISTS auth.mail_outbox (
     body text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS auth.flow_state (
+    id uuid PRIMARY KEY,
+    user_id uuid NOT NULL REFERENCES auth.users (id) ON DELETE CASCADE,
+    auth_code text NOT NULL UNIQUE,
+    code_challenge text NOT NULL,
+    code_challenge_method text NOT NULL,
+    authentication_method text NOT NULL,
+    token_hash text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS flow_state_token_hash ON auth.flow_state (token_hash);
 CREATE OR REPLACE FUNCTION auth.vb_ts(t timestamptz) RETURNS text LANGUAGE sql IMMUTABLE AS
 $$ SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') $$;
 "#;
@@ -160,6 +171,17 @@ CREATE TABLE IF NOT EXISTS "auth.mail_outbox" (
     body TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS "auth.flow_state" (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES "auth.users" (id) ON DELETE CASCADE,
+    auth_code TEXT NOT NULL UNIQUE,
+    code_challenge TEXT NOT NULL,
+    code_challenge_method TEXT NOT NULL,
+    authentication_method TEXT NOT NULL,
+    token_hash TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flow_state_token_hash ON "auth.flow_state" (token_hash);
 "#;
 
 /// Platform-store tables of the auth service: per-env settings and signing keys. They live in the

@@ -8,8 +8,8 @@
 use std::net::SocketAddr;
 
 use auth::flows::{
-    AdminUser, LogoutScope, OtpRequest, PasswordGrant, RecoverRequest, RefreshGrant, ResendRequest, SignupOutcome,
-    SignupRequest, UserUpdate, VerifyRequest,
+    AdminUser, LogoutScope, OtpRequest, PasswordGrant, PkceGrant, RecoverRequest, RefreshGrant, ResendRequest,
+    SignupOutcome, SignupRequest, UserUpdate, Verified, VerifyRequest,
 };
 use auth::{AuthError, Client};
 use axum::Extension;
@@ -223,6 +223,11 @@ pub async fn token(
             let db = env_db(&state, env).await?;
             ok(state.auth.password_grant(env, &db, req, &client).await.map_err(auth_error)?)
         }
+        Some("pkce") => {
+            let req: PkceGrant = parse(body)?;
+            let db = env_db(&state, env).await?;
+            ok(state.auth.pkce_grant(env, &db, req, &client).await.map_err(auth_error)?)
+        }
         Some("refresh_token") => {
             let req: RefreshGrant = parse(body)?;
             let db = env_db(&state, env).await?;
@@ -328,7 +333,11 @@ pub async fn verify_post(
 ) -> AuthResult {
     let env = env_of(&caller)?;
     let db = env_db(&state, env).await?;
-    ok(state.auth.verify(env, &db, &req, &client(connect)).await.map_err(auth_error)?.0)
+    match state.auth.verify(env, &db, &req, false, &client(connect)).await.map_err(auth_error)?.0 {
+        Verified::Session(s) => ok(s),
+        // Only mail links (GET) answer with a code.
+        Verified::Code(_) => Err(auth_error(AuthError::Key("unexpected PKCE code on POST /verify".into()))),
+    }
 }
 
 /// The link in a confirmation or recovery mail: verifies, then redirects the browser to the app with the
@@ -347,10 +356,16 @@ pub async fn verify_get(
     }
     let settings = state.auth.settings(&env).await.map_err(auth_error)?;
     let target = state.auth.redirect_target(&env, &settings, req.redirect_to.as_deref());
+    let base = target.split('#').next().unwrap_or_default().to_owned();
     let fragment = match env_db(&state, &env).await {
         Err(r) => return Err(r),
-        Ok(db) => match state.auth.verify(&env, &db, &req, &client(connect)).await {
-            Ok((s, _)) => {
+        Ok(db) => match state.auth.verify(&env, &db, &req, true, &client(connect)).await {
+            Ok((Verified::Code(code), _)) => {
+                // PKCE: the app exchanges the code (with its verifier) at /token?grant_type=pkce.
+                let sep = if base.contains('?') { '&' } else { '?' };
+                return Ok(redirect(&format!("{base}{sep}code={}", encode(&code))));
+            }
+            Ok((Verified::Session(s), _)) => {
                 let kind = req.kind.as_deref().unwrap_or("signup");
                 format!(
                     "access_token={}&expires_at={}&expires_in={}&refresh_token={}&token_type=bearer&type={}",
@@ -367,12 +382,15 @@ pub async fn verify_get(
             }
         },
     };
-    let location = format!("{}#{fragment}", target.split('#').next().unwrap_or_default());
+    Ok(redirect(&format!("{base}#{fragment}")))
+}
+
+fn redirect(location: &str) -> Response {
     let mut r = StatusCode::SEE_OTHER.into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
+    if let Ok(v) = HeaderValue::from_str(location) {
         r.headers_mut().insert(http::header::LOCATION, v);
     }
-    Ok(r)
+    r
 }
 
 fn encode(s: &str) -> String {

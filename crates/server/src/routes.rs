@@ -202,7 +202,7 @@ fn auth_public(path: &'static str, summary: &'static str, handler: MethodRouter<
 const REDIRECT_QUERY: &[(&str, QueryType, &str)] =
     &[("redirect_to", QueryType::String, "Where links in the mail send the browser.")];
 const TOKEN_QUERY: &[(&str, QueryType, &str)] =
-    &[("grant_type", QueryType::OneOf(&["password", "refresh_token"]), "The grant.")];
+    &[("grant_type", QueryType::OneOf(&["password", "refresh_token", "pkce"]), "The grant.")];
 const LOGOUT_QUERY: &[(&str, QueryType, &str)] =
     &[("scope", QueryType::OneOf(&["global", "local", "others"]), "Which sessions end (default global).")];
 const ADMIN_USERS_QUERY: &[(&str, QueryType, &str)] = &[

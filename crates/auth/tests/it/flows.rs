@@ -125,7 +125,7 @@ async fn flows_on_the_env_database() {
         email: Some(email.into()),
         password: Some("password-123".into()),
         data: Some(json!({"n": 1})),
-        redirect_to: None,
+        ..Default::default()
     };
 
     let s = session(auth.signup(&env, db, req("ann@example.com"), &client()).await.unwrap());
@@ -189,7 +189,8 @@ async fn flows_on_the_env_database() {
         email: Some("ann@example.com".into()),
         ..Default::default()
     };
-    let (v, _) = auth.verify(&env, db, &verify, &client()).await.unwrap();
+    let (v, _) = auth.verify(&env, db, &verify, false, &client()).await.unwrap();
+    let auth::flows::Verified::Session(v) = v else { panic!("a session") };
     assert!(v["access_token"].is_string());
 
     // Anonymous sign-in, once enabled.

@@ -835,3 +835,53 @@ async fn magic_links_codes_and_resend() {
         "validation_failed",
     );
 }
+
+#[tokio::test]
+async fn pkce_mail_links_answer_with_a_code_to_exchange() {
+    use sha2::Digest as _;
+    let e = env().await;
+    e.settings(json!({"email_confirmation": true, "site_url": "http://app.example.com"})).await;
+    let verifier = "a-verifier-of-at-least-forty-three-characters-0123456789";
+    let challenge = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier));
+    let r = e
+        .call(
+            "POST",
+            "/signup",
+            None,
+            Some(json!({"email": "ann@example.com", "password": PASSWORD, "code_challenge": challenge, "code_challenge_method": "s256"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let mail = e.outbox().await.remove(0);
+    let link = mail["body"].as_str().unwrap().lines().find(|l| l.contains("/verify?")).unwrap().to_owned();
+    let r = e.h.send("GET", &link[link.find("/env/").unwrap()..], &[], None).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+    let location = r.headers["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with("http://app.example.com?code="), "{location}");
+    let code = location.split("code=").nth(1).unwrap().to_owned();
+
+    let exchange = |verifier: &str| json!({"auth_code": code, "code_verifier": verifier});
+    gotrue_error(
+        &e.call("POST", "/token?grant_type=pkce", None, Some(exchange("wrong-verifier"))).await,
+        403,
+        "bad_code_verifier",
+    );
+    let s = e.call("POST", "/token?grant_type=pkce", None, Some(exchange(verifier))).await;
+    session_ok(&s);
+    assert_eq!(s.json["user"]["email"], "ann@example.com");
+    assert!(s.json["user"]["email_confirmed_at"].is_string());
+    gotrue_error(
+        &e.call("POST", "/token?grant_type=pkce", None, Some(exchange(verifier))).await,
+        404,
+        "flow_state_not_found",
+    );
+    gotrue_error(
+        &e.call("POST", "/token?grant_type=pkce", None, Some(json!({"auth_code": "x"}))).await,
+        400,
+        "validation_failed",
+    );
+    let bad = json!({"email": "bob@example.com", "password": PASSWORD, "code_challenge": "short", "code_challenge_method": "s256"});
+    gotrue_error(&e.call("POST", "/signup", None, Some(bad)).await, 400, "validation_failed");
+    let half = json!({"email": "bob@example.com", "password": PASSWORD, "code_challenge": challenge});
+    gotrue_error(&e.call("POST", "/signup", None, Some(half)).await, 400, "validation_failed");
+}
