@@ -2,6 +2,7 @@
 //! crosses the wire, shared by the server, the CLI and tests.
 
 pub mod api;
+pub mod auth;
 pub mod ids;
 pub mod meter;
 pub mod sandbox;

@@ -2,6 +2,7 @@
 //! authorization path ([`gate`]), and the mapping of errors to each surface's wire shape.
 
 pub mod address;
+pub mod auth_api;
 pub mod data;
 pub mod e2b;
 pub mod egress;
@@ -51,6 +52,10 @@ pub struct AppState {
     pub watchers: Arc<e2b::Watchers>,
     /// Env app databases (migrations, the PostgREST data API).
     pub appdb: appdb::AppDbs,
+    /// End-user auth (GoTrue) of every env.
+    pub auth: auth::Auth,
+    /// Open env databases (part of the `auth_api::env_db` seam until appdb lands).
+    pub(crate) env_dbs: auth_api::EnvDbs,
 }
 
 impl AppState {
@@ -66,6 +71,13 @@ impl AppState {
         let gateway = gateway::Gateway::empty(platform.clone());
         let appdb = appdb::AppDbs::new(platform.clone());
         appdb.register_delete_hook();
+        // Every env database holds its auth tables, so migrations can reference `auth.users`.
+        appdb.register_schema(appdb::SchemaHook {
+            name: "auth".to_owned(),
+            sqlite: auth::schema_ddl(store::Dialect::Sqlite).to_owned(),
+            postgres: auth::schema_ddl(store::Dialect::Postgres).to_owned(),
+        });
+        let auth = auth::Auth::new(platform.clone(), auth::AuthConfig::default());
         Self {
             platform,
             specs: Arc::new(specs),
@@ -75,6 +87,8 @@ impl AppState {
             gateway,
             watchers: Arc::default(),
             appdb,
+            auth,
+            env_dbs: auth_api::EnvDbs::default(),
         }
     }
 
@@ -92,6 +106,13 @@ impl AppState {
         if let Ok(s) = &self.sandboxes {
             s.set_egress(egress::handler(self.clone()));
         }
+        self
+    }
+
+    /// Replaces the auth service's process-wide configuration (SMTP relay, password hash cost). Call
+    /// it before [`Self::with_sandboxes`], like [`Self::with_gateway`].
+    pub fn with_auth_config(mut self, config: auth::AuthConfig) -> Self {
+        self.auth = auth::Auth::new(self.platform.clone(), config);
         self
     }
 

@@ -12,6 +12,7 @@ use utoipa::openapi::{
 };
 
 use crate::routes::{QueryType, RouteSpec, Scope, route_table};
+use crate::surface::Surface;
 
 fn list_of(item: &str, paged: bool) -> Schema {
     let mut o = ObjectBuilder::new()
@@ -75,6 +76,20 @@ fn components() -> utoipa::openapi::Components {
         .schema_from::<protocol::sandbox::SnapshotList>()
         .schema_from::<protocol::sandbox::RestoreRequest>()
         .schema_from::<protocol::sandbox::TemplateList>()
+        .schema_from::<protocol::auth::AuthSettings>()
+        .schema_from::<protocol::auth::AuthSettingsPatch>()
+        .schema_from::<protocol::auth::OutboxMail>()
+        .schema("OutboxList", list_of("OutboxMail", false))
+        .schema(
+            "AuthErrorBody",
+            ObjectBuilder::new()
+                .property("code", ObjectBuilder::new().schema_type(Type::Integer))
+                .property("error_code", ObjectBuilder::new().schema_type(Type::String))
+                .property("msg", ObjectBuilder::new().schema_type(Type::String))
+                .required("code")
+                .required("error_code")
+                .required("msg"),
+        )
         .schema("EnvPage", list_of("EnvRecord", true))
         .schema("AuditPage", list_of("AuditEntry", true))
         .schema("KeyList", list_of("KeyRecord", false))
@@ -101,6 +116,19 @@ const ERROR_STATUSES: &[(&str, &str)] = &[
     ("409", "Conflicts with existing state."),
     ("413", "Body too large."),
     ("415", "Body is not JSON."),
+    ("429", "Rate limited; see Retry-After."),
+];
+
+/// The error statuses a GoTrue route may answer.
+const AUTH_ERROR_STATUSES: &[(&str, &str)] = &[
+    ("400", "Invalid request or credentials."),
+    ("401", "Missing or unknown key, or no access token where one is needed."),
+    ("402", "A hard quota is used up."),
+    ("403", "Another env's key, an invalid or expired access token, or a session that ended."),
+    ("404", "Not found."),
+    ("413", "Body too large."),
+    ("415", "Body is not JSON."),
+    ("422", "Refused: user exists, weak password, sign-ups disabled."),
     ("429", "Rate limited; see Retry-After."),
 ];
 
@@ -177,7 +205,21 @@ fn operation(spec: &RouteSpec) -> utoipa::openapi::path::Operation {
         (_, None) => ok,
     };
     op = op.response(status.to_string(), ok.build());
-    if spec.scope != Scope::Public {
+    if spec.surface == Surface::Auth {
+        // GoTrue's own error shape and statuses (422 for validation, 303 redirects from mail links).
+        if spec.scope != Scope::Public {
+            op = op.security(SecurityRequirement::new("bearer", Vec::<String>::new()));
+        }
+        for (code, description) in AUTH_ERROR_STATUSES {
+            op = op.response(
+                *code,
+                ResponseBuilder::new()
+                    .description(*description)
+                    .content("application/json", json_content(Ref::from_schema_name("AuthErrorBody").into()))
+                    .build(),
+            );
+        }
+    } else if spec.scope != Scope::Public {
         op = op.security(SecurityRequirement::new("bearer", Vec::<String>::new()));
         for (code, description) in ERROR_STATUSES {
             op = op.response(

@@ -6,7 +6,7 @@ use axum::routing::{MethodRouter, any, delete, get, post, put};
 use tenancy::{Access, EnvKeyAccess, Plane};
 
 use crate::surface::Surface;
-use crate::{AppState, handlers, sandboxes};
+use crate::{AppState, auth_api, handlers, sandboxes};
 
 /// How the gate scopes a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +159,238 @@ fn built(mut r: R, handler: MethodRouter<AppState>) -> R {
     r.spec.response = (200, None);
     r.handler = handler;
     r
+}
+
+/// A GoTrue route under `/env/{env}/auth/v1`: data plane, GoTrue's error shape.
+fn auth_route(
+    method: &'static str,
+    path: &'static str,
+    env_keys: EnvKeyAccess,
+    summary: &'static str,
+    response: u16,
+    handler: MethodRouter<AppState>,
+) -> R {
+    let action = if env_keys == EnvKeyAccess::Any { "auth:Request" } else { "auth:Admin" };
+    R {
+        spec: RouteSpec {
+            method,
+            path,
+            access: access(action, Plane::Data, env_keys),
+            scope: Scope::Env,
+            surface: Surface::Auth,
+            summary,
+            request: None,
+            response: (response, None),
+            query: &[],
+            built: true,
+        },
+        handler,
+    }
+}
+
+/// A GoTrue route anyone may call (no key): what a browser opens from a mail link, and the JWKS.
+fn auth_public(path: &'static str, summary: &'static str, handler: MethodRouter<AppState>, response: u16) -> R {
+    R {
+        spec: RouteSpec {
+            method: "GET",
+            path,
+            access: PUBLIC,
+            scope: Scope::Public,
+            surface: Surface::Auth,
+            summary,
+            request: None,
+            response: (response, None),
+            query: &[],
+            built: true,
+        },
+        handler,
+    }
+}
+
+const REDIRECT_QUERY: &[(&str, QueryType, &str)] =
+    &[("redirect_to", QueryType::String, "Where links in the mail send the browser.")];
+const TOKEN_QUERY: &[(&str, QueryType, &str)] =
+    &[("grant_type", QueryType::OneOf(&["password", "refresh_token", "pkce"]), "The grant.")];
+const LOGOUT_QUERY: &[(&str, QueryType, &str)] =
+    &[("scope", QueryType::OneOf(&["global", "local", "others"]), "Which sessions end (default global).")];
+const ADMIN_USERS_QUERY: &[(&str, QueryType, &str)] = &[
+    ("page", QueryType::Integer(1, 1_000_000), "Page number (from 1)."),
+    ("per_page", QueryType::Integer(1, 1000), "Users per page."),
+];
+const VERIFY_QUERY: &[(&str, QueryType, &str)] = &[
+    ("token", QueryType::String, "The token hash from the mail link."),
+    (
+        "type",
+        QueryType::String,
+        "signup, email, recovery, invite, magiclink or email_change (others redirect with an error).",
+    ),
+    ("redirect_to", QueryType::String, "Where to send the browser afterwards."),
+];
+const OUTBOX_QUERY: &[(&str, QueryType, &str)] = &[("limit", QueryType::Integer(1, MAX_PAGE), "At most this many.")];
+
+fn auth_routes() -> Vec<R> {
+    use EnvKeyAccess::{Any, Secret};
+    vec![
+        auth_route("GET", "/env/{env}/auth/v1/health", Any, "GoTrue: health.", 200, get(auth_api::health)),
+        auth_route("GET", "/env/{env}/auth/v1/settings", Any, "GoTrue: public settings.", 200, get(auth_api::settings)),
+        auth_public(
+            "/env/{env}/auth/v1/.well-known/jwks.json",
+            "GoTrue: the env's public signing keys.",
+            get(auth_api::jwks),
+            200,
+        ),
+        auth_route(
+            "POST",
+            "/env/{env}/auth/v1/signup",
+            Any,
+            "GoTrue: sign up (email or anonymous).",
+            200,
+            post(auth_api::signup),
+        )
+        .query(REDIRECT_QUERY),
+        auth_route(
+            "POST",
+            "/env/{env}/auth/v1/token",
+            Any,
+            "GoTrue: password or refresh-token grant.",
+            200,
+            post(auth_api::token),
+        )
+        .query(TOKEN_QUERY),
+        auth_route("GET", "/env/{env}/auth/v1/user", Any, "GoTrue: the signed-in user.", 200, get(auth_api::get_user)),
+        auth_route(
+            "PUT",
+            "/env/{env}/auth/v1/user",
+            Any,
+            "GoTrue: update the signed-in user.",
+            200,
+            put(auth_api::update_user),
+        ),
+        auth_route("POST", "/env/{env}/auth/v1/logout", Any, "GoTrue: sign out.", 204, post(auth_api::logout))
+            .query(LOGOUT_QUERY),
+        auth_route(
+            "POST",
+            "/env/{env}/auth/v1/recover",
+            Any,
+            "GoTrue: send a recovery mail.",
+            200,
+            post(auth_api::recover),
+        )
+        .query(REDIRECT_QUERY),
+        auth_route(
+            "POST",
+            "/env/{env}/auth/v1/otp",
+            Any,
+            "GoTrue: mail a magic link and code.",
+            200,
+            post(auth_api::otp),
+        )
+        .query(REDIRECT_QUERY),
+        auth_route(
+            "POST",
+            "/env/{env}/auth/v1/resend",
+            Any,
+            "GoTrue: resend a sign-up confirmation.",
+            200,
+            post(auth_api::resend),
+        )
+        .query(REDIRECT_QUERY),
+        auth_route(
+            "POST",
+            "/env/{env}/auth/v1/verify",
+            Any,
+            "GoTrue: verify a mailed token or code.",
+            200,
+            post(auth_api::verify_post),
+        ),
+        auth_public(
+            "/env/{env}/auth/v1/verify",
+            "GoTrue: mail link; verifies and redirects.",
+            get(auth_api::verify_get),
+            303,
+        )
+        .query(VERIFY_QUERY),
+        auth_route(
+            "GET",
+            "/env/{env}/auth/v1/admin/users",
+            Secret,
+            "GoTrue admin: list users.",
+            200,
+            get(auth_api::admin_list_users),
+        )
+        .query(ADMIN_USERS_QUERY),
+        auth_route(
+            "POST",
+            "/env/{env}/auth/v1/admin/users",
+            Secret,
+            "GoTrue admin: create a user.",
+            200,
+            post(auth_api::admin_create_user),
+        ),
+        auth_route(
+            "GET",
+            "/env/{env}/auth/v1/admin/users/{user}",
+            Secret,
+            "GoTrue admin: get a user.",
+            200,
+            get(auth_api::admin_get_user),
+        ),
+        auth_route(
+            "PUT",
+            "/env/{env}/auth/v1/admin/users/{user}",
+            Secret,
+            "GoTrue admin: update a user.",
+            200,
+            put(auth_api::admin_update_user),
+        ),
+        auth_route(
+            "DELETE",
+            "/env/{env}/auth/v1/admin/users/{user}",
+            Secret,
+            "GoTrue admin: delete a user.",
+            200,
+            delete(auth_api::admin_delete_user),
+        ),
+        auth_route(
+            "ANY",
+            "/env/{env}/auth/v1/{*rest}",
+            Any,
+            "GoTrue: unknown endpoints.",
+            404,
+            any(auth_api::not_found),
+        ),
+        r(
+            "GET",
+            "/v1/envs/{env}/auth/settings",
+            control("auth:GetSettings", Secret),
+            Scope::Env,
+            "The env's end-user auth settings.",
+            None,
+            (200, Some("AuthSettings")),
+            get(auth_api::get_auth_settings),
+        ),
+        r(
+            "PUT",
+            "/v1/envs/{env}/auth/settings",
+            control("auth:SetSettings", Secret),
+            Scope::Env,
+            "Change the env's end-user auth settings (fields left out keep their value).",
+            Some("AuthSettingsPatch"),
+            (200, Some("AuthSettings")),
+            put(auth_api::put_auth_settings),
+        ),
+        r(
+            "GET",
+            "/v1/envs/{env}/auth/outbox",
+            control("auth:ReadOutbox", Secret),
+            Scope::Env,
+            "Mails the env's auth service kept because no SMTP server is configured, newest first.",
+            None,
+            (200, Some("OutboxList")),
+            get(auth_api::outbox),
+        )
+        .query(OUTBOX_QUERY),
+    ]
 }
 
 fn table() -> Vec<R> {
@@ -486,6 +718,7 @@ fn table() -> Vec<R> {
         ),
     ];
     routes.extend(sandbox_routes());
+    routes.extend(auth_routes());
     routes.extend([
         R {
             spec: RouteSpec {
@@ -495,7 +728,6 @@ fn table() -> Vec<R> {
             },
             handler: any(crate::data::rest),
         },
-        surface("/env/{env}/auth/v1/{*rest}", Surface::Auth, "auth:Request", Any, "GoTrue auth API."),
         surface("/env/{env}/storage/v1/{*rest}", Surface::Storage, "storage:Request", Any, "Supabase Storage API."),
         surface("/env/{env}/functions/v1/{*rest}", Surface::Functions, "functions:Invoke", Any, "Cloud functions."),
         // The model gateway: one catch-all, dispatched inside (`gateway::http`); ANY routes stay out of

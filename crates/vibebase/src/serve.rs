@@ -51,6 +51,12 @@ pub struct ServeArgs {
     /// Models file (JSON) of the model gateway: providers, models, routes, prices, budgets.
     #[arg(long, env = "VIBEBASE_MODELS")]
     models: Option<PathBuf>,
+    /// SMTP relay for end-user auth mail (smtp://host[:port]); without it mail goes to each env's outbox.
+    #[arg(long, env = "VIBEBASE_SMTP_URL")]
+    smtp_url: Option<String>,
+    /// Sender address of end-user auth mail.
+    #[arg(long, default_value = "no-reply@localhost", env = "VIBEBASE_SMTP_FROM")]
+    smtp_from: String,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"], env = "VIBEBASE_LOG_FORMAT")]
     log_format: String,
@@ -129,6 +135,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.white_label = args.white_label;
     config.default_rate_per_second = args.rate_limit.max(1);
     config.webhook_delivery = !args.no_webhook_delivery;
+    let smtp = match &args.smtp_url {
+        Some(url) => Some(auth::SmtpConfig::from_url(url, &args.smtp_from).context("--smtp-url / --smtp-from")?),
+        None => None,
+    };
     let platform = Platform::new(config, db, blobs, &admin_key, Arc::new(SystemClock), Arc::new(OsEntropy));
     let gateway = match &args.models {
         Some(path) => {
@@ -145,7 +155,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         blobs = platform.blobs().describe(), models = gateway.models().len(), "vibebase is serving"
     );
     let sandboxes = start_sandboxes(&platform, &args, &data_dir);
-    let state = server::AppState::new(platform).with_gateway(gateway.clone()).with_sandboxes(sandboxes.clone());
+    let state = server::AppState::new(platform)
+        .with_gateway(gateway.clone())
+        .with_auth_config(auth::AuthConfig { smtp, hash_cost: auth::HashCost::OWASP })
+        .with_sandboxes(sandboxes.clone());
     server::serve(listener, state, shutdown_signal()).await.context("serve")?;
     if let Ok(s) = &sandboxes {
         tracing::info!("shutting down: killing sandboxes");

@@ -2,8 +2,6 @@
 //! PostgREST data API and row-level security with two end users. Runs on SQLite, or on PostgreSQL with
 //! `VIBEBASE_TEST_DATABASE_URL` (a real database per env).
 
-use std::sync::Arc;
-
 use http::StatusCode;
 use serde_json::{Value, json};
 
@@ -36,14 +34,28 @@ create policy "own todos delete" on todos for delete using (auth.uid() = owner);
 const ALICE: &str = "11111111-1111-4111-8111-111111111111";
 const BOB: &str = "22222222-2222-4222-8222-222222222222";
 
-/// A stand-in for the auth crate's verifier: `x.<sub>.y` is a token of user `<sub>`.
-fn install_test_verifier(h: &Harness) -> server::AppState {
-    let state = server::AppState::new(h.platform.clone());
-    state.appdb.set_jwt_verifier(Arc::new(|_env, token| {
-        let sub = token.split('.').nth(1).ok_or("bad token")?;
-        Ok(json!({"sub": sub, "role": "authenticated", "email": format!("{sub}@example.com")}))
-    }));
-    state
+/// An access token of user `sub`, signed with the env's own auth key (what GoTrue issues at sign-in).
+async fn user_token(state: &server::AppState, env: &str, sub: &str) -> String {
+    let env_id = protocol::EnvId::parse(env).unwrap();
+    let keys = state.auth.signing_keys(&env_id).await.unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let claims = auth::Claims {
+        iss: auth::jwt::issuer(&state.platform.config().public_url, env),
+        sub: sub.to_owned(),
+        aud: "authenticated".to_owned(),
+        exp: now + 3600,
+        iat: now,
+        email: format!("{sub}@example.com"),
+        phone: String::new(),
+        app_metadata: json!({}),
+        user_metadata: json!({}),
+        role: "authenticated".to_owned(),
+        aal: "aal1".to_owned(),
+        amr: json!([]),
+        session_id: "test-session".to_owned(),
+        is_anonymous: false,
+    };
+    keys[0].sign(&claims).unwrap()
 }
 
 struct Env {
@@ -52,6 +64,8 @@ struct Env {
     id: String,
     secret: String,
     publishable: String,
+    /// Access tokens of ALICE and BOB.
+    tokens: std::collections::HashMap<&'static str, String>,
 }
 
 impl Env {
@@ -59,9 +73,10 @@ impl Env {
         let h = Harness::new().await;
         let id = format!("app-{}", h.platform.random_id(8));
         let rec = h.create_env(&id).await;
-        let state = install_test_verifier(&h);
+        let state = server::AppState::new(h.platform.clone());
+        let tokens = [(ALICE, user_token(&state, &id, ALICE).await), (BOB, user_token(&state, &id, BOB).await)].into();
         let router = server::router(state);
-        Self { secret: rec.secret().to_owned(), publishable: rec.publishable().to_owned(), h, router, id }
+        Self { secret: rec.secret().to_owned(), publishable: rec.publishable().to_owned(), h, router, id, tokens }
     }
 
     async fn send(&self, method: &str, path: &str, headers: &[(&str, String)], body: Option<Value>) -> Resp {
@@ -110,7 +125,7 @@ impl Env {
     }
 
     fn user(&self, sub: &str) -> Vec<(&'static str, String)> {
-        vec![("apikey", self.publishable.clone()), ("authorization", format!("Bearer x.{sub}.y"))]
+        vec![("apikey", self.publishable.clone()), ("authorization", format!("Bearer {}", self.tokens[sub]))]
     }
 
     async fn rest(&self, method: &str, q: &str, headers: &[(&str, String)], body: Option<Value>) -> Resp {
@@ -569,17 +584,15 @@ async fn auth_schema_hook_and_with_conn() {
     let id = format!("auth-{}", h.platform.random_id(8));
     let rec = h.create_env(&id).await;
     let state = server::AppState::new(h.platform.clone());
-    state.appdb.register_schema(appdb::SchemaHook {
-        name: "test-auth-v1".into(),
-        sqlite: r#"CREATE TABLE "auth.users" (id TEXT PRIMARY KEY, email TEXT UNIQUE NOT NULL);"#.into(),
-        postgres: "CREATE TABLE auth.users (id uuid PRIMARY KEY, email text UNIQUE NOT NULL);".into(),
-    });
+    // The auth crate's tables come with every env database (AppState::new registers their DDL).
     let env = protocol::EnvId::parse(&id).unwrap();
     let dialect = state.appdb.dialect();
     let users = appdb::table_ref(dialect, "auth", "users");
     let insert = match dialect {
         store::Dialect::Postgres => format!("INSERT INTO {users} (id, email) VALUES ($1::text::uuid, $2)"),
-        store::Dialect::Sqlite => format!("INSERT INTO {users} (id, email) VALUES ($1, $2)"),
+        store::Dialect::Sqlite => {
+            format!("INSERT INTO {users} (id, email, created_at, updated_at) VALUES ($1, $2, 'now', 'now')")
+        }
     };
     let n = state
         .appdb
@@ -602,8 +615,14 @@ async fn auth_schema_hook_and_with_conn() {
         .await;
     assert!(failed.is_err());
     let router = server::router(state.clone());
-    let e =
-        Env { h, router, id: id.clone(), secret: rec.secret().to_owned(), publishable: rec.publishable().to_owned() };
+    let e = Env {
+        h,
+        router,
+        id: id.clone(),
+        secret: rec.secret().to_owned(),
+        publishable: rec.publishable().to_owned(),
+        tokens: std::collections::HashMap::new(),
+    };
     let r = e
         .sql("create table notes (id bigserial primary key, user_id uuid not null references auth.users(id) on delete cascade, body text)")
         .await;

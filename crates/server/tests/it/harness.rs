@@ -102,6 +102,11 @@ fn sweep_dead_test_backends() {
     }
 }
 
+/// Auth for tests: still argon2id, at a cost that keeps hundreds of sign-ups fast.
+fn test_auth_config(smtp: Option<auth::SmtpConfig>) -> auth::AuthConfig {
+    auth::AuthConfig { smtp, hash_cost: auth::HashCost { memory_kib: 256, iterations: 1 } }
+}
+
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
 
 impl Harness {
@@ -143,7 +148,9 @@ impl Harness {
                 sandbox::SandboxDefaults { timeout: std::time::Duration::from_secs(120), ..Default::default() };
             sandbox::Sandboxes::new(platform.clone(), backend, defaults)
         });
-        let state = server::AppState::new(platform.clone()).with_sandboxes(sandboxes.clone());
+        let state = server::AppState::new(platform.clone())
+            .with_auth_config(test_auth_config(None))
+            .with_sandboxes(sandboxes.clone());
         let router = server::router(state);
         Self { platform, router, admin: ADMIN_KEY.to_owned(), clock, dir, sandboxes, gateway: None }
     }
@@ -152,10 +159,19 @@ impl Harness {
     pub fn use_models(&mut self, models_json: &str) -> gateway::Gateway {
         let config = gateway::Config::from_json(models_json, self.dir.path()).unwrap();
         let gw = gateway::Gateway::new(self.platform.clone(), config).unwrap();
-        let state = server::AppState::new(self.platform.clone()).with_gateway(gw.clone());
+        let state = server::AppState::new(self.platform.clone())
+            .with_auth_config(test_auth_config(None))
+            .with_gateway(gw.clone());
         self.router = server::router(state.with_sandboxes(self.sandboxes.clone()));
         self.gateway = Some(gw.clone());
         gw
+    }
+
+    /// The same platform served with another auth configuration (e.g. an SMTP relay).
+    pub fn with_smtp(mut self, smtp: auth::SmtpConfig) -> Self {
+        let state = server::AppState::new(self.platform.clone()).with_auth_config(test_auth_config(Some(smtp)));
+        self.router = server::router(state.with_sandboxes(self.sandboxes.clone()));
+        self
     }
 
     /// Sends a request; `key` goes in `Authorization: Bearer`.

@@ -77,6 +77,8 @@ struct World {
     a_key_to_revoke: String,
     webhook: String,
     principal: String,
+    /// An end user of env A (email `user@example.com`, password `password-123`).
+    auth_user: String,
 }
 
 async fn world() -> World {
@@ -91,6 +93,15 @@ async fn world() -> World {
     let minted = h.call("POST", "/v1/envs/tenant-a/tokens", Some(a.secret()), Some(mint(600))).await;
     assert_eq!(minted.status, StatusCode::CREATED, "{}", minted.text);
     let target = h.call("POST", "/v1/envs/tenant-a/tokens", Some(a.secret()), Some(mint(600))).await;
+    let user = h
+        .call(
+            "POST",
+            "/env/tenant-a/auth/v1/admin/users",
+            Some(a.secret()),
+            Some(json!({"email": "user@example.com", "password": "password-123", "email_confirm": true})),
+        )
+        .await;
+    assert_eq!(user.status, StatusCode::OK, "{}", user.text);
     let owner_policy = h.call("POST", "/v1/policies/owner", Some(&admin), Some(json!({"env": "tenant-a"}))).await;
     assert_eq!(owner_policy.status, StatusCode::OK, "{}", owner_policy.text);
     let owner = h
@@ -142,6 +153,7 @@ async fn world() -> World {
         a_key_to_revoke: target.json["id"].as_str().unwrap().to_owned(),
         webhook: webhook.json["id"].as_str().unwrap().to_owned(),
         principal: target_principal.json["id"].as_str().unwrap().to_owned(),
+        auth_user: user.json["id"].as_str().unwrap().to_owned(),
     }
 }
 
@@ -289,7 +301,75 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
             "/v1/envs/tenant-a/sql".into(),
             Some(json!({"query": "create table if not exists todos (id bigint primary key, title text)"})),
         ),
-        ("ANY", "/env/{env}/auth/v1/{*rest}") => f("data_any", 501, "/env/tenant-a/auth/v1/user".into(), None),
+        // GoTrue. Routes that need an end user's access token get the env key as bearer here, which the
+        // handler refuses (403 bad_jwt) after the gate let it through.
+        ("ANY", "/env/{env}/auth/v1/{*rest}") => f("data_any", 404, "/env/tenant-a/auth/v1/nope".into(), None),
+        ("GET", "/env/{env}/auth/v1/health") => f("data_any", 200, "/env/tenant-a/auth/v1/health".into(), None),
+        ("GET", "/env/{env}/auth/v1/settings") => f("data_any", 200, "/env/tenant-a/auth/v1/settings".into(), None),
+        ("GET", "/env/{env}/auth/v1/.well-known/jwks.json") => {
+            f("public", 200, "/env/tenant-a/auth/v1/.well-known/jwks.json".into(), None)
+        }
+        ("POST", "/env/{env}/auth/v1/signup") => f(
+            "data_any",
+            200,
+            "/env/tenant-a/auth/v1/signup".into(),
+            Some(json!({"email": "new@example.com", "password": "password-123"})),
+        ),
+        ("POST", "/env/{env}/auth/v1/token") => f(
+            "data_any",
+            200,
+            "/env/tenant-a/auth/v1/token?grant_type=password".into(),
+            Some(json!({"email": "user@example.com", "password": "password-123"})),
+        ),
+        ("GET", "/env/{env}/auth/v1/user") => f("data_any", 403, "/env/tenant-a/auth/v1/user".into(), None),
+        ("PUT", "/env/{env}/auth/v1/user") => {
+            f("data_any", 403, "/env/tenant-a/auth/v1/user".into(), Some(json!({"data": {"a": 1}})))
+        }
+        ("POST", "/env/{env}/auth/v1/logout") => f("data_any", 403, "/env/tenant-a/auth/v1/logout".into(), None),
+        ("POST", "/env/{env}/auth/v1/recover") => {
+            f("data_any", 200, "/env/tenant-a/auth/v1/recover".into(), Some(json!({"email": "user@example.com"})))
+        }
+        ("POST", "/env/{env}/auth/v1/otp") => {
+            f("data_any", 200, "/env/tenant-a/auth/v1/otp".into(), Some(json!({"email": "user@example.com"})))
+        }
+        ("POST", "/env/{env}/auth/v1/resend") => f(
+            "data_any",
+            200,
+            "/env/tenant-a/auth/v1/resend".into(),
+            Some(json!({"type": "signup", "email": "user@example.com"})),
+        ),
+        ("POST", "/env/{env}/auth/v1/verify") => {
+            f("data_any", 400, "/env/tenant-a/auth/v1/verify".into(), Some(json!({"token_hash": "00"})))
+        }
+        ("GET", "/env/{env}/auth/v1/verify") => {
+            f("public", 303, "/env/tenant-a/auth/v1/verify?token=00&type=signup".into(), None)
+        }
+        ("GET", "/env/{env}/auth/v1/admin/users") => {
+            f("data_secret", 200, "/env/tenant-a/auth/v1/admin/users".into(), None)
+        }
+        ("POST", "/env/{env}/auth/v1/admin/users") => f(
+            "data_secret",
+            200,
+            "/env/tenant-a/auth/v1/admin/users".into(),
+            Some(json!({"email": "other@example.com", "password": "password-123"})),
+        ),
+        ("GET", "/env/{env}/auth/v1/admin/users/{user}") => {
+            f("data_secret", 200, format!("/env/tenant-a/auth/v1/admin/users/{}", w.auth_user), None)
+        }
+        ("PUT", "/env/{env}/auth/v1/admin/users/{user}") => f(
+            "data_secret",
+            200,
+            format!("/env/tenant-a/auth/v1/admin/users/{}", w.auth_user),
+            Some(json!({"user_metadata": {"plan": "pro"}})),
+        ),
+        ("DELETE", "/env/{env}/auth/v1/admin/users/{user}") => {
+            f("data_secret", 200, format!("/env/tenant-a/auth/v1/admin/users/{}", w.auth_user), None)
+        }
+        ("GET", "/v1/envs/{env}/auth/settings") => f("env_tenant", 200, "/v1/envs/tenant-a/auth/settings".into(), None),
+        ("PUT", "/v1/envs/{env}/auth/settings") => {
+            f("env_tenant", 200, "/v1/envs/tenant-a/auth/settings".into(), Some(json!({"anonymous_sign_ins": true})))
+        }
+        ("GET", "/v1/envs/{env}/auth/outbox") => f("env_tenant", 200, "/v1/envs/tenant-a/auth/outbox".into(), None),
         ("ANY", "/env/{env}/storage/v1/{*rest}") => f("data_any", 501, "/env/tenant-a/storage/v1/bucket".into(), None),
         ("ANY", "/env/{env}/functions/v1/{*rest}") => {
             f("data_any", 501, "/env/tenant-a/functions/v1/hello".into(), None)
