@@ -721,6 +721,16 @@ impl PgCluster {
         Ok(EnvDb::Postgres(PgEnv { config, idle: Mutex::new(Vec::new()) }))
     }
 
+    /// Whether the env's database exists on the cluster.
+    pub(crate) fn exists(&self, base: &str) -> Result<bool, AppDbError> {
+        let db = self.database_name(base);
+        if self.inner.ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&db) {
+            return Ok(true);
+        }
+        let mut client = self.admin_client(None)?;
+        Self::database_exists(&mut client, &db)
+    }
+
     /// Drops the env's database (ending its connections) and its owner role.
     pub(crate) fn drop_database(&self, base: &str) -> Result<(), AppDbError> {
         let db = self.database_name(base);
