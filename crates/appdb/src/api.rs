@@ -134,6 +134,10 @@ impl AppDbs {
         };
         let (r_off, r_lim) =
             if matches!(req.method, Method::Get | Method::Head) { range(req.range.as_deref())? } else { (None, None) };
+        // An env that never ran a migration has no tables (and gets no database for asking).
+        if !self.exists(env).await? {
+            return Err(crate::sqlgen::table_not_found(&table));
+        }
         let method = req.method;
         let out = self
             .run(env, move |db| {
@@ -759,6 +763,10 @@ impl AppDbs {
             );
         }
         let one = singular(accept.as_deref());
+        if !self.exists(env).await? {
+            let keys: Vec<String> = args.keys().cloned().collect();
+            return Err(rpc_not_found(&name, &keys));
+        }
         let (status, body) = self
             .run(env, move |db| {
                 db.tx(&Role::Request(auth.clone()), |tx: &mut Tx<'_>| {

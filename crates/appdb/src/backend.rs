@@ -551,6 +551,12 @@ fn is_code(e: &postgres::Error, code: &postgres::error::SqlState) -> bool {
     e.code() == Some(code)
 }
 
+/// A database of that name exists already (possibly created concurrently a moment ago).
+fn is_duplicate(e: &postgres::Error) -> bool {
+    is_code(e, &postgres::error::SqlState::DUPLICATE_DATABASE)
+        || is_code(e, &postgres::error::SqlState::UNIQUE_VIOLATION)
+}
+
 impl PgCluster {
     pub(crate) fn connect_blocking(platform: &Platform, admin: postgres::Config) -> Result<Self, AppDbError> {
         let platform = platform.clone();
@@ -643,7 +649,8 @@ impl PgCluster {
             quote_ident(&name)
         )) {
             Ok(()) => Ok(name),
-            Err(e) if is_code(&e, &postgres::error::SqlState::DUPLICATE_DATABASE) => {
+            // Concurrent publishers race on the catalog's unique index, reported either way.
+            Err(e) if is_duplicate(&e) => {
                 client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&building)))?;
                 Ok(name)
             }
@@ -674,7 +681,7 @@ impl PgCluster {
                 loop {
                     match client.batch_execute(&create) {
                         Ok(()) => break,
-                        Err(e) if is_code(&e, &postgres::error::SqlState::DUPLICATE_DATABASE) => break,
+                        Err(e) if is_duplicate(&e) => break,
                         // The template is briefly in use by a concurrent copy.
                         Err(e) if is_code(&e, &postgres::error::SqlState::OBJECT_IN_USE) && attempt < 100 => {
                             attempt += 1;
@@ -719,6 +726,16 @@ impl PgCluster {
         let mut config = self.inner.admin.clone();
         config.dbname(&db).user(&owner).password(password).options("");
         Ok(EnvDb::Postgres(PgEnv { config, idle: Mutex::new(Vec::new()) }))
+    }
+
+    /// Whether the env's database exists on the cluster.
+    pub(crate) fn exists(&self, base: &str) -> Result<bool, AppDbError> {
+        let db = self.database_name(base);
+        if self.inner.ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&db) {
+            return Ok(true);
+        }
+        let mut client = self.admin_client(None)?;
+        Self::database_exists(&mut client, &db)
     }
 
     /// Drops the env's database (ending its connections) and its owner role.

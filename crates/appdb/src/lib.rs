@@ -242,6 +242,22 @@ impl AppDbs {
         self.inner.hooks.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
+    /// Whether the env's database exists (without creating it): a request that only reads or changes
+    /// tables need not create a database that cannot have any.
+    pub async fn exists(&self, env: &EnvId) -> Result<bool, AppDbError> {
+        if self.inner.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).map.contains_key(env) {
+            return Ok(true);
+        }
+        let layout = self.inner.platform.layout(env);
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || match this.cluster()? {
+            None => Ok(layout.sqlite_file.exists()),
+            Some(c) => c.exists(&layout.database_name),
+        })
+        .await
+        .map_err(|e| AppDbError::Task(e.to_string()))?
+    }
+
     /// The env's database, opened (and created) on first use.
     pub(crate) fn open_blocking(&self, env: &EnvId) -> Result<Arc<EnvDb>, AppDbError> {
         {

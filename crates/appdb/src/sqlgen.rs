@@ -142,6 +142,11 @@ fn kind_of(pg: &str) -> Kind {
     }
 }
 
+/// PostgREST's answer for a table that does not exist.
+pub fn table_not_found(table: &str) -> RestError {
+    not_found(table)
+}
+
 fn not_found(table: &str) -> RestError {
     RestError::new(404, "42P01", format!("relation \"public.{table}\" does not exist"))
 }

@@ -37,7 +37,32 @@ pub async fn sql(
         return Err(ApiError::bad_request("sql_too_long", format!("query is longer than {MAX_SQL_CHARS} characters")));
     }
     match state.appdb.migrate(&env, req.query).await {
-        Ok(applied) => Ok(Json(SqlResult { version: applied.version, statements: applied.statements as u64 })),
+        Ok(applied) => {
+            // The migration committed in the env's database; its audit row goes to the platform's.
+            let (actor, at, env_id) = (caller.actor.clone(), state.platform.clock().now_ms(), env.to_string());
+            let target = format!("migration {}", applied.version);
+            let audited = state
+                .platform
+                .db()
+                .tx(move |conn| {
+                    platform::audit::write(
+                        conn,
+                        at,
+                        &platform::audit::Record {
+                            actor: &actor,
+                            action: "db:Migrate",
+                            env: Some(&env_id),
+                            target: Some(&target),
+                            result: "ok",
+                        },
+                    )
+                })
+                .await;
+            if let Err(e) = audited {
+                tracing::error!(error = %e, "could not write the audit row of a migration");
+            }
+            Ok(Json(SqlResult { version: applied.version, statements: applied.statements as u64 }))
+        }
         Err(MigrateError::AppDb(e)) => {
             tracing::error!(error = %e, "env database unavailable");
             Err(ApiError::new(

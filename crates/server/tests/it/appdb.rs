@@ -497,6 +497,24 @@ async fn rows_and_bytes_are_metered_and_quotas_hold() {
     // 3 rows returned by the seeding insert's representation are writes, not reads.
     assert_eq!(total("db_rows_read"), 3, "{}", usage.text);
     assert!(total("db_bytes") > 0, "{}", usage.text);
+    // The migration is in the env's audit log.
+    let audit = e.h.call("GET", &format!("/v1/envs/{}/audit", e.id), Some(&e.h.admin), None).await;
+    assert!(
+        audit.json["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["action"] == "db:Migrate" && i["target"] == "migration 1"),
+        "{}",
+        audit.text
+    );
+    // A read of an env that never migrated creates no database.
+    let fresh = format!("fresh-{}", e.h.platform.random_id(6));
+    let rec = e.h.create_env(&fresh).await;
+    let r =
+        e.send("GET", &format!("/env/{fresh}/rest/v1/todos"), &[("apikey", rec.publishable().to_owned())], None).await;
+    assert_eq!((r.status, r.json["code"].as_str()), (StatusCode::NOT_FOUND, Some("42P01")), "{}", r.text);
+    assert!(!e.h.platform.layout(&protocol::EnvId::parse(&fresh).unwrap()).sqlite_file.exists());
     // Hard quotas: rows written per day, and the database's size.
     let limits = json!({"quotas": [{"meter": "db_rows_written", "period": "day", "hard_limit": 5}]});
     assert_eq!(

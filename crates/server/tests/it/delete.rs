@@ -130,10 +130,15 @@ async fn delete_leaves_only_ledger_and_audit_rows() {
     for _ in 0..3 {
         h.call("GET", &format!("/env/{id}/rest/v1/t"), Some(a.publishable()), None).await;
     }
+    // Its app database, with a table and a row.
+    let migration = json!({"query": "create table t (id bigint primary key, v text); insert into t values (1, 'x');"});
+    let r = h.call("POST", &format!("/v1/envs/{id}/sql"), Some(&s), Some(migration)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = h.call("GET", &format!("/env/{id}/rest/v1/t"), Some(a.publishable()), None).await;
+    assert_eq!(r.json, json!([{"id": 1, "v": "x"}]), "{}", r.text);
     h.platform.flush_meters().await.unwrap();
     // What later capabilities keep per env lives under the names its layout derives.
     std::fs::create_dir_all(layout.data_dir.join("workspace")).unwrap();
-    std::fs::write(&layout.sqlite_file, b"app database").unwrap();
     std::fs::write(layout.data_dir.join("workspace/index.html"), b"<h1>hi</h1>").unwrap();
     for k in ["deployments/d1/index.html", "storage/avatars/me.png", "snapshots/s1.tar"] {
         h.platform.blobs().put(&format!("{}{k}", layout.object_prefix), bytes::Bytes::from_static(b"x")).await.unwrap();
@@ -154,7 +159,7 @@ async fn delete_leaves_only_ledger_and_audit_rows() {
     let retained: BTreeSet<&str> = rows_after.difference(&rows_before).map(|(t, _)| t.as_str()).collect();
     assert_eq!(retained, RETAINED.into_iter().collect(), "ledger and audit rows are kept for billing");
     assert!(processes_naming(id).is_empty());
-    // The app database went with it (the data-API calls above created it).
+    // The app database went with it.
     if h.platform.db().dialect() == store::Dialect::Postgres {
         let like = format!("%{}", layout.database_name);
         let left = h

@@ -85,9 +85,6 @@ async fn world() -> World {
     let h = Harness::new().await;
     let a = h.create_env("tenant-a").await;
     let b = h.create_env("tenant-b").await;
-    let todos = json!({"query": "create table todos (id bigint primary key, title text)"});
-    let created = h.call("POST", "/v1/envs/tenant-a/sql", Some(a.secret()), Some(todos)).await;
-    assert_eq!(created.status, StatusCode::OK, "{}", created.text);
     let admin = h.admin.clone();
     let mint = |ttl: u64| json!({"ttl_seconds": ttl, "session": "s1"});
     let minted = h.call("POST", "/v1/envs/tenant-a/tokens", Some(a.secret()), Some(mint(600))).await;
@@ -294,7 +291,8 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
             f("env_tenant", ok, path, body)
         }
         // Data-plane surfaces are guarded now and answer 501 until their protocol lands.
-        ("ANY", "/env/{env}/rest/v1/{*rest}") => f("data_any", 200, "/env/tenant-a/rest/v1/todos".into(), None),
+        // A's database has no tables: the data API answers PostgREST's 404 once the gate lets it through.
+        ("ANY", "/env/{env}/rest/v1/{*rest}") => f("data_any", 404, "/env/tenant-a/rest/v1/todos".into(), None),
         ("POST", "/v1/envs/{env}/sql") => f(
             "env_tenant",
             200,
