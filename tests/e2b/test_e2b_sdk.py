@@ -96,6 +96,19 @@ def test_directory_watch_reports_changes(sbx):
     assert any(e.name == "new.txt" for e in events), events
 
 
+def test_pty_runs_an_interactive_shell(sbx):
+    from e2b.sandbox.commands.command_handle import PtySize
+
+    output = []
+    handle = sbx.pty.create(PtySize(rows=24, cols=80))
+    sbx.pty.resize(handle.pid, PtySize(rows=30, cols=100))
+    sbx.pty.send_stdin(handle.pid, b"stty size; echo pty-$((40+2)); exit\n")
+    handle.wait(on_pty=lambda data: output.append(bytes(data)))
+    text = b"".join(output).decode(errors="replace")
+    assert "pty-42" in text, text
+    assert "30 100" in text, text
+
+
 def test_kill_ends_the_sandbox():
     sandbox = Sandbox.create(timeout=60)
     assert sandbox.is_running()

@@ -281,3 +281,45 @@ impl Cgroup {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The v2 layout's file protocol, on a directory shaped like a cgroup2 mount (this host runs v1,
+    /// where the real enforcement is tested by the attack suite).
+    #[test]
+    fn v2_groups_get_their_limits_and_freeze_through_the_unified_files() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
+        let h = Hierarchy::detect(root.path()).unwrap();
+        assert_eq!(h.version(), 2);
+        let limits = Limits { memory_bytes: 64 << 20, pids: 32, cpu_percent: 50 };
+        let cg = Cgroup::create(&h, Path::new("vibebase/run/env-a/sb-1"), limits).unwrap();
+        let dir = root.path().join("vibebase/run/env-a/sb-1");
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        assert_eq!(read("memory.max"), (64u64 << 20).to_string());
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("pids.max"), "32");
+        assert_eq!(read("cpu.max"), "50000 100000");
+        // Every ancestor delegates the controllers to its children.
+        let parent = std::fs::read_to_string(root.path().join("vibebase/run/env-a/cgroup.subtree_control")).unwrap();
+        assert_eq!(parent, "+memory +pids +cpu");
+        cg.freeze().unwrap();
+        assert_eq!(read("cgroup.freeze"), "1");
+        cg.thaw().unwrap();
+        assert_eq!(read("cgroup.freeze"), "0");
+        std::fs::write(dir.join("cpu.stat"), "usage_usec 1234\nuser_usec 1000\n").unwrap();
+        assert_eq!(cg.cpu_usage_us(), 1234);
+        std::fs::write(dir.join("pids.events"), "max 7\n").unwrap();
+        assert_eq!(cg.pids_refused(), 7);
+    }
+
+    #[test]
+    fn a_host_without_the_controllers_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "hugetlb\n").unwrap();
+        assert!(matches!(Hierarchy::detect(root.path()), Err(CgroupError::Unavailable)));
+    }
+}
