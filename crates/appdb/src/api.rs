@@ -422,6 +422,15 @@ fn insert(
     let rows = body_rows(body)?;
     let mut b = Builder::new(tx.dialect(), auth);
     let meta = b.meta(tx, table)?;
+    // PostgreSQL checks INSERT policies before any constraint: with no policy that could pass, the
+    // answer is 42501 whatever the row (not, say, a NOT NULL error for a default that needs a user).
+    if tx.dialect() == Dialect::Sqlite && policy_sql(&meta, auth, Cmd::Insert, false).as_deref() == Some("0") {
+        let mut e = rls_violation(&meta.name);
+        if auth.role == crate::RequestRole::Anon {
+            e.status = 401;
+        }
+        return Err(e);
+    }
     let all_cols = body_columns(&meta, query, &rows)?;
     let conflict = if prefs.merge || prefs.ignore { Some(conflict_target(&meta, query)?) } else { None };
     // With `columns` (as supabase-js sends for bulk inserts), a key a row leaves out is NULL, as in
