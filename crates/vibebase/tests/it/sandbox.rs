@@ -337,6 +337,17 @@ fn attack_a_process_outliving_the_lifetime_is_killed() {
     assert!(!running(), "the process outlived its sandbox");
     let (status, _) = lab.call("GET", &format!("/v1/envs/lab/sandboxes/{sb}"), None);
     assert_eq!(status, 404);
+    // An idle timeout ends a sandbox nobody uses, well before its lifetime; use keeps it alive.
+    let idle = lab.sandbox(json!({"idle_timeout_seconds": 2, "timeout_seconds": 600}));
+    let busy = lab.sandbox(json!({"idle_timeout_seconds": 2, "timeout_seconds": 600}));
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        lab.exec_ok(&busy, "true");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (status, _) = lab.call("GET", &format!("/v1/envs/lab/sandboxes/{idle}"), None);
+    assert_eq!(status, 404, "the idle sandbox outlived its idle timeout");
+    assert_eq!(lab.exec_ok(&busy, "echo busy"), "busy\n");
     lab.assert_unaffected();
     lab.server.stop();
 }
