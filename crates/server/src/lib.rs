@@ -104,7 +104,12 @@ impl AppState {
     pub fn with_sandboxes(mut self, sandboxes: Result<sandbox::Sandboxes, String>) -> Self {
         self.sandboxes = sandboxes;
         if let Ok(s) = &self.sandboxes {
-            s.set_egress(egress::handler(self.clone()));
+            // The proxy serves data-plane surfaces only, none of which needs the registry; leaving it
+            // out of the proxy's state also keeps registry → proxy → state → registry from being a
+            // cycle that would never free the platform (and its database connections).
+            let mut proxied = self.clone();
+            proxied.sandboxes = Err("sandboxes are not reachable through the egress proxy".to_owned());
+            s.set_egress(egress::handler(proxied));
         }
         self
     }
