@@ -211,22 +211,30 @@ impl Cgroup {
             .unwrap_or(0)
     }
 
-    /// Kills everything in the group: freeze (so nothing forks meanwhile), SIGKILL each process,
-    /// thaw (so the kills are delivered), until the group is empty; then removes it, retrying until
-    /// the kernel lets go.
+    /// One round of a kill: freeze (so nothing forks meanwhile), SIGKILL each process, thaw (so the
+    /// kills are delivered). False when the group was already empty.
+    pub fn kill_round(&self) -> bool {
+        let pids = self.pids();
+        if pids.is_empty() {
+            return false;
+        }
+        let _ = self.freeze();
+        for pid in pids {
+            if let Some(p) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+        }
+        let _ = self.thaw();
+        true
+    }
+
+    /// Kills everything in the group, round after round until it is empty; then removes it, retrying
+    /// until the kernel lets go.
     pub async fn kill_and_remove(&self) -> Result<(), CgroupError> {
         for _ in 0..100 {
-            let pids = self.pids();
-            if pids.is_empty() {
+            if !self.kill_round() {
                 break;
             }
-            let _ = self.freeze();
-            for pid in pids {
-                if let Some(p) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
-                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-                }
-            }
-            let _ = self.thaw();
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if !self.pids().is_empty() {

@@ -144,17 +144,9 @@ impl LocalBackend {
             for sb in env_group.children() {
                 let group = Cgroup::existing(&self.hierarchy, &self.cgroup_base().join(&env).join(sb));
                 for _ in 0..50 {
-                    let pids = group.pids();
-                    if pids.is_empty() {
+                    if !group.kill_round() {
                         break;
                     }
-                    let _ = group.freeze();
-                    for pid in pids {
-                        if let Some(p) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
-                            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-                        }
-                    }
-                    let _ = group.thaw();
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 group.remove_if_empty();

@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use protocol::EnvId;
 use protocol::sandbox::{CreateSandboxRequest, SandboxRecord, SandboxState};
 use sandbox::proto::{EntryInfo, ExecEvent, ExecSpec, PtySize};
 use sandbox::{AgentClient, SandboxError};
@@ -25,6 +24,8 @@ use tenancy::Principal;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::gate::Caller;
+use crate::handlers::env_of;
+use crate::sandboxes::{audit, sandboxes};
 
 /// The envd version we answer to: the SDK turns features on by version (octet-stream uploads since
 /// 0.5.7; every feature it gates below that is implemented here).
@@ -32,14 +33,6 @@ pub const ENVD_VERSION: &str = "0.5.7";
 /// The only template: the host's own userland.
 pub const TEMPLATE: &str = "base";
 const MAX_UPLOAD: usize = 100 * 1024 * 1024;
-
-fn env_of(caller: &Caller) -> Result<&EnvId, ApiError> {
-    caller.env.as_ref().ok_or_else(|| ApiError::not_found("env_not_found", "environment not found"))
-}
-
-fn sandboxes(state: &AppState) -> Result<&sandbox::Sandboxes, ApiError> {
-    state.sandboxes.as_ref().map_err(|why| ApiError::from(SandboxError::Unavailable(why.clone())))
-}
 
 fn json_response(status: StatusCode, body: Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
@@ -125,12 +118,6 @@ fn not_found_e2b(e: SandboxError) -> ApiError {
     match e {
         SandboxError::NotFound => ApiError::not_found("sandbox_not_found", "sandbox not found"),
         other => other.into(),
-    }
-}
-
-async fn audit(state: &AppState, caller: &Caller, action: &str, env: &EnvId, target: &str) {
-    if let Err(e) = state.platform.audit_ok(&caller.actor, action, env.as_str(), target).await {
-        tracing::error!(error = %e, "could not write an audit row");
     }
 }
 

@@ -19,7 +19,7 @@ use crate::extract::{Body, Query};
 use crate::gate::{Caller, denial};
 use tenancy::Denial;
 
-fn env_of(caller: &Caller) -> ApiResult<&EnvId> {
+pub(crate) fn env_of(caller: &Caller) -> ApiResult<&EnvId> {
     // The gate sets `env` on every env-scoped route; its absence would be a routing bug, answered safely.
     caller.env.as_ref().ok_or_else(|| ApiError::not_found("env_not_found", "environment not found"))
 }

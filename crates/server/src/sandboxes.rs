@@ -23,6 +23,7 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Query};
 use crate::gate::Caller;
+use crate::handlers::env_of;
 
 /// Largest file the files API moves in one request.
 pub const MAX_FILE_BYTES: usize = 100 * 1024 * 1024;
@@ -70,15 +71,12 @@ impl From<SandboxError> for ApiError {
     }
 }
 
-fn env_of(caller: &Caller) -> ApiResult<&EnvId> {
-    caller.env.as_ref().ok_or_else(|| ApiError::not_found("env_not_found", "environment not found"))
-}
-
-fn sandboxes(state: &AppState) -> ApiResult<&Sandboxes> {
+/// The sandbox registry, or 503 `sandboxes_unavailable` with the reason there is none.
+pub(crate) fn sandboxes(state: &AppState) -> ApiResult<&Sandboxes> {
     state.sandboxes.as_ref().map_err(|why| ApiError::from(SandboxError::Unavailable(why.clone())))
 }
 
-async fn audit(state: &AppState, caller: &Caller, action: &str, env: &EnvId, target: &str) {
+pub(crate) async fn audit(state: &AppState, caller: &Caller, action: &str, env: &EnvId, target: &str) {
     if let Err(e) = state.platform.audit_ok(&caller.actor, action, env.as_str(), target).await {
         tracing::error!(error = %e, "could not write an audit row");
     }
