@@ -118,7 +118,7 @@ impl rusqlite::ToSql for Param {
 /// An open env database.
 pub enum EnvDb {
     Sqlite { conn: Mutex<rusqlite::Connection>, auth: Arc<Mutex<RequestAuth>> },
-    Postgres(PgEnv),
+    Postgres(store::PgPool),
 }
 
 /// One transaction on an env database.
@@ -247,7 +247,7 @@ impl EnvDb {
                 Ok(out)
             }
             Self::Postgres(pg) => {
-                let mut client = pg.take()?;
+                let mut client = pg.take().map_err(AppDbError::from)?;
                 let result = (|| {
                     let mut t = client.transaction().map_err(AppDbError::from)?;
                     if let Role::Request(a) = role {
@@ -725,7 +725,8 @@ impl PgCluster {
         }
         let mut config = self.inner.admin.clone();
         config.dbname(&db).user(&owner).password(password).options("");
-        Ok(EnvDb::Postgres(PgEnv { config, idle: Mutex::new(Vec::new()) }))
+        // Env databases are many: each keeps few idle connections (logged in as the env's owner).
+        Ok(EnvDb::Postgres(store::PgPool::new(config, 2)))
     }
 
     /// Whether the env's database exists on the cluster.
@@ -747,39 +748,5 @@ impl PgCluster {
         client.batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(&owner)))?;
         self.inner.ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&db);
         Ok(())
-    }
-}
-
-/// Idle connections to one env database, logged in as its owner.
-pub struct PgEnv {
-    config: postgres::Config,
-    idle: Mutex<Vec<postgres::Client>>,
-}
-
-impl PgEnv {
-    fn take(&self) -> Result<postgres::Client, AppDbError> {
-        let idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
-        match idle {
-            Some(c) if !c.is_closed() => Ok(c),
-            _ => Ok(self.config.connect(postgres::NoTls)?),
-        }
-    }
-
-    fn give_back(&self, client: postgres::Client) {
-        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Env databases are many: each keeps few idle connections.
-        if idle.len() < 2 {
-            idle.push(client);
-        }
-    }
-}
-
-impl Drop for PgEnv {
-    fn drop(&mut self) {
-        // Closing a synchronous client blocks on its runtime; do it off any async thread.
-        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-        if !idle.is_empty() {
-            std::thread::spawn(move || drop(idle));
-        }
     }
 }

@@ -142,7 +142,7 @@ pub struct Db {
 enum Backend {
     /// One connection: SQLite serialises writers anyway, and WAL keeps each commit cheap.
     Sqlite(Mutex<rusqlite::Connection>),
-    Postgres(PgPool),
+    Postgres(Box<PgPool>),
 }
 
 impl Db {
@@ -161,13 +161,14 @@ impl Db {
             return Err(StoreError::BadUrl);
         }
         let config: postgres::Config = url.parse()?;
-        let pool = PgPool { config, idle: Mutex::new(Vec::new()) };
+        // More idle connections than blocking threads that could use them would only hold server slots.
+        let pool = PgPool::new(config, 16);
         // The synchronous client runs its own small runtime, so it is only ever created, used and
         // dropped on blocking threads. Connecting once now makes a bad URL fail at start.
         tokio::task::spawn_blocking(move || {
             let client = pool.take()?;
             pool.give_back(client);
-            Ok(Self { backend: Arc::new(Backend::Postgres(pool)) })
+            Ok(Self { backend: Arc::new(Backend::Postgres(Box::new(pool))) })
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
@@ -177,7 +178,7 @@ impl Db {
     pub fn postgres_config(&self) -> Option<&postgres::Config> {
         match &*self.backend {
             Backend::Sqlite(_) => None,
-            Backend::Postgres(pool) => Some(&pool.config),
+            Backend::Postgres(pool) => Some(pool.config()),
         }
     }
 
@@ -217,7 +218,7 @@ impl Db {
                 Ok(out)
             }
             Backend::Postgres(pool) => {
-                let mut client = pool.take()?;
+                let mut client = pool.take().map_err(StoreError::from)?;
                 let result = (|| {
                     let tx = client.transaction().map_err(StoreError::from)?;
                     let mut conn = PgConn(tx);
@@ -317,24 +318,35 @@ impl rusqlite::ToSql for Value {
     }
 }
 
-struct PgPool {
+/// Idle synchronous PostgreSQL clients of one configuration, handed out on blocking threads.
+pub struct PgPool {
     config: postgres::Config,
     idle: Mutex<Vec<postgres::Client>>,
+    max_idle: usize,
 }
 
 impl PgPool {
-    fn take(&self) -> Result<postgres::Client, StoreError> {
+    /// A pool that keeps at most `max_idle` clients open between uses.
+    pub fn new(config: postgres::Config, max_idle: usize) -> Self {
+        Self { config, idle: Mutex::new(Vec::new()), max_idle }
+    }
+
+    pub fn config(&self) -> &postgres::Config {
+        &self.config
+    }
+
+    /// An idle client, or a new connection. Call on a blocking thread.
+    pub fn take(&self) -> Result<postgres::Client, postgres::Error> {
         let idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
         match idle {
             Some(c) if !c.is_closed() => Ok(c),
-            _ => Ok(self.config.connect(postgres::NoTls)?),
+            _ => self.config.connect(postgres::NoTls),
         }
     }
 
-    fn give_back(&self, client: postgres::Client) {
+    pub fn give_back(&self, client: postgres::Client) {
         let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        // More idle connections than blocking threads that could use them would only hold server slots.
-        if idle.len() < 16 {
+        if idle.len() < self.max_idle {
             idle.push(client);
         }
     }

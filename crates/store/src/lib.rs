@@ -7,4 +7,4 @@ pub mod db;
 pub mod schema;
 
 pub use blob::{BlobError, Blobs};
-pub use db::{Conn, Db, Dialect, Row, StoreError, Value};
+pub use db::{Conn, Db, Dialect, PgPool, Row, StoreError, Value};
