@@ -13,12 +13,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
 
+mod common;
+
+use std::ffi::OsStr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vibebase");
 const ADMIN: &str = "bench-admin-key-0123456789abcdef";
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -133,24 +135,11 @@ async fn main() {
         "models": [{"name": "bench", "routes": [{"provider": "mock"}], "input_price": 1, "output_price": 2}],
     });
     std::fs::write(dir.path().join("models.json"), models.to_string()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--rate-limit", "1000000", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .arg("--models")
-        .arg(dir.path().join("models.json"))
-        .env("VIBEBASE_ADMIN_KEY", ADMIN)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let models_file = dir.path().join("models.json");
+    let extra = [OsStr::new("--rate-limit"), OsStr::new("1000000"), OsStr::new("--models"), models_file.as_os_str()];
+    let (mut child, base) = common::serve(&dir.path().join("data"), ADMIN, &extra).await;
     let pinned = pin(child.id(), "1") && pin(std::process::id(), "0");
-    let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let env: serde_json::Value = client
         .post(format!("{base}/v1/envs"))
         .bearer_auth(ADMIN)

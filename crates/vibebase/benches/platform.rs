@@ -7,10 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
 
-use std::process::{Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_vibebase");
 const ADMIN: &str = "bench-admin-key-0123456789abcdef";
 
 fn proc_field(pid: u32, field: &str) -> u64 {
@@ -35,22 +35,9 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 async fn main() {
     let envs: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(10_000);
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.path())
-        .env("VIBEBASE_ADMIN_KEY", ADMIN)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, base) = common::serve::<&str>(dir.path(), ADMIN, &[]).await;
     let pid = child.id();
-    let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let rss_start = proc_field(pid, "VmRSS:");
 
     let mut create = Vec::with_capacity(envs);

@@ -9,12 +9,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_vibebase");
 const ADMIN: &str = "bench-admin-key-0123456789abcdef";
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -98,20 +99,8 @@ fn vite_template(dir: &std::path::Path) -> Result<(), String> {
 async fn main() {
     let idle: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1000);
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.path())
-        .env("VIBEBASE_ADMIN_KEY", ADMIN)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let api = Api { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
-    while api.http.get(format!("{}/healthz", api.base)).send().await.is_err() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (mut child, base) = common::serve::<&str>(dir.path(), ADMIN, &[]).await;
+    let api = Api { base, http: reqwest::Client::new() };
     api.call(reqwest::Method::POST, "/v1/envs", Some(json!({"id": "bench"}))).await;
 
     // 1. Create to first exec ready.

@@ -1,0 +1,30 @@
+//! What the benchmarks share: the real `vibebase serve`, started on a free loopback port.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_vibebase");
+
+/// Starts `vibebase serve` on `data_dir` with the admin key `admin` and `extra` flags, and returns it
+/// with its base URL once `/healthz` answers.
+pub async fn serve<S: AsRef<OsStr>>(data_dir: &Path, admin: &str, extra: &[S]) -> (Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .env("VIBEBASE_ADMIN_KEY", admin)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (child, base)
+}
