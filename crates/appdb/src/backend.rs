@@ -667,6 +667,9 @@ impl PgCluster {
         let ready = self.inner.ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&db);
         if !ready {
             let mut client = self.admin_client(None)?;
+            // Another instance may be creating the same env database: one at a time (the lock is the
+            // session's, released when `client` goes at the end of this block).
+            client.execute("SELECT pg_advisory_lock(hashtext($1))", &[&db])?;
             client.batch_execute(&format!(
                 "DO $$ BEGIN CREATE ROLE {o} LOGIN NOINHERIT; \
                  EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
@@ -691,7 +694,6 @@ impl PgCluster {
                     }
                 }
             }
-            drop(client);
             let mut c = self.admin_client(Some(&db))?;
             let (d, o) = (quote_ident(&db), quote_ident(&owner));
             let mut tx = c.transaction()?;
@@ -721,6 +723,7 @@ impl PgCluster {
             }
             tx.commit()?;
             drop(c);
+            drop(client);
             self.inner.ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(db.clone());
         }
         let mut config = self.inner.admin.clone();

@@ -157,6 +157,10 @@ struct Inner {
     jwt_verifier: RwLock<Option<JwtVerifier>>,
     hooks: RwLock<Vec<SchemaHook>>,
     open: Mutex<Lru>,
+    /// One gate per env being opened: concurrent first requests of an env wait for one opener instead
+    /// of racing to create the same database (SQLite answers a second writer's schema transaction with
+    /// "database is locked"; PostgreSQL with "tuple concurrently updated" on the owner role).
+    opening: Mutex<HashMap<EnvId, Arc<Mutex<()>>>>,
     /// When each env's size was last sampled (ms).
     size_sampled: Mutex<HashMap<EnvId, i64>>,
 }
@@ -180,6 +184,7 @@ impl AppDbs {
                 jwt_verifier: RwLock::new(None),
                 hooks: RwLock::new(Vec::new()),
                 open: Mutex::new(Lru::default()),
+                opening: Mutex::new(HashMap::new()),
                 size_sampled: Mutex::new(HashMap::new()),
             }),
         }
@@ -260,15 +265,40 @@ impl AppDbs {
 
     /// The env's database, opened (and created) on first use.
     pub(crate) fn open_blocking(&self, env: &EnvId) -> Result<Arc<EnvDb>, AppDbError> {
-        {
-            let mut lru = self.inner.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            lru.tick += 1;
-            let tick = lru.tick;
-            if let Some(entry) = lru.map.get_mut(env) {
-                entry.0 = tick;
-                return Ok(entry.1.clone());
-            }
+        if let Some(db) = self.open_handle(env) {
+            return Ok(db);
         }
+        let gate = self
+            .inner
+            .opening
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(env.clone())
+            .or_default()
+            .clone();
+        let opened = {
+            let _held = gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match self.open_handle(env) {
+                Some(db) => Ok(db),
+                None => self.open_new(env),
+            }
+        };
+        self.inner.opening.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(env);
+        opened
+    }
+
+    /// The env's open handle, if any (marked as just used).
+    fn open_handle(&self, env: &EnvId) -> Option<Arc<EnvDb>> {
+        let mut lru = self.inner.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        lru.tick += 1;
+        let tick = lru.tick;
+        let entry = lru.map.get_mut(env)?;
+        entry.0 = tick;
+        Some(entry.1.clone())
+    }
+
+    /// Opens (creating if need be) the env's database and keeps its handle. Called with the env's gate held.
+    fn open_new(&self, env: &EnvId) -> Result<Arc<EnvDb>, AppDbError> {
         let layout = self.inner.platform.layout(env);
         let hooks = self.hooks();
         let db = Arc::new(match &self.cluster()? {
@@ -278,10 +308,6 @@ impl AppDbs {
         let mut lru = self.inner.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         lru.tick += 1;
         let tick = lru.tick;
-        if let Some(entry) = lru.map.get(env) {
-            // Another thread opened it meanwhile; keep one handle.
-            return Ok(entry.1.clone());
-        }
         if lru.map.len() >= MAX_OPEN
             && let Some(oldest) = lru.map.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| k.clone())
         {

@@ -54,9 +54,6 @@ pub enum AuthError {
     /// Sign-ups of this kind are off for the env.
     #[error("{0}")]
     SignupDisabled(&'static str),
-    /// `POST /otp` with `create_user: false` for an unknown address.
-    #[error("Signups not allowed for otp")]
-    OtpDisabled,
     /// A PKCE code that was never issued or was already exchanged.
     #[error("invalid flow state, no valid flow state found")]
     FlowStateNotFound,
@@ -87,6 +84,9 @@ pub enum AuthError {
     /// The env database or the platform store failed.
     #[error("database error: {0}")]
     Store(#[from] store::StoreError),
+    /// The env's database could not be opened or created.
+    #[error("env database: {0}")]
+    EnvDb(#[from] appdb::AppDbError),
     /// Key material could not be generated, parsed or used.
     #[error("signing key error: {0}")]
     Key(String),
@@ -107,7 +107,6 @@ impl AuthError {
             Self::UserAlreadyExists
             | Self::EmailExists
             | Self::WeakPassword { .. }
-            | Self::OtpDisabled
             | Self::SignupDisabled(_)
             | Self::AnonymousDisabled => 422,
             Self::NoAuthorization => 401,
@@ -116,7 +115,7 @@ impl AuthError {
             Self::FlowStateExpired => 422,
             Self::BadCodeVerifier => 403,
             Self::RateLimited { .. } | Self::EmailRateLimited { .. } => 429,
-            Self::Mail(..) | Self::Store(_) | Self::Key(_) => 500,
+            Self::Mail(..) | Self::Store(_) | Self::EnvDb(_) | Self::Key(_) => 500,
         }
     }
 
@@ -139,7 +138,6 @@ impl AuthError {
             Self::UserBanned => "user_banned",
             Self::OtpExpired => "otp_expired",
             Self::SignupDisabled(_) => "signup_disabled",
-            Self::OtpDisabled => "otp_disabled",
             Self::FlowStateNotFound => "flow_state_not_found",
             Self::FlowStateExpired => "flow_state_expired",
             Self::BadCodeVerifier => "bad_code_verifier",
@@ -147,7 +145,7 @@ impl AuthError {
             Self::RateLimited { .. } => "over_request_rate_limit",
             Self::EmailRateLimited { .. } => "over_email_send_rate_limit",
             Self::Validation(code, _) | Self::BadRequest(code, _) => code,
-            Self::Mail(..) | Self::Store(_) | Self::Key(_) => "unexpected_failure",
+            Self::Mail(..) | Self::Store(_) | Self::EnvDb(_) | Self::Key(_) => "unexpected_failure",
         }
     }
 

@@ -8,12 +8,12 @@ use protocol::EnvId;
 use protocol::auth::{AuthSettings, OutboxMail};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
-use store::{Conn, Db, Value};
+use store::{Conn, Value};
 
 use crate::error::{AuthError, Result};
 use crate::jwt::{Claims, SigningKey};
 use crate::users::{self, User, exec, query};
-use crate::{Auth, Client, EventKind, Limit, mail, password, timestamp};
+use crate::{Auth, Client, EnvStore, EventKind, Limit, mail, password, timestamp};
 
 /// A rotated-out refresh token still answers within this interval (a client's concurrent refreshes).
 pub const REUSE_INTERVAL: Duration = Duration::from_secs(10);
@@ -31,20 +31,6 @@ pub struct SignupRequest {
     pub code_challenge: Option<String>,
     pub code_challenge_method: Option<String>,
     /// Where the confirmation link sends the browser (from the `redirect_to` query parameter).
-    #[serde(skip)]
-    pub redirect_to: Option<String>,
-}
-
-/// `POST /otp`: a magic link and code to sign in without a password.
-#[derive(Debug, Default, Deserialize)]
-pub struct OtpRequest {
-    pub email: Option<String>,
-    /// Create the user if the address is unknown (default true).
-    pub create_user: Option<bool>,
-    pub data: Option<Json>,
-    /// PKCE (`flowType: 'pkce'`): the mail link then answers with `?code=` for `/token?grant_type=pkce`.
-    pub code_challenge: Option<String>,
-    pub code_challenge_method: Option<String>,
     #[serde(skip)]
     pub redirect_to: Option<String>,
 }
@@ -210,9 +196,7 @@ pub enum OtpKind {
     Signup,
     /// A password recovery.
     Recovery,
-    /// A magic link to an existing user.
-    MagicLink,
-    /// GoTrue's `email` type: a confirmation or a magic link.
+    /// GoTrue's `email` type: a confirmation or a recovery code.
     Email,
 }
 
@@ -223,7 +207,7 @@ impl OtpKind {
         const RECOVERY: (&str, &str) = ("recovery_token", "recovery_sent_at");
         match self {
             Self::Signup => &[CONFIRMATION],
-            Self::Recovery | Self::MagicLink => &[RECOVERY],
+            Self::Recovery => &[RECOVERY],
             Self::Email => &[CONFIRMATION, RECOVERY],
         }
     }
@@ -444,7 +428,7 @@ impl Auth {
     }
 
     /// Sends a mail through SMTP, or keeps it in the env's outbox when no relay is configured.
-    async fn deliver(&self, db: &Db, kind: &'static str, message: mail::Message) -> Result<()> {
+    async fn deliver(&self, db: &EnvStore, kind: &'static str, message: mail::Message) -> Result<()> {
         match &self.config().smtp {
             Some(smtp) => {
                 let domain = smtp.from.rsplit_once('@').map_or("localhost", |(_, d)| d);
@@ -511,7 +495,7 @@ impl Auth {
     }
 
     /// `POST /signup`: an email user (with a session, or a confirmation mail), or an anonymous user.
-    pub async fn signup(&self, env: &EnvId, db: &Db, req: SignupRequest, client: &Client) -> Result<SignupOutcome> {
+    pub async fn signup(&self, env: &EnvId, db: &EnvStore, req: SignupRequest, client: &Client) -> Result<SignupOutcome> {
         let settings = self.settings(env).await?;
         self.check_rate(env, client, Limit::Sensitive, &settings)?;
         let data = object_or_empty(req.data, "data")?;
@@ -636,7 +620,7 @@ impl Auth {
     }
 
     /// `POST /token?grant_type=password`.
-    pub async fn password_grant(&self, env: &EnvId, db: &Db, req: PasswordGrant, client: &Client) -> Result<Json> {
+    pub async fn password_grant(&self, env: &EnvId, db: &EnvStore, req: PasswordGrant, client: &Client) -> Result<Json> {
         let settings = self.settings(env).await?;
         self.check_rate(env, client, Limit::Sensitive, &settings)?;
         let (Some(email), Some(password)) = (req.email, req.password) else {
@@ -672,7 +656,7 @@ impl Auth {
     /// `POST /token?grant_type=refresh_token`: rotates the token. A rotated-out token used within
     /// [`REUSE_INTERVAL`] of its rotation answers with its active descendant; used later, it revokes the
     /// whole family (every token of the session) and fails with `refresh_token_already_used`.
-    pub async fn refresh_grant(&self, env: &EnvId, db: &Db, req: RefreshGrant, client: &Client) -> Result<Json> {
+    pub async fn refresh_grant(&self, env: &EnvId, db: &EnvStore, req: RefreshGrant, client: &Client) -> Result<Json> {
         let settings = self.settings(env).await?;
         self.check_rate(env, client, Limit::Refresh, &settings)?;
         let token =
@@ -763,7 +747,7 @@ impl Auth {
     }
 
     /// The user and session of an access token; the session must still exist.
-    async fn current(&self, env: &EnvId, db: &Db, bearer: Option<&str>) -> Result<(User, Claims)> {
+    async fn current(&self, env: &EnvId, db: &EnvStore, bearer: Option<&str>) -> Result<(User, Claims)> {
         let token = bearer.filter(|t| !t.is_empty()).ok_or(AuthError::NoAuthorization)?;
         let claims = self.verify_access_token(env, token).await?.claims;
         let (sub, sid) = (claims.sub.clone(), claims.session_id.clone());
@@ -782,12 +766,12 @@ impl Auth {
     }
 
     /// `GET /user`.
-    pub async fn get_user(&self, env: &EnvId, db: &Db, bearer: Option<&str>) -> Result<Json> {
+    pub async fn get_user(&self, env: &EnvId, db: &EnvStore, bearer: Option<&str>) -> Result<Json> {
         Ok(self.current(env, db, bearer).await?.0.to_json())
     }
 
     /// `PUT /user`: metadata (merged), password, email.
-    pub async fn update_user(&self, env: &EnvId, db: &Db, bearer: Option<&str>, req: UserUpdate) -> Result<Json> {
+    pub async fn update_user(&self, env: &EnvId, db: &EnvStore, bearer: Option<&str>, req: UserUpdate) -> Result<Json> {
         let (user, _) = self.current(env, db, bearer).await?;
         let settings = self.settings(env).await?;
         let data = match req.data {
@@ -880,7 +864,7 @@ impl Auth {
     }
 
     /// `POST /logout`: ends this session, every session of the user, or all others.
-    pub async fn logout(&self, env: &EnvId, db: &Db, bearer: Option<&str>, scope: LogoutScope) -> Result<()> {
+    pub async fn logout(&self, env: &EnvId, db: &EnvStore, bearer: Option<&str>, scope: LogoutScope) -> Result<()> {
         let token = bearer.filter(|t| !t.is_empty()).ok_or(AuthError::NoAuthorization)?;
         let claims = self.verify_access_token(env, token).await?.claims;
         let (sub, sid) = (claims.sub, claims.session_id);
@@ -910,7 +894,7 @@ impl Auth {
 
     /// `POST /recover`: mails a recovery link and code if the address belongs to a user. Answers the
     /// same either way, so it cannot be used to find accounts.
-    pub async fn recover(&self, env: &EnvId, db: &Db, req: RecoverRequest, client: &Client) -> Result<()> {
+    pub async fn recover(&self, env: &EnvId, db: &EnvStore, req: RecoverRequest, client: &Client) -> Result<()> {
         let settings = self.settings(env).await?;
         self.check_rate(env, client, Limit::Sensitive, &settings)?;
         let email = valid_email(req.email.as_deref())?;
@@ -951,7 +935,7 @@ impl Auth {
     pub async fn verify(
         &self,
         env: &EnvId,
-        db: &Db,
+        db: &EnvStore,
         req: &VerifyRequest,
         link: bool,
         client: &Client,
@@ -961,7 +945,6 @@ impl Auth {
         let kind = match req.kind.as_deref() {
             Some("signup" | "invite" | "email_change") => OtpKind::Signup,
             Some("email") => OtpKind::Email,
-            Some("magiclink") => OtpKind::MagicLink,
             Some("recovery") => OtpKind::Recovery,
             Some(other) => {
                 return Err(AuthError::validation(format!("Verify requires a verification type, not {other:?}")));
@@ -1028,7 +1011,7 @@ impl Auth {
 
     /// `POST /token?grant_type=pkce`: the code a PKCE mail link answered with, and the verifier whose
     /// challenge started the flow, for a session. A code works once.
-    pub async fn pkce_grant(&self, env: &EnvId, db: &Db, req: PkceGrant, client: &Client) -> Result<Json> {
+    pub async fn pkce_grant(&self, env: &EnvId, db: &EnvStore, req: PkceGrant, client: &Client) -> Result<Json> {
         let settings = self.settings(env).await?;
         self.check_rate(env, client, Limit::Sensitive, &settings)?;
         let (Some(code), Some(verifier)) = (req.auth_code.filter(|c| !c.is_empty()), req.code_verifier) else {
@@ -1070,77 +1053,9 @@ impl Auth {
         Ok(session)
     }
 
-    /// `POST /otp`: mails a magic link and code to an existing user, or creates the user (unless
-    /// `create_user` is false) and mails a confirmation. Answers `{}` either way.
-    pub async fn otp(&self, env: &EnvId, db: &Db, req: OtpRequest, client: &Client) -> Result<()> {
-        let settings = self.settings(env).await?;
-        self.check_rate(env, client, Limit::Sensitive, &settings)?;
-        let email = valid_email(req.email.as_deref())?;
-        let data = object_or_empty(req.data, "data")?;
-        let create = req.create_user.unwrap_or(true);
-        self.check_email_rate(env, &email, &settings)?;
-        let otp = random_otp();
-        let hash = token_hash(&self.current_key(env).await?, &email, &otp)?;
-        let (em, h, now) = (email.clone(), hash.clone(), timestamp(self.now_ms()));
-        let disable_signup = settings.disable_signup;
-        let challenge = pkce_challenge(req.code_challenge, req.code_challenge_method)?;
-        let kind = db
-            .tx(move |c: &mut dyn Conn| {
-                if let Some(user) = users::by_email(c, &em)? {
-                    exec(
-                        c,
-                        "UPDATE auth.users SET recovery_token = $2, recovery_sent_at = $3::text::timestamptz \
-                         WHERE id = $1::text::uuid",
-                        &[user.id.as_str().into(), h.as_str().into(), now.as_str().into()],
-                    )?;
-                    save_flow_state(c, &challenge, &user.id, "magiclink", &h, &now)?;
-                    return Ok("magiclink");
-                }
-                if !create {
-                    return Err(AuthError::OtpDisabled);
-                }
-                if disable_signup {
-                    return Err(AuthError::SignupDisabled("Signups not allowed for this instance"));
-                }
-                let id = users::new_uuid();
-                exec(
-                    c,
-                    "INSERT INTO auth.users (id, email, confirmation_token, confirmation_sent_at, raw_app_meta_data, \
-                     raw_user_meta_data, is_anonymous, created_at, updated_at) VALUES ($1::text::uuid, $2, $3, \
-                     $4::text::timestamptz, $5::text::jsonb, $6::text::jsonb, false, $4::text::timestamptz, \
-                     $4::text::timestamptz)",
-                    &[
-                        id.as_str().into(),
-                        em.as_str().into(),
-                        h.as_str().into(),
-                        now.as_str().into(),
-                        json!({"provider": "email", "providers": ["email"]}).to_string().into(),
-                        data.to_string().into(),
-                    ],
-                )?;
-                save_flow_state(c, &challenge, &id, "email/signup", &h, &now)?;
-                Ok("signup")
-            })
-            .await?;
-        let link = self.verify_link(env, &hash, kind, &settings, req.redirect_to.as_deref());
-        let (subject, what) = if kind == "magiclink" {
-            ("Your Magic Link", "Follow this link to sign in")
-        } else {
-            ("Confirm your signup", "Follow this link to confirm your email address")
-        };
-        let message = mail::Message {
-            to: email,
-            subject: subject.to_owned(),
-            body: format!("{what}:\n\n{link}\n\nOr enter this code: {otp}\n"),
-        };
-        self.deliver(db, if kind == "magiclink" { "magiclink" } else { "confirmation" }, message).await?;
-        self.meter(env, EventKind::Otp).await;
-        Ok(())
-    }
-
     /// `POST /resend` (`type: signup`): a fresh confirmation mail to an unconfirmed user. Answers `{}`
     /// whether or not the address belongs to one.
-    pub async fn resend(&self, env: &EnvId, db: &Db, req: ResendRequest, client: &Client) -> Result<()> {
+    pub async fn resend(&self, env: &EnvId, db: &EnvStore, req: ResendRequest, client: &Client) -> Result<()> {
         let settings = self.settings(env).await?;
         self.check_rate(env, client, Limit::Sensitive, &settings)?;
         match req.kind.as_deref() {
@@ -1183,7 +1098,7 @@ impl Auth {
     }
 
     /// `GET /admin/users?page=&per_page=`: a page of users, newest first, and the total.
-    pub async fn admin_list(&self, db: &Db, page: i64, per_page: i64) -> Result<(Vec<Json>, i64)> {
+    pub async fn admin_list(&self, db: &EnvStore, page: i64, per_page: i64) -> Result<(Vec<Json>, i64)> {
         let (page, per_page) = (page.max(1), per_page.clamp(1, 1000));
         let offset = (page - 1).saturating_mul(per_page);
         db.tx(move |c: &mut dyn Conn| {
@@ -1203,13 +1118,13 @@ impl Auth {
     }
 
     /// `GET /admin/users/{id}`.
-    pub async fn admin_get(&self, db: &Db, id: &str) -> Result<Json> {
+    pub async fn admin_get(&self, db: &EnvStore, id: &str) -> Result<Json> {
         let id = id.to_owned();
         Ok(db.tx(move |c: &mut dyn Conn| users::by_id(c, &id)?.ok_or(AuthError::UserNotFound)).await?.to_json())
     }
 
     /// `POST /admin/users`.
-    pub async fn admin_create(&self, env: &EnvId, db: &Db, req: AdminUser) -> Result<Json> {
+    pub async fn admin_create(&self, env: &EnvId, db: &EnvStore, req: AdminUser) -> Result<Json> {
         let settings = self.settings(env).await?;
         let email = valid_email(req.email.as_deref())?;
         let hash = match req.password {
@@ -1273,7 +1188,7 @@ impl Auth {
     }
 
     /// `PUT /admin/users/{id}`.
-    pub async fn admin_update(&self, env: &EnvId, db: &Db, id: &str, req: AdminUser) -> Result<Json> {
+    pub async fn admin_update(&self, env: &EnvId, db: &EnvStore, id: &str, req: AdminUser) -> Result<Json> {
         let settings = self.settings(env).await?;
         let email = req.email.as_deref().map(|e| valid_email(Some(e))).transpose()?;
         let hash = match req.password {
@@ -1342,7 +1257,7 @@ impl Auth {
     }
 
     /// `DELETE /admin/users/{id}`: the user, their sessions and refresh tokens.
-    pub async fn admin_delete(&self, env: &EnvId, db: &Db, id: &str) -> Result<()> {
+    pub async fn admin_delete(&self, env: &EnvId, db: &EnvStore, id: &str) -> Result<()> {
         let id = id.to_owned();
         db.tx(move |c: &mut dyn Conn| {
             if users::by_id(c, &id)?.is_none() {
@@ -1359,7 +1274,7 @@ impl Auth {
     }
 
     /// The env's outbox, newest first (at most `limit` mails).
-    pub async fn outbox(&self, db: &Db, limit: i64) -> Result<Vec<OutboxMail>> {
+    pub async fn outbox(&self, db: &EnvStore, limit: i64) -> Result<Vec<OutboxMail>> {
         db.tx(move |c: &mut dyn Conn| {
             query(
                 c,

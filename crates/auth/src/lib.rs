@@ -2,7 +2,8 @@
 //!
 //! Users, sessions, refresh tokens and the mail outbox live in the env's own database (tables of the
 //! `auth` schema, see [`sql`]), so app tables can reference `auth.users(id)`; the operations here take
-//! that database as a [`store::Db`]. Per-env settings and the env's ES256 signing keys live in the
+//! that database as an [`EnvStore`] (the env's SQLite file or PostgreSQL database, through
+//! [`appdb`]). Per-env settings and the env's ES256 signing keys live in the
 //! platform store. Access tokens are verified with [`Auth::verify_access_token`], which the data API
 //! uses for row-level security.
 
@@ -28,6 +29,45 @@ pub use jwt::{Claims, PublicKey, SigningKey, VerifiedClaims};
 pub use mail::SmtpConfig;
 pub use password::HashCost;
 pub use sql::schema_ddl;
+
+/// An env's own database as the auth flows use it: transactions as the env's owner role, through
+/// [`appdb::AppDbs`] (the env's SQLite file, or its PostgreSQL database), where the `auth` tables are
+/// created by the schema hook made of [`schema_ddl`].
+#[derive(Clone)]
+pub struct EnvStore {
+    dbs: appdb::AppDbs,
+    env: EnvId,
+}
+
+impl EnvStore {
+    pub fn new(dbs: appdb::AppDbs, env: EnvId) -> Self {
+        Self { dbs, env }
+    }
+
+    /// Which SQL dialect the env's database speaks.
+    pub fn dialect(&self) -> store::Dialect {
+        self.dbs.dialect()
+    }
+
+    /// Runs `f` in one transaction on the env's database (created on first use).
+    pub async fn tx<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Conn) -> Result<T> + Send + 'static,
+    {
+        self.dbs.with_conn(&self.env, appdb::Role::Owner, f).await
+    }
+}
+
+/// The DDL of the auth tables for every env database, in both dialects (register it with
+/// [`appdb::AppDbs::register_schema`] before serving).
+pub fn schema_hook() -> appdb::SchemaHook {
+    appdb::SchemaHook {
+        name: "auth".to_owned(),
+        sqlite: schema_ddl(store::Dialect::Sqlite).to_owned(),
+        postgres: schema_ddl(store::Dialect::Postgres).to_owned(),
+    }
+}
 
 /// How the auth service runs (process-wide; per-env settings are [`AuthSettings`]).
 #[derive(Debug, Clone)]
@@ -81,7 +121,6 @@ pub enum EventKind {
     Logout,
     UserUpdate,
     Recover,
-    Otp,
     Verify,
     AdminCreate,
     AdminUpdate,
@@ -98,7 +137,6 @@ impl EventKind {
             Self::Logout => "logout",
             Self::UserUpdate => "user_update",
             Self::Recover => "recover",
-            Self::Otp => "otp",
             Self::Verify => "verify",
             Self::AdminCreate => "admin_create",
             Self::AdminUpdate => "admin_update",
@@ -154,13 +192,6 @@ impl Auth {
             })
             .await?;
         Ok(db)
-    }
-
-    /// Creates the auth tables in an env database if they are missing.
-    pub async fn prepare_env_db(db: &Db) -> Result<()> {
-        let ddl = schema_ddl(db.dialect());
-        db.tx(move |c: &mut dyn Conn| c.batch(ddl)).await?;
-        Ok(())
     }
 
     /// The env's auth settings (defaults until set).

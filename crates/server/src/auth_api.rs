@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 
 use auth::flows::{
-    AdminUser, LogoutScope, OtpRequest, PasswordGrant, PkceGrant, RecoverRequest, RefreshGrant, ResendRequest,
+    AdminUser, LogoutScope, PasswordGrant, PkceGrant, RecoverRequest, RefreshGrant, ResendRequest,
     SignupOutcome, SignupRequest, UserUpdate, Verified, VerifyRequest,
 };
 use auth::{AuthError, Client};
@@ -22,7 +22,6 @@ use protocol::api::EnvStatus;
 use protocol::auth::{AuthSettings, AuthSettingsPatch, OutboxMail};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use store::Db;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -60,47 +59,9 @@ fn env_of(caller: &Caller) -> Result<&EnvId, Response> {
     caller.env.as_ref().ok_or_else(|| ApiError::not_found("not_found", "environment not found").into_response())
 }
 
-/// Env databases opened by [`env_db`]: one handle per env, so that one env's writers queue on one
-/// connection instead of contending for SQLite's lock from many. Bounded; emptied when full.
-#[derive(Clone, Default)]
-pub struct EnvDbs(std::sync::Arc<tokio::sync::Mutex<std::collections::HashMap<EnvId, Db>>>);
-
-/// Most env databases kept open at once.
-const OPEN_ENV_DBS_MAX: usize = 1000;
-
-impl EnvDbs {
-    /// Forgets an env's handle (its database is being deleted).
-    pub async fn forget(&self, env: &EnvId) {
-        self.0.lock().await.remove(env);
-    }
-}
-
-/// SEAM (until the appdb capability lands): the env's own database, with the auth tables in it. Today
-/// this is the SQLite file of the env's layout on either platform backend; appdb replaces this function
-/// (and [`EnvDbs`]) with its per-env database handle (SQLite file, or the env's PostgreSQL database) and
-/// runs [`auth::schema_ddl`] when it creates a database.
-pub(crate) async fn env_db(state: &AppState, env: &EnvId) -> Result<Db, Response> {
-    let mut open = state.env_dbs.0.lock().await;
-    if let Some(db) = open.get(env) {
-        return Ok(db.clone());
-    }
-    let layout = state.platform.layout(env);
-    let db = async {
-        tokio::fs::create_dir_all(&layout.data_dir).await.map_err(|e| AuthError::Key(format!("env dir: {e}")))?;
-        let path = layout.sqlite_file.clone();
-        let db = tokio::task::spawn_blocking(move || Db::open_sqlite(&path))
-            .await
-            .map_err(|e| AuthError::Key(format!("open task: {e}")))??;
-        auth::Auth::prepare_env_db(&db).await?;
-        Ok::<_, AuthError>(db)
-    }
-    .await
-    .map_err(auth_error)?;
-    if open.len() >= OPEN_ENV_DBS_MAX {
-        open.clear();
-    }
-    open.insert(env.clone(), db.clone());
-    Ok(db)
+/// The env's own database, where its users live (created on first use, with the auth tables).
+fn env_db(state: &AppState, env: &EnvId) -> auth::EnvStore {
+    auth::EnvStore::new(state.appdb.clone(), env.clone())
 }
 
 fn client(connect: Option<Extension<ConnectInfo<SocketAddr>>>) -> Client {
@@ -197,7 +158,7 @@ pub async fn signup(
 ) -> AuthResult {
     let env = env_of(&caller)?;
     req.redirect_to = q.redirect_to;
-    let db = env_db(&state, env).await?;
+    let db = env_db(&state, env);
     match state.auth.signup(env, &db, req, &client(connect)).await.map_err(auth_error)? {
         SignupOutcome::Session(s) | SignupOutcome::User(s) => ok(s),
     }
@@ -220,17 +181,17 @@ pub async fn token(
     match q.grant_type.as_deref() {
         Some("password") => {
             let req: PasswordGrant = parse(body)?;
-            let db = env_db(&state, env).await?;
+            let db = env_db(&state, env);
             ok(state.auth.password_grant(env, &db, req, &client).await.map_err(auth_error)?)
         }
         Some("pkce") => {
             let req: PkceGrant = parse(body)?;
-            let db = env_db(&state, env).await?;
+            let db = env_db(&state, env);
             ok(state.auth.pkce_grant(env, &db, req, &client).await.map_err(auth_error)?)
         }
         Some("refresh_token") => {
             let req: RefreshGrant = parse(body)?;
-            let db = env_db(&state, env).await?;
+            let db = env_db(&state, env);
             ok(state.auth.refresh_grant(env, &db, req, &client).await.map_err(auth_error)?)
         }
         other => Err(auth_error(AuthError::BadRequest(
@@ -250,7 +211,7 @@ pub async fn get_user(
     headers: HeaderMap,
 ) -> AuthResult {
     let env = env_of(&caller)?;
-    let db = env_db(&state, env).await?;
+    let db = env_db(&state, env);
     ok(state.auth.get_user(env, &db, bearer(&headers)).await.map_err(auth_error)?)
 }
 
@@ -261,7 +222,7 @@ pub async fn update_user(
     Body(req): Body<UserUpdate>,
 ) -> AuthResult {
     let env = env_of(&caller)?;
-    let db = env_db(&state, env).await?;
+    let db = env_db(&state, env);
     ok(state.auth.update_user(env, &db, bearer(&headers), req).await.map_err(auth_error)?)
 }
 
@@ -278,7 +239,7 @@ pub async fn logout(
 ) -> AuthResult {
     let env = env_of(&caller)?;
     let scope = LogoutScope::parse(q.scope.as_deref()).map_err(auth_error)?;
-    let db = env_db(&state, env).await?;
+    let db = env_db(&state, env);
     state.auth.logout(env, &db, bearer(&headers), scope).await.map_err(auth_error)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -292,22 +253,8 @@ pub async fn recover(
 ) -> AuthResult {
     let env = env_of(&caller)?;
     req.redirect_to = q.redirect_to;
-    let db = env_db(&state, env).await?;
+    let db = env_db(&state, env);
     state.auth.recover(env, &db, req, &client(connect)).await.map_err(auth_error)?;
-    ok(json!({}))
-}
-
-pub async fn otp(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
-    Query(q): Query<RedirectQuery>,
-    Body(mut req): Body<OtpRequest>,
-) -> AuthResult {
-    let env = env_of(&caller)?;
-    req.redirect_to = q.redirect_to;
-    let db = env_db(&state, env).await?;
-    state.auth.otp(env, &db, req, &client(connect)).await.map_err(auth_error)?;
     ok(json!({}))
 }
 
@@ -320,7 +267,7 @@ pub async fn resend(
 ) -> AuthResult {
     let env = env_of(&caller)?;
     req.redirect_to = q.redirect_to;
-    let db = env_db(&state, env).await?;
+    let db = env_db(&state, env);
     state.auth.resend(env, &db, req, &client(connect)).await.map_err(auth_error)?;
     ok(json!({}))
 }
@@ -332,7 +279,7 @@ pub async fn verify_post(
     Body(req): Body<VerifyRequest>,
 ) -> AuthResult {
     let env = env_of(&caller)?;
-    let db = env_db(&state, env).await?;
+    let db = env_db(&state, env);
     match state.auth.verify(env, &db, &req, false, &client(connect)).await.map_err(auth_error)?.0 {
         Verified::Session(s) => ok(s),
         // Only mail links (GET) answer with a code.
@@ -357,9 +304,8 @@ pub async fn verify_get(
     let settings = state.auth.settings(&env).await.map_err(auth_error)?;
     let target = state.auth.redirect_target(&env, &settings, req.redirect_to.as_deref());
     let base = target.split('#').next().unwrap_or_default().to_owned();
-    let fragment = match env_db(&state, &env).await {
-        Err(r) => return Err(r),
-        Ok(db) => match state.auth.verify(&env, &db, &req, true, &client(connect)).await {
+    let db = env_db(&state, &env);
+    let fragment = match state.auth.verify(&env, &db, &req, true, &client(connect)).await {
             Ok((Verified::Code(code), _)) => {
                 // PKCE: the app exchanges the code (with its verifier) at /token?grant_type=pkce.
                 let sep = if base.contains('?') { '&' } else { '?' };
@@ -380,7 +326,6 @@ pub async fn verify_get(
             Err(e) => {
                 format!("error=access_denied&error_code={}&error_description={}", e.code(), encode(&e.to_string()))
             }
-        },
     };
     Ok(redirect(&format!("{base}#{fragment}")))
 }
@@ -414,7 +359,7 @@ pub async fn admin_list_users(
     Query(q): Query<PageQuery>,
 ) -> AuthResult {
     let env = env_of(&caller)?;
-    let db = env_db(&state, env).await?;
+    let db = env_db(&state, env);
     let (page, per_page) = (q.page.unwrap_or(1), q.per_page.unwrap_or(50));
     if !(1..=1_000_000).contains(&page) || !(1..=1000).contains(&per_page) {
         return Err(auth_error(AuthError::validation_failed("page must be 1..=1000000 and per_page 1..=1000")));
@@ -442,7 +387,7 @@ pub async fn admin_create_user(
     Body(req): Body<AdminUser>,
 ) -> AuthResult {
     let env = env_of(&caller)?;
-    let db = env_db(&state, env).await?;
+    let db = env_db(&state, env);
     ok(state.auth.admin_create(env, &db, req).await.map_err(auth_error)?)
 }
 
@@ -452,7 +397,7 @@ pub async fn admin_get_user(
     Path((_, user)): Path<(String, String)>,
 ) -> AuthResult {
     let env = env_of(&caller)?;
-    let db = env_db(&state, env).await?;
+    let db = env_db(&state, env);
     ok(state.auth.admin_get(&db, &user).await.map_err(auth_error)?)
 }
 
@@ -463,7 +408,7 @@ pub async fn admin_update_user(
     Body(req): Body<AdminUser>,
 ) -> AuthResult {
     let env = env_of(&caller)?;
-    let db = env_db(&state, env).await?;
+    let db = env_db(&state, env);
     ok(state.auth.admin_update(env, &db, &user, req).await.map_err(auth_error)?)
 }
 
@@ -473,7 +418,7 @@ pub async fn admin_delete_user(
     Path((_, user)): Path<(String, String)>,
 ) -> AuthResult {
     let env = env_of(&caller)?;
-    let db = env_db(&state, env).await?;
+    let db = env_db(&state, env);
     state.auth.admin_delete(env, &db, &user).await.map_err(auth_error)?;
     ok(json!({}))
 }
@@ -524,7 +469,7 @@ pub async fn outbox(
     if !(1..=crate::routes::MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request("invalid_query", "limit must be 1..=1000").into_response());
     }
-    let db = env_db(&state, env).await?;
+    let db = env_db(&state, env);
     let items: Vec<OutboxMail> = state.auth.outbox(&db, limit).await.map_err(|e| v1_error(e).into_response())?;
     Ok(Json(json!({"items": items})))
 }

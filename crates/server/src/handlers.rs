@@ -130,7 +130,6 @@ pub async fn delete_env(State(state): State<AppState>, Extension(caller): Extens
     if let Ok(sandboxes) = &state.sandboxes {
         sandboxes.kill_env(env).await;
     }
-    state.env_dbs.forget(env).await;
     state.platform.delete_env(&caller.actor, env).await?;
     // The env's auth settings and signing keys live in the platform store; its users went with its data.
     state.auth.forget_env(env).await?;

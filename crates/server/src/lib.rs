@@ -54,8 +54,6 @@ pub struct AppState {
     pub appdb: appdb::AppDbs,
     /// End-user auth (GoTrue) of every env.
     pub auth: auth::Auth,
-    /// Open env databases (part of the `auth_api::env_db` seam until appdb lands).
-    pub(crate) env_dbs: auth_api::EnvDbs,
 }
 
 impl AppState {
@@ -72,11 +70,7 @@ impl AppState {
         let appdb = appdb::AppDbs::new(platform.clone());
         appdb.register_delete_hook();
         // Every env database holds its auth tables, so migrations can reference `auth.users`.
-        appdb.register_schema(appdb::SchemaHook {
-            name: "auth".to_owned(),
-            sqlite: auth::schema_ddl(store::Dialect::Sqlite).to_owned(),
-            postgres: auth::schema_ddl(store::Dialect::Postgres).to_owned(),
-        });
+        appdb.register_schema(auth::schema_hook());
         let auth = auth::Auth::new(platform.clone(), auth::AuthConfig::default());
         Self {
             platform,
@@ -88,7 +82,6 @@ impl AppState {
             watchers: Arc::default(),
             appdb,
             auth,
-            env_dbs: auth_api::EnvDbs::default(),
         }
     }
 

@@ -279,15 +279,6 @@ fn auth_routes() -> Vec<R> {
         .query(REDIRECT_QUERY),
         auth_route(
             "POST",
-            "/env/{env}/auth/v1/otp",
-            Any,
-            "GoTrue: mail a magic link and code.",
-            200,
-            post(auth_api::otp),
-        )
-        .query(REDIRECT_QUERY),
-        auth_route(
-            "POST",
             "/env/{env}/auth/v1/resend",
             Any,
             "GoTrue: resend a sign-up confirmation.",

@@ -23,10 +23,6 @@ use serde_json::json;
 
 const ADMIN: &str = "bench-admin-key-0123456789abcdef";
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 /// A documented-shape OpenAI stream: role chunk, five content chunks, finish, usage, [DONE].
 fn mock_stream() -> String {
     let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
@@ -172,28 +168,28 @@ async fn main() {
     }
     let ms = |x: Duration| x.as_secs_f64() * 1000.0;
     println!("calls per series: {}", d.len());
-    println!("direct to mock (streamed)      p50 {:.3} ms  p99 {:.3} ms", ms(pct(&d, 0.5)), ms(pct(&d, 0.99)));
-    println!("gateway, not streamed          p50 {:.3} ms  p99 {:.3} ms", ms(pct(&g, 0.5)), ms(pct(&g, 0.99)));
-    println!("gateway, streamed              p50 {:.3} ms  p99 {:.3} ms", ms(pct(&s, 0.5)), ms(pct(&s, 0.99)));
+    println!("direct to mock (streamed)      p50 {:.3} ms  p99 {:.3} ms", ms(common::pct(&d, 0.5)), ms(common::pct(&d, 0.99)));
+    println!("gateway, not streamed          p50 {:.3} ms  p99 {:.3} ms", ms(common::pct(&g, 0.5)), ms(common::pct(&g, 0.99)));
+    println!("gateway, streamed              p50 {:.3} ms  p99 {:.3} ms", ms(common::pct(&s, 0.5)), ms(common::pct(&s, 0.99)));
     println!(
         "overhead, not streamed         p50 {:.3} ms  p99 {:.3} ms",
-        ms(pct(&g, 0.5)) - ms(pct(&d, 0.5)),
-        ms(pct(&g, 0.99)) - ms(pct(&d, 0.99))
+        ms(common::pct(&g, 0.5)) - ms(common::pct(&d, 0.5)),
+        ms(common::pct(&g, 0.99)) - ms(common::pct(&d, 0.99))
     );
     println!(
         "overhead, streamed             p50 {:.3} ms  p99 {:.3} ms",
-        ms(pct(&s, 0.5)) - ms(pct(&d, 0.5)),
-        ms(pct(&s, 0.99)) - ms(pct(&d, 0.99))
+        ms(common::pct(&s, 0.5)) - ms(common::pct(&d, 0.5)),
+        ms(common::pct(&s, 0.99)) - ms(common::pct(&d, 0.99))
     );
     let od = open_loop(&client, &direct_url, "x", &streamed, rate, 5).await;
     let og = open_loop(&client, &gw_url, &key, &streamed, rate, 5).await;
     println!("open loop at {rate}/s for 5 s, streamed ({} calls each; pinned: {pinned})", od.len());
-    println!("direct to mock                 p50 {:.3} ms  p99 {:.3} ms", ms(pct(&od, 0.5)), ms(pct(&od, 0.99)));
-    println!("gateway                        p50 {:.3} ms  p99 {:.3} ms", ms(pct(&og, 0.5)), ms(pct(&og, 0.99)));
+    println!("direct to mock                 p50 {:.3} ms  p99 {:.3} ms", ms(common::pct(&od, 0.5)), ms(common::pct(&od, 0.99)));
+    println!("gateway                        p50 {:.3} ms  p99 {:.3} ms", ms(common::pct(&og, 0.5)), ms(common::pct(&og, 0.99)));
     println!(
         "overhead                       p50 {:.3} ms  p99 {:.3} ms",
-        ms(pct(&og, 0.5)) - ms(pct(&od, 0.5)),
-        ms(pct(&og, 0.99)) - ms(pct(&od, 0.99))
+        ms(common::pct(&og, 0.5)) - ms(common::pct(&od, 0.5)),
+        ms(common::pct(&og, 0.99)) - ms(common::pct(&od, 0.99))
     );
     let usage: serde_json::Value = client
         .get(format!("{base}/v1/envs/bench/usage"))

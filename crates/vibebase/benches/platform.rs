@@ -27,10 +27,6 @@ fn cpu_ticks(pid: u32) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let envs: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(10_000);
@@ -98,8 +94,8 @@ async fn main() {
     println!("vibebase platform-core benchmark ({envs} environments, SQLite, loopback HTTP, sequential)");
     println!(
         "env create: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        ms(pct(&create, 0.5)),
-        ms(pct(&create, 0.99)),
+        ms(common::pct(&create, 0.5)),
+        ms(common::pct(&create, 0.99)),
         ms(*create.last().unwrap())
     );
     println!("{envs} envs created in {:.1} s ({:.0} envs/s)", total.as_secs_f64(), envs as f64 / total.as_secs_f64());
@@ -112,9 +108,9 @@ async fn main() {
     println!("idle CPU with {envs} envs over 10 s: {idle_cpu_pct:.2} % of one core");
     println!(
         "request latency p50: public /healthz {:.3} ms, guarded data-plane {:.3} ms: authorization + metering ≈ {:.3} ms per request",
-        ms(pct(&public, 0.5)),
-        ms(pct(&guarded, 0.5)),
-        ms(pct(&guarded, 0.5)) - ms(pct(&public, 0.5))
+        ms(common::pct(&public, 0.5)),
+        ms(common::pct(&guarded, 0.5)),
+        ms(common::pct(&guarded, 0.5)) - ms(common::pct(&public, 0.5))
     );
     let _ = child.kill();
     let _ = child.wait();

@@ -18,10 +18,6 @@ use serde_json::{Value, json};
 
 const ADMIN: &str = "bench-admin-key-0123456789abcdef";
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
@@ -116,8 +112,8 @@ async fn main() {
     }
     create.sort();
     ready.sort();
-    println!("create (API, {runs} runs):             p50 {}  p99 {}", ms(pct(&create, 0.5)), ms(pct(&create, 0.99)));
-    println!("create to first exec done:         p50 {}  p99 {}", ms(pct(&ready, 0.5)), ms(pct(&ready, 0.99)));
+    println!("create (API, {runs} runs):             p50 {}  p99 {}", ms(common::pct(&create, 0.5)), ms(common::pct(&create, 0.99)));
+    println!("create to first exec done:         p50 {}  p99 {}", ms(common::pct(&ready, 0.5)), ms(common::pct(&ready, 0.99)));
 
     // 2. Exec round trip against a direct spawn.
     let id = api.create(json!({})).await;
@@ -134,11 +130,11 @@ async fn main() {
     direct.sort();
     println!(
         "exec `true` via API: p50 {} p99 {}; direct spawn p50 {} p99 {}; overhead p50 {}",
-        ms(pct(&via, 0.5)),
-        ms(pct(&via, 0.99)),
-        ms(pct(&direct, 0.5)),
-        ms(pct(&direct, 0.99)),
-        ms(pct(&via, 0.5).saturating_sub(pct(&direct, 0.5)))
+        ms(common::pct(&via, 0.5)),
+        ms(common::pct(&via, 0.99)),
+        ms(common::pct(&direct, 0.5)),
+        ms(common::pct(&direct, 0.99)),
+        ms(common::pct(&via, 0.5).saturating_sub(common::pct(&direct, 0.5)))
     );
     api.kill(&id).await;
 
@@ -199,8 +195,8 @@ async fn main() {
             from_template.sort();
             println!(
                 "workspace from the template to first exec: p50 {}  p99 {}",
-                ms(pct(&from_template, 0.5)),
-                ms(pct(&from_template, 0.99))
+                ms(common::pct(&from_template, 0.5)),
+                ms(common::pct(&from_template, 0.99))
             );
             let id = api.create(json!({"template": "vite-react", "disk_mb": 2048})).await;
             let t = Instant::now();

@@ -5,7 +5,7 @@ use auth::flows::{
     AdminUser, LogoutScope, PasswordGrant, RecoverRequest, RefreshGrant, SignupOutcome, SignupRequest, UserUpdate,
     VerifyRequest,
 };
-use auth::{Auth, AuthConfig, AuthError, Client, HashCost};
+use auth::{Auth, AuthConfig, AuthError, Client, EnvStore, HashCost};
 use platform::{Clock, Config, OsEntropy, Platform};
 use protocol::EnvId;
 use protocol::auth::AuthSettingsPatch;
@@ -27,70 +27,42 @@ impl TestClock {
     }
 }
 
-/// The env database of one test, dropped (on PostgreSQL) when the test ends.
+/// The platform of one test and its env's database: on SQLite in a temp dir, or (with
+/// `VIBEBASE_TEST_DATABASE_URL`) on PostgreSQL in a schema of its own, where the env gets a database of
+/// its own through appdb, dropped when the test ends.
 struct EnvDb {
-    db: Db,
-    pg: Option<(String, String)>,
+    db: EnvStore,
+    dbs: appdb::AppDbs,
+    env: EnvId,
 }
 
 impl EnvDb {
-    async fn new() -> Self {
-        match std::env::var("VIBEBASE_TEST_DATABASE_URL") {
-            Ok(url) => {
-                use rand::{Rng as _, SeedableRng as _};
-                let mut rng = rand::rngs::StdRng::from_os_rng();
-                let name: String = (0..12).map(|_| char::from(b'a' + rng.random_range(0..26u8))).collect();
-                let name = format!("vb_auth_it_{name}");
-                run_outside_tx(&url, format!("CREATE DATABASE {name}")).await;
-                let base = url.split('?').next().unwrap();
-                let db_url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
-                let db = Db::connect_postgres(&db_url).await.unwrap();
-                Self { db, pg: Some((url, name)) }
-            }
-            Err(_) => {
-                let dir = tempfile::tempdir().unwrap();
-                let db = Db::open_sqlite(&dir.path().join("app.db")).unwrap();
-                std::mem::forget(dir);
-                Self { db, pg: None }
-            }
-        }
-    }
-
     async fn drop_database(self) {
-        if let Some((url, name)) = self.pg {
-            // The pool closes its connections on a thread of its own; wait for them rather than force.
-            drop(self.db);
-            let config: postgres::Config = url.parse().unwrap();
-            tokio::task::spawn_blocking(move || {
-                let mut client = config.connect(postgres::NoTls).unwrap();
-                for _ in 0..50 {
-                    if client.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).is_ok() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                panic!("could not drop {name}");
-            })
-            .await
-            .unwrap();
-        }
+        drop(self.db);
+        self.dbs.drop_env(&self.env).await.unwrap();
     }
 }
 
-/// Statements PostgreSQL refuses inside a transaction block.
-async fn run_outside_tx(url: &str, sql: String) {
-    let config: postgres::Config = url.parse().unwrap();
-    tokio::task::spawn_blocking(move || {
-        let mut client = config.connect(postgres::NoTls).unwrap();
-        client.batch_execute(&sql).unwrap();
-    })
-    .await
-    .unwrap();
+fn unique(prefix: &str) -> String {
+    use rand::{Rng as _, SeedableRng as _};
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    let tail: String = (0..12).map(|_| char::from(b'a' + rng.random_range(0..26u8))).collect();
+    format!("{prefix}{tail}")
 }
 
 async fn setup() -> (Auth, EnvDb, EnvId, Arc<TestClock>) {
     let dir = tempfile::tempdir().unwrap();
-    let meta = Db::open_sqlite(&dir.path().join("platform.db")).unwrap();
+    let meta = match std::env::var("VIBEBASE_TEST_DATABASE_URL") {
+        Ok(url) => {
+            let schema = unique("auth_it_");
+            let admin = Db::connect_postgres(&url).await.unwrap();
+            let s = schema.clone();
+            admin.tx(move |c| c.batch(&format!("CREATE SCHEMA {s}"))).await.unwrap();
+            let sep = if url.contains('?') { '&' } else { '?' };
+            Db::connect_postgres(&format!("{url}{sep}options=-csearch_path%3D{schema}")).await.unwrap()
+        }
+        Err(_) => Db::open_sqlite(&dir.path().join("platform.db")).unwrap(),
+    };
     store::schema::migrate(&meta).await.unwrap();
     let blobs = Blobs::local(&dir.path().join("objects")).unwrap();
     let clock = Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc())));
@@ -98,12 +70,12 @@ async fn setup() -> (Auth, EnvDb, EnvId, Arc<TestClock>) {
     std::mem::forget(dir);
     let platform =
         Platform::new(config, meta, blobs, "test-admin-key-0123456789abcdef", clock.clone(), Arc::new(OsEntropy));
+    let dbs = appdb::AppDbs::new(platform.clone());
+    dbs.register_schema(auth::schema_hook());
     let auth = Auth::new(platform, AuthConfig { smtp: None, hash_cost: HashCost { memory_kib: 256, iterations: 1 } });
-    let env_db = EnvDb::new().await;
-    Auth::prepare_env_db(&env_db.db).await.unwrap();
-    // Idempotent: appdb may run it again on a database that has it.
-    Auth::prepare_env_db(&env_db.db).await.unwrap();
-    (auth, env_db, EnvId::parse("shop").unwrap(), clock)
+    let env = EnvId::parse(&unique("shop")).unwrap();
+    let env_db = EnvDb { db: EnvStore::new(dbs.clone(), env.clone()), dbs, env: env.clone() };
+    (auth, env_db, env, clock)
 }
 
 fn client() -> Client {
@@ -239,13 +211,13 @@ async fn flows_on_the_env_database() {
     let (b, sql) = (bob.clone(), format!("INSERT INTO todos (user_id, title) VALUES ({cast}, 'x')"));
     db.tx(move |c| {
         c.batch(fk_table)?;
-        c.execute(&sql, &[b.as_str().into()])
+        Ok(c.execute(&sql, &[b.as_str().into()])?)
     })
     .await
     .unwrap();
     auth.admin_delete(&env, db, &bob).await.unwrap();
     let left = db
-        .tx(|c| c.query_opt("SELECT CAST(COUNT(*) AS BIGINT) FROM todos", &[]))
+        .tx(|c| Ok(c.query_opt("SELECT CAST(COUNT(*) AS BIGINT) FROM todos", &[])?))
         .await
         .unwrap()
         .unwrap()

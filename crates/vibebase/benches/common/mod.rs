@@ -28,3 +28,8 @@ pub async fn serve<S: AsRef<OsStr>>(data_dir: &Path, admin: &str, extra: &[S]) -
     }
     (child, base)
 }
+
+/// The `p` quantile (0..=1) of sorted latencies.
+pub fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
