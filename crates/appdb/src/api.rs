@@ -611,26 +611,7 @@ fn update(
                 t = quote_ident(table),
                 a = quote_ident(&alias)
             );
-            if prefs.representation {
-                let out_alias = b.alias();
-                let mut inner = Vec::new();
-                let o = b.object_sql(tx, &out_alias, &meta, &query.select, query, "", &mut inner)?;
-                let sql = format!(
-                    "WITH _vb_w AS ({upd} RETURNING {}.*) {}",
-                    quote_ident(&alias),
-                    aggregate(
-                        Dialect::Postgres,
-                        &format!("SELECT {o} AS _vb_o FROM _vb_w AS {}", quote_ident(&out_alias))
-                    )
-                );
-                let r = tx.rows(&sql, &b.params).map_err(sql_err(auth))?;
-                let n: i64 =
-                    r.first().and_then(|x| x.get(1).cloned().flatten()).and_then(|s| s.parse().ok()).unwrap_or(0);
-                Ok(Outcome { status: 200, json: first(&r), rows: n, written: n, total: None, offset: 0 })
-            } else {
-                let n = tx.exec(&upd, &b.params).map_err(sql_err(auth))? as i64;
-                Ok(Outcome { status: 204, json: None, rows: n, written: n, total: None, offset: 0 })
-            }
+            pg_write(tx, &mut b, auth, &meta, query, &alias, &upd, prefs.representation)
         }
         Dialect::Sqlite => {
             let mut sets = Vec::new();
@@ -662,6 +643,36 @@ fn update(
     }
 }
 
+/// Runs a PostgreSQL `UPDATE` or `DELETE` (`write`, whose target is aliased `alias`) and answers with
+/// the changed rows rendered as `select` asks (`return=representation`), or with their count.
+#[allow(clippy::too_many_arguments)]
+fn pg_write(
+    tx: &mut Tx<'_>,
+    b: &mut Builder<'_>,
+    auth: &RequestAuth,
+    meta: &TableMeta,
+    query: &Query,
+    alias: &str,
+    write: &str,
+    representation: bool,
+) -> Result<Outcome, RestError> {
+    if !representation {
+        let n = tx.exec(write, &b.params).map_err(sql_err(auth))? as i64;
+        return Ok(Outcome { status: 204, json: None, rows: n, written: n, total: None, offset: 0 });
+    }
+    let out_alias = b.alias();
+    let mut inner = Vec::new();
+    let o = b.object_sql(tx, &out_alias, meta, &query.select, query, "", &mut inner)?;
+    let sql = format!(
+        "WITH _vb_w AS ({write} RETURNING {}.*) {}",
+        quote_ident(alias),
+        aggregate(Dialect::Postgres, &format!("SELECT {o} AS _vb_o FROM _vb_w AS {}", quote_ident(&out_alias)))
+    );
+    let r = tx.rows(&sql, &b.params).map_err(sql_err(auth))?;
+    let n: i64 = r.first().and_then(|x| x.get(1).cloned().flatten()).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok(Outcome { status: 200, json: first(&r), rows: n, written: n, total: None, offset: 0 })
+}
+
 fn delete(
     tx: &mut Tx<'_>,
     auth: &RequestAuth,
@@ -677,26 +688,7 @@ fn delete(
     match tx.dialect() {
         Dialect::Postgres => {
             let del = format!("DELETE FROM {} AS {}{}", quote_ident(table), quote_ident(&alias), where_clause(&conds));
-            if prefs.representation {
-                let out_alias = b.alias();
-                let mut inner = Vec::new();
-                let o = b.object_sql(tx, &out_alias, &meta, &query.select, query, "", &mut inner)?;
-                let sql = format!(
-                    "WITH _vb_w AS ({del} RETURNING {}.*) {}",
-                    quote_ident(&alias),
-                    aggregate(
-                        Dialect::Postgres,
-                        &format!("SELECT {o} AS _vb_o FROM _vb_w AS {}", quote_ident(&out_alias))
-                    )
-                );
-                let r = tx.rows(&sql, &b.params).map_err(sql_err(auth))?;
-                let n: i64 =
-                    r.first().and_then(|x| x.get(1).cloned().flatten()).and_then(|s| s.parse().ok()).unwrap_or(0);
-                Ok(Outcome { status: 200, json: first(&r), rows: n, written: n, total: None, offset: 0 })
-            } else {
-                let n = tx.exec(&del, &b.params).map_err(sql_err(auth))? as i64;
-                Ok(Outcome { status: 204, json: None, rows: n, written: n, total: None, offset: 0 })
-            }
+            pg_write(tx, &mut b, auth, &meta, query, &alias, &del, prefs.representation)
         }
         Dialect::Sqlite => {
             let sel = format!(

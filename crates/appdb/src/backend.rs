@@ -268,9 +268,7 @@ impl EnvDb {
                     }
                     Ok(out)
                 })();
-                if !client.is_closed() {
-                    pg.give_back(client);
-                }
+                pg.give_back(client);
                 result
             }
         }
@@ -728,8 +726,10 @@ impl PgCluster {
         }
         let mut config = self.inner.admin.clone();
         config.dbname(&db).user(&owner).password(password).options("");
-        // Env databases are many: each keeps few idle connections (logged in as the env's owner).
-        Ok(EnvDb::Postgres(store::PgPool::new(config, 2)))
+        // Env databases are many: each uses at most four connections at once (requests beyond that
+        // queue for one, which beats opening a connection per request) and keeps two idle (logged in
+        // as the env's owner).
+        Ok(EnvDb::Postgres(store::PgPool::new(config, 4, 2)))
     }
 
     /// Whether the env's database exists on the cluster.

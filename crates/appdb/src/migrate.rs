@@ -480,16 +480,24 @@ fn sqlite_ident(s: &str) -> Ident {
 /// Translates an expression for SQLite: functions mapped, casts retyped, relations renamed. Any
 /// construct without a translation is an error naming it.
 pub(crate) fn sqlite_expr(expr: &Expr) -> Result<String, MigrateError> {
-    let mut e = expr.clone();
+    sqlite_rewrite(expr)
+}
+
+/// Renames every relation and translates every expression of `node` for SQLite, then renders it.
+fn sqlite_rewrite<T>(node: &T) -> Result<String, MigrateError>
+where
+    T: Clone + std::fmt::Display + ast::VisitMut,
+{
+    let mut node = node.clone();
     let mut err: Option<MigrateError> = None;
-    let _ = ast::visit_relations_mut(&mut e, |rel| {
+    let _ = ast::visit_relations_mut(&mut node, |rel| {
         match table_name(rel) {
             Ok(t) => *rel = ObjectName::from(vec![sqlite_ident(&sqlite_name(&t))]),
             Err(x) => err = Some(x),
         }
         ControlFlow::<()>::Continue(())
     });
-    let _ = ast::visit_expressions_mut(&mut e, |x| {
+    let _ = ast::visit_expressions_mut(&mut node, |x| {
         if err.is_some() {
             return ControlFlow::Break(());
         }
@@ -501,7 +509,7 @@ pub(crate) fn sqlite_expr(expr: &Expr) -> Result<String, MigrateError> {
     });
     match err {
         Some(x) => Err(x),
-        None => Ok(e.to_string()),
+        None => Ok(node.to_string()),
     }
 }
 
@@ -710,29 +718,7 @@ fn exists_table(t: &TableName) -> Step {
 
 /// Rewrites relations and expressions of a whole statement for SQLite (DML seeds, views).
 fn sqlite_statement(stmt: &Statement) -> Result<String, MigrateError> {
-    let mut s = stmt.clone();
-    let mut err: Option<MigrateError> = None;
-    let _ = ast::visit_relations_mut(&mut s, |rel| {
-        match table_name(rel) {
-            Ok(t) => *rel = ObjectName::from(vec![sqlite_ident(&sqlite_name(&t))]),
-            Err(x) => err = Some(x),
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    let _ = ast::visit_expressions_mut(&mut s, |x| {
-        if err.is_some() {
-            return ControlFlow::Break(());
-        }
-        if let Err(problem) = rewrite_sqlite_expr(x) {
-            err = Some(problem);
-            return ControlFlow::Break(());
-        }
-        ControlFlow::Continue(())
-    });
-    match err {
-        Some(x) => Err(x),
-        None => Ok(s.to_string()),
-    }
+    sqlite_rewrite(stmt)
 }
 
 fn translate_sqlite(stmt: &Statement) -> Result<Vec<Step>, MigrateError> {

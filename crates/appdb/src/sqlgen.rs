@@ -610,11 +610,11 @@ impl<'a> Builder<'a> {
         if self.dialect == Dialect::Sqlite
             && let Some(p) = policy_sql(meta, self.auth, cmd, true)
         {
-            out.push(format!(
-                "{}.rowid IN (SELECT rowid FROM {} WHERE {p})",
-                quote_ident(alias),
-                quote_ident(&meta.name)
-            ));
+            // Correlated on the rowid, so a read of a few rows checks a few rows (an `IN (SELECT …)`
+            // would evaluate the policy over the whole table first). Inside, the policy's
+            // unqualified columns and the table's own name refer to the row being checked.
+            let t = quote_ident(&meta.name);
+            out.push(format!("EXISTS (SELECT 1 FROM {t} WHERE {t}.rowid = {}.rowid AND ({p}))", quote_ident(alias)));
         }
         Ok(out)
     }

@@ -495,7 +495,13 @@ impl Auth {
     }
 
     /// `POST /signup`: an email user (with a session, or a confirmation mail), or an anonymous user.
-    pub async fn signup(&self, env: &EnvId, db: &EnvStore, req: SignupRequest, client: &Client) -> Result<SignupOutcome> {
+    pub async fn signup(
+        &self,
+        env: &EnvId,
+        db: &EnvStore,
+        req: SignupRequest,
+        client: &Client,
+    ) -> Result<SignupOutcome> {
         let settings = self.settings(env).await?;
         self.check_rate(env, client, Limit::Sensitive, &settings)?;
         let data = object_or_empty(req.data, "data")?;
@@ -620,7 +626,13 @@ impl Auth {
     }
 
     /// `POST /token?grant_type=password`.
-    pub async fn password_grant(&self, env: &EnvId, db: &EnvStore, req: PasswordGrant, client: &Client) -> Result<Json> {
+    pub async fn password_grant(
+        &self,
+        env: &EnvId,
+        db: &EnvStore,
+        req: PasswordGrant,
+        client: &Client,
+    ) -> Result<Json> {
         let settings = self.settings(env).await?;
         self.check_rate(env, client, Limit::Sensitive, &settings)?;
         let (Some(email), Some(password)) = (req.email, req.password) else {

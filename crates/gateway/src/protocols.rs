@@ -130,6 +130,48 @@ fn passthrough(o: &Map<String, Value>, keys: &[&str]) -> Map<String, Value> {
     keys.iter().filter_map(|k| o.get(*k).filter(|v| !v.is_null()).map(|v| ((*k).to_owned(), v.clone()))).collect()
 }
 
+/// OpenAI's `tools` (function tools only). Chat Completions nests each function under `function`
+/// (`nested`); the Responses API does not.
+fn function_tools(o: &Map<String, Value>, nested: bool) -> Result<Vec<Tool>, GatewayError> {
+    let Some(ts) = o.get("tools").filter(|v| !v.is_null()) else { return Ok(Vec::new()) };
+    let mut tools = Vec::new();
+    for t in arr(ts, "tools")? {
+        let t = obj(t, "a tool")?;
+        if t.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(unsupported("only tools of type \"function\" are supported"));
+        }
+        let f = if nested { obj(t.get("function").unwrap_or(&Value::Null), "function")? } else { t };
+        tools.push(Tool {
+            name: req_str(f, "name")?,
+            description: opt_str(f, "description")?,
+            parameters: schema(f.get("parameters")),
+        });
+    }
+    Ok(tools)
+}
+
+/// OpenAI's `tool_choice`: a mode, or one function by name (under `function` when `nested`, as in
+/// Chat Completions).
+fn tool_choice(o: &Map<String, Value>, nested: bool) -> Result<Option<ToolChoice>, GatewayError> {
+    Ok(match o.get("tool_choice") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(match s.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            other => return Err(bad(format!("unknown tool_choice {other:?}"))),
+        }),
+        Some(v) => {
+            let (name, path) = if nested {
+                (&v["function"]["name"], "tool_choice.function.name")
+            } else {
+                (&v["name"], "tool_choice.name")
+            };
+            Some(ToolChoice::Tool(name.as_str().ok_or_else(|| bad(format!("{path} is required")))?.to_owned()))
+        }
+    })
+}
+
 fn schema(v: Option<&Value>) -> Value {
     match v {
         Some(s @ Value::Object(_)) => s.clone(),
@@ -231,35 +273,8 @@ pub mod chat {
                 other => return Err(bad(format!("unknown message role {other:?}"))),
             }
         }
-        let mut tools = Vec::new();
-        if let Some(ts) = o.get("tools").filter(|v| !v.is_null()) {
-            for t in arr(ts, "tools")? {
-                let t = obj(t, "a tool")?;
-                if t.get("type").and_then(Value::as_str) != Some("function") {
-                    return Err(unsupported("only tools of type \"function\" are supported"));
-                }
-                let f = obj(t.get("function").unwrap_or(&Value::Null), "function")?;
-                tools.push(Tool {
-                    name: req_str(f, "name")?,
-                    description: opt_str(f, "description")?,
-                    parameters: schema(f.get("parameters")),
-                });
-            }
-        }
-        let tool_choice = match o.get("tool_choice") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(match s.as_str() {
-                "auto" => ToolChoice::Auto,
-                "none" => ToolChoice::None,
-                "required" => ToolChoice::Required,
-                other => return Err(bad(format!("unknown tool_choice {other:?}"))),
-            }),
-            Some(v) => {
-                let name =
-                    v["function"]["name"].as_str().ok_or_else(|| bad("tool_choice.function.name is required"))?;
-                Some(ToolChoice::Tool(name.to_owned()))
-            }
-        };
+        let tools = function_tools(o, true)?;
+        let tool_choice = tool_choice(o, true)?;
         let stream = opt_bool(o, "stream")?;
         let include_usage =
             o.get("stream_options").and_then(|s| s.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
@@ -438,32 +453,8 @@ pub mod responses {
             }
             _ => return Err(bad("`input` must be a string or an array of items")),
         }
-        let mut tools = Vec::new();
-        if let Some(ts) = o.get("tools").filter(|v| !v.is_null()) {
-            for t in arr(ts, "tools")? {
-                let t = obj(t, "a tool")?;
-                if t.get("type").and_then(Value::as_str) != Some("function") {
-                    return Err(unsupported("only tools of type \"function\" are supported"));
-                }
-                tools.push(Tool {
-                    name: req_str(t, "name")?,
-                    description: opt_str(t, "description")?,
-                    parameters: schema(t.get("parameters")),
-                });
-            }
-        }
-        let tool_choice = match o.get("tool_choice") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(match s.as_str() {
-                "auto" => ToolChoice::Auto,
-                "none" => ToolChoice::None,
-                "required" => ToolChoice::Required,
-                other => return Err(bad(format!("unknown tool_choice {other:?}"))),
-            }),
-            Some(v) => Some(ToolChoice::Tool(
-                v["name"].as_str().ok_or_else(|| bad("tool_choice.name is required"))?.to_owned(),
-            )),
-        };
+        let tools = function_tools(o, false)?;
+        let tool_choice = tool_choice(o, false)?;
         let req = ChatRequest {
             model,
             system,

@@ -8,8 +8,8 @@
 use std::net::SocketAddr;
 
 use auth::flows::{
-    AdminUser, LogoutScope, PasswordGrant, PkceGrant, RecoverRequest, RefreshGrant, ResendRequest,
-    SignupOutcome, SignupRequest, UserUpdate, Verified, VerifyRequest,
+    AdminUser, LogoutScope, PasswordGrant, PkceGrant, RecoverRequest, RefreshGrant, ResendRequest, SignupOutcome,
+    SignupRequest, UserUpdate, Verified, VerifyRequest,
 };
 use auth::{AuthError, Client};
 use axum::Extension;
@@ -306,26 +306,26 @@ pub async fn verify_get(
     let base = target.split('#').next().unwrap_or_default().to_owned();
     let db = env_db(&state, &env);
     let fragment = match state.auth.verify(&env, &db, &req, true, &client(connect)).await {
-            Ok((Verified::Code(code), _)) => {
-                // PKCE: the app exchanges the code (with its verifier) at /token?grant_type=pkce.
-                let sep = if base.contains('?') { '&' } else { '?' };
-                return Ok(redirect(&format!("{base}{sep}code={}", encode(&code))));
-            }
-            Ok((Verified::Session(s), _)) => {
-                let kind = req.kind.as_deref().unwrap_or("signup");
-                format!(
-                    "access_token={}&expires_at={}&expires_in={}&refresh_token={}&token_type=bearer&type={}",
-                    s["access_token"].as_str().unwrap_or_default(),
-                    s["expires_at"],
-                    s["expires_in"],
-                    s["refresh_token"].as_str().unwrap_or_default(),
-                    encode(kind),
-                )
-            }
-            Err(e) if e.status() >= 500 => return Err(auth_error(e)),
-            Err(e) => {
-                format!("error=access_denied&error_code={}&error_description={}", e.code(), encode(&e.to_string()))
-            }
+        Ok((Verified::Code(code), _)) => {
+            // PKCE: the app exchanges the code (with its verifier) at /token?grant_type=pkce.
+            let sep = if base.contains('?') { '&' } else { '?' };
+            return Ok(redirect(&format!("{base}{sep}code={}", encode(&code))));
+        }
+        Ok((Verified::Session(s), _)) => {
+            let kind = req.kind.as_deref().unwrap_or("signup");
+            format!(
+                "access_token={}&expires_at={}&expires_in={}&refresh_token={}&token_type=bearer&type={}",
+                s["access_token"].as_str().unwrap_or_default(),
+                s["expires_at"],
+                s["expires_in"],
+                s["refresh_token"].as_str().unwrap_or_default(),
+                encode(kind),
+            )
+        }
+        Err(e) if e.status() >= 500 => return Err(auth_error(e)),
+        Err(e) => {
+            format!("error=access_denied&error_code={}&error_description={}", e.code(), encode(&e.to_string()))
+        }
     };
     Ok(redirect(&format!("{base}#{fragment}")))
 }

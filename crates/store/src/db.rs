@@ -161,8 +161,9 @@ impl Db {
             return Err(StoreError::BadUrl);
         }
         let config: postgres::Config = url.parse()?;
-        // More idle connections than blocking threads that could use them would only hold server slots.
-        let pool = PgPool::new(config, 16);
+        // Bounded, so that a burst of requests queues for connections instead of exhausting the
+        // server's connection slots.
+        let pool = PgPool::new(config, 48, 16);
         // The synchronous client runs its own small runtime, so it is only ever created, used and
         // dropped on blocking threads. Connecting once now makes a bad URL fail at start.
         tokio::task::spawn_blocking(move || {
@@ -226,9 +227,7 @@ impl Db {
                     conn.0.commit().map_err(StoreError::from)?;
                     Ok(out)
                 })();
-                if !client.is_closed() {
-                    pool.give_back(client);
-                }
+                pool.give_back(client);
                 result
             }
         }
@@ -318,37 +317,77 @@ impl rusqlite::ToSql for Value {
     }
 }
 
-/// Idle synchronous PostgreSQL clients of one configuration, handed out on blocking threads.
+/// Synchronous PostgreSQL clients of one configuration, handed out on blocking threads: at most
+/// `max_open` at once (callers beyond that wait for one to come back, rather than each opening a
+/// connection of its own), of which at most `max_idle` stay open between uses.
 pub struct PgPool {
     config: postgres::Config,
-    idle: Mutex<Vec<postgres::Client>>,
+    state: Mutex<PoolState>,
+    returned: std::sync::Condvar,
+    max_open: usize,
     max_idle: usize,
 }
 
+struct PoolState {
+    idle: Vec<postgres::Client>,
+    /// Clients handed out and not yet given back.
+    busy: usize,
+}
+
 impl PgPool {
-    /// A pool that keeps at most `max_idle` clients open between uses.
-    pub fn new(config: postgres::Config, max_idle: usize) -> Self {
-        Self { config, idle: Mutex::new(Vec::new()), max_idle }
+    /// A pool of at most `max_open` clients, keeping at most `max_idle` open between uses.
+    pub fn new(config: postgres::Config, max_open: usize, max_idle: usize) -> Self {
+        Self {
+            config,
+            state: Mutex::new(PoolState { idle: Vec::new(), busy: 0 }),
+            returned: std::sync::Condvar::new(),
+            max_open: max_open.max(1),
+            max_idle,
+        }
     }
 
     pub fn config(&self) -> &postgres::Config {
         &self.config
     }
 
-    /// An idle client, or a new connection. Call on a blocking thread.
+    /// An idle client, or a new connection; waits while `max_open` are in use. Call on a blocking
+    /// thread. Every client taken must be given back (or [`PgPool::forget`] when it broke).
     pub fn take(&self) -> Result<postgres::Client, postgres::Error> {
-        let idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
-        match idle {
-            Some(c) if !c.is_closed() => Ok(c),
-            _ => self.config.connect(postgres::NoTls),
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            while let Some(c) = state.idle.pop() {
+                if !c.is_closed() {
+                    state.busy += 1;
+                    return Ok(c);
+                }
+            }
+            if state.busy < self.max_open {
+                break;
+            }
+            state = self.returned.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
+        state.busy += 1;
+        drop(state);
+        self.config.connect(postgres::NoTls).inspect_err(|_| self.forget())
     }
 
+    /// Returns a client taken with [`PgPool::take`].
     pub fn give_back(&self, client: postgres::Client) {
-        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if idle.len() < self.max_idle {
-            idle.push(client);
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.busy = state.busy.saturating_sub(1);
+        if !client.is_closed() && state.idle.len() < self.max_idle {
+            state.idle.push(client);
         }
+        drop(state);
+        self.returned.notify_one();
+    }
+
+    /// Accounts for a client taken with [`PgPool::take`] that is gone (closed or failed to connect).
+    pub fn forget(&self) {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.busy = state.busy.saturating_sub(1);
+        drop(state);
+        self.returned.notify_one();
     }
 }
 
@@ -356,7 +395,7 @@ impl Drop for PgPool {
     fn drop(&mut self) {
         // Closing a synchronous client blocks on its runtime, which panics on an async thread; the pool
         // may be dropped anywhere, so its idle clients are closed on a thread of their own.
-        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let idle = std::mem::take(&mut self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).idle);
         if !idle.is_empty() {
             std::thread::spawn(move || drop(idle));
         }

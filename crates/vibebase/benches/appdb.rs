@@ -158,7 +158,10 @@ async fn bench_backend(label: &str, base: &str, secs: u64, concurrency: usize) -
     .await;
     let r = client.delete(format!("{base}/v1/envs/{id}")).bearer_auth(ADMIN).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 204);
-    vec![get.line(&format!("{label}: GET by primary key")), insert.line(&format!("{label}: INSERT with auth.uid() RLS"))]
+    vec![
+        get.line(&format!("{label}: GET by primary key")),
+        insert.line(&format!("{label}: INSERT with auth.uid() RLS")),
+    ]
 }
 
 fn psql(url: &str, sql: &str) {

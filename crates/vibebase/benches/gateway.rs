@@ -168,9 +168,21 @@ async fn main() {
     }
     let ms = |x: Duration| x.as_secs_f64() * 1000.0;
     println!("calls per series: {}", d.len());
-    println!("direct to mock (streamed)      p50 {:.3} ms  p99 {:.3} ms", ms(common::pct(&d, 0.5)), ms(common::pct(&d, 0.99)));
-    println!("gateway, not streamed          p50 {:.3} ms  p99 {:.3} ms", ms(common::pct(&g, 0.5)), ms(common::pct(&g, 0.99)));
-    println!("gateway, streamed              p50 {:.3} ms  p99 {:.3} ms", ms(common::pct(&s, 0.5)), ms(common::pct(&s, 0.99)));
+    println!(
+        "direct to mock (streamed)      p50 {:.3} ms  p99 {:.3} ms",
+        ms(common::pct(&d, 0.5)),
+        ms(common::pct(&d, 0.99))
+    );
+    println!(
+        "gateway, not streamed          p50 {:.3} ms  p99 {:.3} ms",
+        ms(common::pct(&g, 0.5)),
+        ms(common::pct(&g, 0.99))
+    );
+    println!(
+        "gateway, streamed              p50 {:.3} ms  p99 {:.3} ms",
+        ms(common::pct(&s, 0.5)),
+        ms(common::pct(&s, 0.99))
+    );
     println!(
         "overhead, not streamed         p50 {:.3} ms  p99 {:.3} ms",
         ms(common::pct(&g, 0.5)) - ms(common::pct(&d, 0.5)),
@@ -184,8 +196,16 @@ async fn main() {
     let od = open_loop(&client, &direct_url, "x", &streamed, rate, 5).await;
     let og = open_loop(&client, &gw_url, &key, &streamed, rate, 5).await;
     println!("open loop at {rate}/s for 5 s, streamed ({} calls each; pinned: {pinned})", od.len());
-    println!("direct to mock                 p50 {:.3} ms  p99 {:.3} ms", ms(common::pct(&od, 0.5)), ms(common::pct(&od, 0.99)));
-    println!("gateway                        p50 {:.3} ms  p99 {:.3} ms", ms(common::pct(&og, 0.5)), ms(common::pct(&og, 0.99)));
+    println!(
+        "direct to mock                 p50 {:.3} ms  p99 {:.3} ms",
+        ms(common::pct(&od, 0.5)),
+        ms(common::pct(&od, 0.99))
+    );
+    println!(
+        "gateway                        p50 {:.3} ms  p99 {:.3} ms",
+        ms(common::pct(&og, 0.5)),
+        ms(common::pct(&og, 0.99))
+    );
     println!(
         "overhead                       p50 {:.3} ms  p99 {:.3} ms",
         ms(common::pct(&og, 0.5)) - ms(common::pct(&od, 0.5)),

@@ -112,8 +112,16 @@ async fn main() {
     }
     create.sort();
     ready.sort();
-    println!("create (API, {runs} runs):             p50 {}  p99 {}", ms(common::pct(&create, 0.5)), ms(common::pct(&create, 0.99)));
-    println!("create to first exec done:         p50 {}  p99 {}", ms(common::pct(&ready, 0.5)), ms(common::pct(&ready, 0.99)));
+    println!(
+        "create (API, {runs} runs):             p50 {}  p99 {}",
+        ms(common::pct(&create, 0.5)),
+        ms(common::pct(&create, 0.99))
+    );
+    println!(
+        "create to first exec done:         p50 {}  p99 {}",
+        ms(common::pct(&ready, 0.5)),
+        ms(common::pct(&ready, 0.99))
+    );
 
     // 2. Exec round trip against a direct spawn.
     let id = api.create(json!({})).await;

@@ -767,8 +767,13 @@ async fn magic_links_are_not_served_and_resend_replaces_the_code() {
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
     assert!(e.outbox().await.is_empty());
     gotrue_error(
-        &e.call("POST", "/verify", None, Some(json!({"type": "magiclink", "email": "ann@example.com", "token": "123456"})))
-            .await,
+        &e.call(
+            "POST",
+            "/verify",
+            None,
+            Some(json!({"type": "magiclink", "email": "ann@example.com", "token": "123456"})),
+        )
+        .await,
         400,
         "validation_failed",
     );
