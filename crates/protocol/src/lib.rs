@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod ids;
 pub mod meter;
+pub mod hosting;
 pub mod sandbox;
 
 pub use ids::{EnvId, IdError};

@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod preview;
 pub mod routes;
 pub mod sandboxes;
+pub mod sites;
 pub mod surface;
 
 use std::collections::HashMap;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub auth: auth::Auth,
     /// Open env databases (part of the `auth_api::env_db` seam until appdb lands).
     pub(crate) env_dbs: auth_api::EnvDbs,
+    /// Static sites: deployments and their serving.
+    pub hosting: hosting::Hosting,
 }
 
 impl AppState {
@@ -78,6 +81,8 @@ impl AppState {
             postgres: auth::schema_ddl(store::Dialect::Postgres).to_owned(),
         });
         let auth = auth::Auth::new(platform.clone(), auth::AuthConfig::default());
+        let hosting = hosting::Hosting::new(platform.clone());
+        hosting.register_delete_hook();
         Self {
             platform,
             specs: Arc::new(specs),
@@ -89,6 +94,7 @@ impl AppState {
             appdb,
             auth,
             env_dbs: auth_api::EnvDbs::default(),
+            hosting,
         }
     }
 
