@@ -115,6 +115,8 @@ struct DeploymentRow {
 }
 
 const ROW_COLUMNS: &str = "id, status, manifest, config, file_count, total_bytes, created_at";
+/// [`ROW_COLUMNS`] of `site_deployments d` in a join.
+const D_ROW_COLUMNS: &str = "d.id, d.status, d.manifest, d.config, d.file_count, d.total_bytes, d.created_at";
 
 fn parse_row(r: &Row) -> Result<DeploymentRow> {
     let status = match r.text(1)?.as_str() {
@@ -204,6 +206,16 @@ impl Hosting {
                     .collect::<Result<_, _>>()?;
                 let mut missing: Vec<String> = wanted.difference(&held).cloned().collect();
                 missing.sort();
+                // Strictly increasing per env, so "newest first" is exact even within a millisecond.
+                let last = conn
+                    .query_opt(
+                        "SELECT CAST(COALESCE(MAX(created_at), 0) AS BIGINT) FROM site_deployments WHERE env_id = $1",
+                        &[e.as_str().into()],
+                    )?
+                    .map(|r| r.int(0))
+                    .transpose()?
+                    .unwrap_or(0);
+                let now = now.max(last + 1);
                 conn.execute(
                     "INSERT INTO site_deployments (env_id, id, status, manifest, config, file_count, total_bytes, created_at) \
                      VALUES ($1, $2, 'pending', $3, NULL, $4, 0, $5)",
@@ -528,7 +540,7 @@ impl Hosting {
             .tx(move |conn: &mut dyn Conn| {
                 let row = conn.query_opt(
                     &format!(
-                        "SELECT {ROW_COLUMNS} FROM site_deployments d JOIN envs e ON e.id = d.env_id \
+                        "SELECT {D_ROW_COLUMNS} FROM site_deployments d JOIN envs e ON e.id = d.env_id \
                          WHERE d.env_id = $1 AND d.id = $2 AND d.status = 'ready' AND e.status = 'active'"
                     ),
                     &[e.into(), dpl.into()],
