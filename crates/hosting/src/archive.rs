@@ -30,7 +30,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { total_bytes: MAX_ARCHIVE_UNPACKED_BYTES, file_bytes: MAX_SITE_FILE_BYTES as u64, files: MAX_DEPLOYMENT_FILES }
+        Self {
+            total_bytes: MAX_ARCHIVE_UNPACKED_BYTES,
+            file_bytes: MAX_SITE_FILE_BYTES as u64,
+            files: MAX_DEPLOYMENT_FILES,
+        }
     }
 }
 
@@ -82,7 +86,8 @@ pub fn unpack(data: &[u8], limits: Limits) -> Result<Unpacked> {
 }
 
 fn read_entries<R: Read>(reader: &mut R, limits: Limits) -> Result<Unpacked> {
-    let bad_archive = |e: std::io::Error| HostingError::invalid("invalid_archive", format!("not a readable tar(.gz) archive: {e}"));
+    let bad_archive =
+        |e: std::io::Error| HostingError::invalid("invalid_archive", format!("not a readable tar(.gz) archive: {e}"));
     let mut archive = tar::Archive::new(reader);
     let mut out = Unpacked::default();
     let mut total: u64 = 0;
@@ -109,7 +114,10 @@ fn read_entries<R: Read>(reader: &mut R, limits: Limits) -> Result<Unpacked> {
             continue;
         }
         if !kind.is_file() {
-            return Err(unsafe_entry(&name, "only regular files and directories may be deployed (no links or devices)"));
+            return Err(unsafe_entry(
+                &name,
+                "only regular files and directories may be deployed (no links or devices)",
+            ));
         }
         match path::check(trimmed) {
             Ok(()) => {}
@@ -117,11 +125,16 @@ fn read_entries<R: Read>(reader: &mut R, limits: Limits) -> Result<Unpacked> {
                 out.skipped.push(trimmed.to_owned());
                 continue;
             }
-            Err(PathProblem::Unsafe) => return Err(unsafe_entry(&name, "unsafe path (absolute, `..` or empty segments)")),
+            Err(PathProblem::Unsafe) => {
+                return Err(unsafe_entry(&name, "unsafe path (absolute, `..` or empty segments)"));
+            }
         }
         let size = entry.header().size().map_err(bad_archive)?;
         if size > limits.file_bytes {
-            return Err(HostingError::too_large("file_too_large", format!("{trimmed:?} is over {} bytes", limits.file_bytes)));
+            return Err(HostingError::too_large(
+                "file_too_large",
+                format!("{trimmed:?} is over {} bytes", limits.file_bytes),
+            ));
         }
         total = total.saturating_add(size);
         if total > limits.total_bytes || out.files.len() >= limits.files {
@@ -198,14 +211,20 @@ pub(crate) mod tests {
 
     #[test]
     fn unsafe_archives_are_refused_whole() {
-        for (name, kind) in
-            [("/etc/passwd", b'0'), ("../escape", b'0'), ("a/../../b", b'0'), ("link", b'2'), ("hard", b'1'), ("dev", b'3')]
-        {
+        for (name, kind) in [
+            ("/etc/passwd", b'0'),
+            ("../escape", b'0'),
+            ("a/../../b", b'0'),
+            ("link", b'2'),
+            ("hard", b'1'),
+            ("dev", b'3'),
+        ] {
             let tar = raw_tar(&[("index.html", b'0', b"ok"), (name, kind, b"")]);
             let e = unpack(&gzip(&tar), Limits::default()).unwrap_err();
             assert!(matches!(e, HostingError::Invalid { code: "unsafe_archive_entry", .. }), "{name}: {e}");
         }
-        let e = unpack(b"definitely not an archive, just some text that is long enough", Limits::default()).unwrap_err();
+        let e =
+            unpack(b"definitely not an archive, just some text that is long enough", Limits::default()).unwrap_err();
         assert!(matches!(e, HostingError::Invalid { code: "invalid_archive" | "unsafe_archive_entry", .. }), "{e}");
     }
 

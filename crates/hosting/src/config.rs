@@ -88,7 +88,8 @@ impl SiteConfig {
         for rule in &config.headers {
             check_source(&rule.source)?;
             for (name, value) in &rule.headers {
-                let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad(format!("bad header name {name:?}")))?;
+                let parsed =
+                    HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad(format!("bad header name {name:?}")))?;
                 if RESERVED.contains(&parsed.as_str()) {
                     return Err(bad(format!("header {name:?} is set by the server")));
                 }

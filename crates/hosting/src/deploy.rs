@@ -70,7 +70,6 @@ pub struct Deployment {
     pub config: SiteConfig,
 }
 
-
 fn not_found() -> HostingError {
     HostingError::NotFound { what: "deployment" }
 }
@@ -240,7 +239,10 @@ impl Hosting {
             return Err(HostingError::invalid("invalid_hash", "expected a lowercase hex SHA-256"));
         }
         if data.len() > MAX_SITE_FILE_BYTES {
-            return Err(HostingError::too_large("file_too_large", format!("files are at most {MAX_SITE_FILE_BYTES} bytes")));
+            return Err(HostingError::too_large(
+                "file_too_large",
+                format!("files are at most {MAX_SITE_FILE_BYTES} bytes"),
+            ));
         }
         let (e, dpl, s) = (env.to_string(), deployment.to_owned(), sha.to_owned());
         let (row, held) = self
@@ -305,7 +307,13 @@ impl Hosting {
 
     /// Completes a deployment: every file must be held by the env; `vibebase.json` is checked and kept.
     /// From here on the deployment never changes. Fires `deployment.created` (and `deployment.published`).
-    pub async fn finalize(&self, actor: &Actor, env: &EnvId, deployment: &str, publish: bool) -> Result<DeploymentRecord> {
+    pub async fn finalize(
+        &self,
+        actor: &Actor,
+        env: &EnvId,
+        deployment: &str,
+        publish: bool,
+    ) -> Result<DeploymentRecord> {
         let (e, dpl) = (env.to_string(), deployment.to_owned());
         let (row, held) = self
             .platform
@@ -344,18 +352,17 @@ impl Hosting {
         if missing > 0 {
             return Err(HostingError::conflict("files_missing", format!("{missing} files were not uploaded")));
         }
-        let config = match files.remove(CONFIG_FILE) {
-            Some(f) => {
-                let bytes = self
-                    .platform
-                    .blobs()
-                    .get(&self.file_key(env, &f.sha, Encoding::Identity))
-                    .await?
-                    .ok_or_else(|| HostingError::conflict("files_missing", "the config file was not uploaded"))?;
-                Some(serde_json::to_string(&SiteConfig::parse(&bytes)?).map_err(internal)?)
-            }
-            None => None,
-        };
+        let config =
+            match files.remove(CONFIG_FILE) {
+                Some(f) => {
+                    let bytes =
+                        self.platform.blobs().get(&self.file_key(env, &f.sha, Encoding::Identity)).await?.ok_or_else(
+                            || HostingError::conflict("files_missing", "the config file was not uploaded"),
+                        )?;
+                    Some(serde_json::to_string(&SiteConfig::parse(&bytes)?).map_err(internal)?)
+                }
+                None => None,
+            };
         let manifest = serde_json::to_string(&files).map_err(internal)?;
         let now = self.platform.clock().now_ms();
         let (e, dpl, actor) = (env.to_string(), deployment.to_owned(), actor.clone());
@@ -364,8 +371,9 @@ impl Hosting {
             Some(env),
             serde_json::json!({"deployment": deployment, "files": files.len()}),
         );
-        let published_event =
-            publish.then(|| self.platform.event("deployment.published", Some(env), serde_json::json!({"deployment": deployment})));
+        let published_event = publish.then(|| {
+            self.platform.event("deployment.published", Some(env), serde_json::json!({"deployment": deployment}))
+        });
         let (row, published) = self
             .platform
             .db()
@@ -384,7 +392,13 @@ impl Hosting {
                     audit::write(
                         conn,
                         now,
-                        &Record { actor: &actor, action: "site:Publish", env: Some(&e), target: Some(&dpl), result: "ok" },
+                        &Record {
+                            actor: &actor,
+                            action: "site:Publish",
+                            env: Some(&e),
+                            target: Some(&dpl),
+                            result: "ok",
+                        },
                     )?;
                     webhooks::enqueue(conn, now, ev)?;
                 }
@@ -399,7 +413,13 @@ impl Hosting {
     }
 
     /// Points the env's site at a ready deployment, atomically; nothing is copied or uploaded.
-    pub async fn publish(&self, actor: &Actor, env: &EnvId, deployment: &str, kind: PublishKind) -> Result<DeploymentRecord> {
+    pub async fn publish(
+        &self,
+        actor: &Actor,
+        env: &EnvId,
+        deployment: &str,
+        kind: PublishKind,
+    ) -> Result<DeploymentRecord> {
         let (action, event_type) = match kind {
             PublishKind::Publish => ("site:Publish", "deployment.published"),
             PublishKind::Rollback => ("site:Rollback", "deployment.rolled_back"),
@@ -417,7 +437,11 @@ impl Hosting {
                 }
                 let previous = published_id(conn, &e)?;
                 set_alias(conn, &e, &dpl, now)?;
-                audit::write(conn, now, &Record { actor: &actor, action, env: Some(&e), target: Some(&dpl), result: "ok" })?;
+                audit::write(
+                    conn,
+                    now,
+                    &Record { actor: &actor, action, env: Some(&e), target: Some(&dpl), result: "ok" },
+                )?;
                 let mut event = event;
                 event.data["previous"] = serde_json::json!(previous);
                 webhooks::enqueue(conn, now, &event)?;

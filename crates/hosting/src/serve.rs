@@ -57,10 +57,8 @@ pub fn choose_encoding(accept: Option<&str>, file: &StoredFile) -> Encoding {
     for item in accept.split(',') {
         let mut parts = item.split(';');
         let token = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        let q = parts
-            .filter_map(|p| p.trim().strip_prefix("q="))
-            .find_map(|q| q.trim().parse::<f32>().ok())
-            .unwrap_or(1.0);
+        let q =
+            parts.filter_map(|p| p.trim().strip_prefix("q=")).find_map(|q| q.trim().parse::<f32>().ok()).unwrap_or(1.0);
         if q <= 0.0 {
             continue;
         }
@@ -132,13 +130,16 @@ fn etag(sha: &str, enc: Encoding) -> String {
 
 /// `If-None-Match` against our strong tag (weak comparison, as RFC 9110 asks for this header).
 fn none_match(headers: &HeaderMap, tag: &str) -> bool {
-    headers.get_all(header::IF_NONE_MATCH).iter().filter_map(|v| v.to_str().ok()).any(|v| {
-        v.split(',').map(str::trim).any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == tag)
-    })
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').map(str::trim).any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == tag))
 }
 
 fn text_response(status: StatusCode) -> Response<Bytes> {
-    let mut r = Response::new(Bytes::from(format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""))));
+    let mut r =
+        Response::new(Bytes::from(format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""))));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r
@@ -295,7 +296,9 @@ mod tests {
 
     #[test]
     fn hashed_asset_names() {
-        for yes in ["assets/index-BXkqJzPa.js", "app.3f9a1c2b.js", "static/js/main.8e2f1a7c.chunk.js", "x-a1b2c3d4e5.css"] {
+        for yes in
+            ["assets/index-BXkqJzPa.js", "app.3f9a1c2b.js", "static/js/main.8e2f1a7c.chunk.js", "x-a1b2c3d4e5.css"]
+        {
             assert!(is_hashed_asset(yes), "{yes}");
         }
         for no in ["index.html", "jquery-standalone.js", "app.js", "assets/logo.png", "favicon.ico", "abcdefgh"] {

@@ -73,3 +73,15 @@ pub struct CreatedDeployment {
 pub struct DeploymentList {
     pub items: Vec<DeploymentRecord>,
 }
+
+/// `POST /v1/envs/{env}/sandboxes/{sandbox}/deploy`: deploy a directory of a running sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxDeployRequest {
+    /// The built site inside the sandbox: absolute, or relative to `/home/user` (e.g. `dist`).
+    #[schema(min_length = 1, max_length = 1024)]
+    pub path: String,
+    /// Publish it as the env's site once complete.
+    #[serde(default)]
+    pub publish: bool,
+}

@@ -3,9 +3,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod hosting;
 pub mod ids;
 pub mod meter;
-pub mod hosting;
 pub mod sandbox;
 
 pub use ids::{EnvId, IdError};

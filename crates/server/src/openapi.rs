@@ -82,6 +82,7 @@ fn components() -> utoipa::openapi::Components {
         .schema_from::<protocol::hosting::DeploymentStatus>()
         .schema_from::<protocol::hosting::DeploymentUrls>()
         .schema_from::<protocol::hosting::DeploymentList>()
+        .schema_from::<protocol::hosting::SandboxDeployRequest>()
         .schema_from::<protocol::auth::AuthSettings>()
         .schema_from::<protocol::auth::AuthSettingsPatch>()
         .schema_from::<protocol::auth::OutboxMail>()

@@ -1018,6 +1018,16 @@ fn sandbox_routes() -> Vec<R> {
         ),
         r(
             "POST",
+            "/v1/envs/{env}/sandboxes/{sandbox}/deploy",
+            control("site:Deploy", Secret),
+            Env,
+            "Deploy a directory of the sandbox as a static site (archived inside the sandbox).",
+            Some("SandboxDeployRequest"),
+            (201, Some("DeploymentRecord")),
+            post(crate::sites::from_sandbox),
+        ),
+        r(
+            "POST",
             "/v1/envs/{env}/sandboxes/{sandbox}/restore",
             control("sandboxes:Restore", Secret),
             Env,

@@ -13,7 +13,9 @@ use hosting::deploy::PublishKind;
 use hosting::serve::SiteRequest;
 use http::StatusCode;
 use protocol::EnvId;
-use protocol::hosting::{CreateDeploymentRequest, CreatedDeployment, DeploymentList, DeploymentRecord};
+use protocol::hosting::{
+    CreateDeploymentRequest, CreatedDeployment, DeploymentList, DeploymentRecord, SandboxDeployRequest,
+};
 use serde::Deserialize;
 
 use crate::AppState;
@@ -31,7 +33,9 @@ impl From<HostingError> for ApiError {
     fn from(e: HostingError) -> Self {
         match e {
             HostingError::Invalid { code, message } => ApiError::bad_request(code, message),
-            HostingError::NotFound { what } => ApiError::not_found(&format!("{what}_not_found"), format!("{what} not found")),
+            HostingError::NotFound { what } => {
+                ApiError::not_found(&format!("{what}_not_found"), format!("{what} not found"))
+            }
             HostingError::Conflict { code, message } => ApiError::new(StatusCode::CONFLICT, code, message),
             HostingError::TooLarge { code, message } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, code, message),
             HostingError::Platform(p) => p.into(),
@@ -54,6 +58,13 @@ pub struct DeploymentPath {
     #[allow(dead_code)]
     env: String,
     deployment: String,
+}
+
+#[derive(Deserialize)]
+pub struct SandboxPath {
+    #[allow(dead_code)]
+    env: String,
+    sandbox: String,
 }
 
 #[derive(Deserialize)]
@@ -113,13 +124,36 @@ pub async fn archive(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let body = raw_body(body)?;
-    let unpacked = tokio::task::spawn_blocking(move || hosting::archive::unpack(&body, hosting::archive::Limits::default()))
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"))??;
+    deploy_archive(&state, &caller, body, q.publish).await
+}
+
+/// Deploys a directory of a running sandbox: archived inside the sandbox, then deployed like an upload.
+pub async fn from_sandbox(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(p): Path<SandboxPath>,
+    JsonBody(req): JsonBody<SandboxDeployRequest>,
+) -> ApiResult<Response> {
+    if req.path.is_empty() || req.path.len() > 1024 || req.path.starts_with('-') {
+        return Err(ApiError::bad_request("invalid_path", "path must be a directory of the sandbox"));
+    }
+    let sandboxes = state
+        .sandboxes
+        .as_ref()
+        .map_err(|why| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "sandboxes_unavailable", why.clone()))?;
+    let archive = sandboxes.archive_dir(env_of(&caller)?, &p.sandbox, &req.path, MAX_ARCHIVE_BYTES).await?;
+    deploy_archive(&state, &caller, Bytes::from(archive), req.publish).await
+}
+
+async fn deploy_archive(state: &AppState, caller: &Caller, body: Bytes, publish: bool) -> ApiResult<Response> {
+    let unpacked =
+        tokio::task::spawn_blocking(move || hosting::archive::unpack(&body, hosting::archive::Limits::default()))
+            .await
+            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"))??;
     if unpacked.files.is_empty() {
         return Err(ApiError::bad_request("empty_deployment", "the archive holds no deployable files"));
     }
-    let record = state.hosting.deploy_files(&caller.actor, env_of(&caller)?, unpacked.files, q.publish).await?;
+    let record = state.hosting.deploy_files(&caller.actor, env_of(caller)?, unpacked.files, publish).await?;
     Ok((StatusCode::CREATED, Json(record)).into_response())
 }
 

@@ -6,8 +6,8 @@ use crate::db::{Conn, Db, Dialect, StoreError};
 /// (version, SQL). Append only: never edit a migration that has shipped.
 const MIGRATIONS: &[(i64, &str)] = &[
     (
-    1,
-    r#"
+        1,
+        r#"
 CREATE TABLE envs (
     id TEXT PRIMARY KEY,
     name TEXT,

@@ -787,7 +787,13 @@ async fn dispatch(command: ClientCommand) -> Result<Option<ExitCode>, Failure> {
             c.show(r, |v| {
                 table(
                     items(v),
-                    &[("id", "ID"), ("status", "STATUS"), ("published", "PUBLISHED"), ("file_count", "FILES"), ("created_at", "CREATED")],
+                    &[
+                        ("id", "ID"),
+                        ("status", "STATUS"),
+                        ("published", "PUBLISHED"),
+                        ("file_count", "FILES"),
+                        ("created_at", "CREATED"),
+                    ],
                 )
             });
         }

@@ -69,9 +69,8 @@ async fn deploy(h: &Harness, env: &str, key: &str, files: &[(&str, Vec<u8>)], pu
             assert_eq!(up.status, StatusCode::NO_CONTENT, "{}", up.text());
         }
     }
-    let fin = h
-        .call("POST", &format!("/v1/envs/{env}/deployments/{id}/finalize?publish={publish}"), Some(key), None)
-        .await;
+    let fin =
+        h.call("POST", &format!("/v1/envs/{env}/deployments/{id}/finalize?publish={publish}"), Some(key), None).await;
     assert_eq!(fin.status, StatusCode::OK, "{}", fin.text);
     (fin.json, missing)
 }
@@ -240,7 +239,13 @@ async fn deploy_publish_serve_redeploy_and_roll_back() {
     types.sort_unstable();
     assert_eq!(
         types,
-        ["deployment.created", "deployment.created", "deployment.published", "deployment.published", "deployment.rolled_back"]
+        [
+            "deployment.created",
+            "deployment.created",
+            "deployment.published",
+            "deployment.published",
+            "deployment.rolled_back"
+        ]
     );
 
     // Bytes served are metered for the env.
@@ -337,7 +342,16 @@ async fn bad_manifests_uploads_and_configs_are_refused_with_stable_codes() {
     let auth = format!("Bearer {key}");
     let up = |s: String, body: &'static [u8]| {
         let (h, auth, id) = (&h, auth.clone(), id.clone());
-        async move { raw(h, "PUT", &format!("/v1/envs/shop/deployments/{id}/files/{s}"), &[("authorization", &auth)], body.to_vec()).await }
+        async move {
+            raw(
+                h,
+                "PUT",
+                &format!("/v1/envs/shop/deployments/{id}/files/{s}"),
+                &[("authorization", &auth)],
+                body.to_vec(),
+            )
+            .await
+        }
     };
     let wrong = up(good.clone(), b"not x").await;
     assert_eq!((wrong.status, wrong.json()["code"].clone()), (StatusCode::BAD_REQUEST, json!("hash_mismatch")));
@@ -360,11 +374,19 @@ async fn bad_manifests_uploads_and_configs_are_refused_with_stable_codes() {
     // A bad vibebase.json refuses the finalize and leaves the deployment pending.
     let config = br#"{"headers":[{"source":"/","headers":{"Content-Length":"1"}}]}"#;
     let r = h
-        .call("POST", "/v1/envs/shop/deployments", Some(key), Some(json!({"files": {"index.html": good, "vibebase.json": sha(config)}})))
+        .call(
+            "POST",
+            "/v1/envs/shop/deployments",
+            Some(key),
+            Some(json!({"files": {"index.html": good, "vibebase.json": sha(config)}})),
+        )
         .await;
     let id = r.json["deployment"]["id"].as_str().unwrap().to_owned();
     let path = format!("/v1/envs/shop/deployments/{id}/files/{}", sha(config));
-    assert_eq!(raw(&h, "PUT", &path, &[("authorization", &auth)], config.to_vec()).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        raw(&h, "PUT", &path, &[("authorization", &auth)], config.to_vec()).await.status,
+        StatusCode::NO_CONTENT
+    );
     let fin = h.call("POST", &format!("/v1/envs/shop/deployments/{id}/finalize"), Some(key), None).await;
     assert_eq!((fin.status, fin.json["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_site_config")));
     let r = h.call("GET", &format!("/v1/envs/shop/deployments/{id}"), Some(key), None).await;
@@ -446,7 +468,12 @@ async fn archives_deploy_and_hostile_archives_are_refused_whole() {
         ("fifo", b'6', "unsafe_archive_entry"),
     ] {
         let r = post(targz(&[("index.html", b'0', b"fine"), (name, kind, b"")]), true).await;
-        assert_eq!((r.status, r.json()["code"].as_str()), (StatusCode::BAD_REQUEST, Some(code)), "{name}: {}", r.text());
+        assert_eq!(
+            (r.status, r.json()["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(code)),
+            "{name}: {}",
+            r.text()
+        );
     }
     let r = post(b"this is not an archive at all, not even close to one".to_vec(), false).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
@@ -461,4 +488,42 @@ async fn archives_deploy_and_hostile_archives_are_refused_whole() {
     assert_eq!(site(&h, "shop.localhost", "/", &[]).await.text(), "<h1>from tar</h1>");
     let list = h.call("GET", "/v1/envs/shop/deployments", Some(env.secret()), None).await;
     assert_eq!(list.json["items"].as_array().unwrap().len(), 1);
+}
+
+/// A client that trickles its headers is cut off after the header read timeout, while other clients
+/// are served meanwhile (connections are tasks, not workers).
+#[tokio::test]
+async fn slow_clients_are_cut_off_without_starving_others() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let h = Harness::new().await;
+    let env = h.create_env("shop").await;
+    deploy(&h, "shop", env.secret(), &[("index.html", b"fast".to_vec())], true).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = server::AppState::new(h.platform.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let timeout = std::time::Duration::from_millis(300);
+    let served = tokio::spawn(server::serve_with(listener, state, async move { drop(stopped.await) }, timeout));
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: shop.loc").await.unwrap();
+        slow.push(tcp);
+    }
+    let mut fast = tokio::net::TcpStream::connect(addr).await.unwrap();
+    fast.write_all(b"GET / HTTP/1.1\r\nHost: shop.localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    fast.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("fast"), "{answer}");
+    let started = Instant::now();
+    for mut tcp in slow {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "a slow client was not cut off");
+        let text = String::from_utf8_lossy(&rest);
+        assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    stop.send(()).unwrap();
+    served.await.unwrap().unwrap();
 }

@@ -92,12 +92,7 @@ const EMPTY_OBJECT_SHA: &str = "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e83
 async fn deployments(h: &Harness, key: &str) -> (String, String) {
     let create = |file: &'static str| async move {
         let r = h
-            .call(
-                "POST",
-                "/v1/envs/tenant-a/deployments",
-                Some(key),
-                Some(json!({"files": {file: EMPTY_OBJECT_SHA}})),
-            )
+            .call("POST", "/v1/envs/tenant-a/deployments", Some(key), Some(json!({"files": {file: EMPTY_OBJECT_SHA}})))
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
         r.json["deployment"]["id"].as_str().unwrap().to_owned()
@@ -107,7 +102,8 @@ async fn deployments(h: &Harness, key: &str) -> (String, String) {
     let upload = format!("/v1/envs/tenant-a/deployments/{ready}/files/{EMPTY_OBJECT_SHA}");
     let r = h.send("PUT", &upload, &auth, Some("{}".to_owned())).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
-    let r = h.call("POST", &format!("/v1/envs/tenant-a/deployments/{ready}/finalize?publish=true"), Some(key), None).await;
+    let r =
+        h.call("POST", &format!("/v1/envs/tenant-a/deployments/{ready}/finalize?publish=true"), Some(key), None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     (ready, create("data.json").await)
 }
@@ -307,6 +303,8 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
                 ("POST", "/timeout") => (200, format!("{sb}/timeout"), Some(json!({"timeout_seconds": 60}))),
                 ("POST", "/exec") => (200, format!("{sb}/exec"), Some(json!({"command": "true"}))),
                 ("POST", "/snapshot") => (201, format!("{sb}/snapshot"), None),
+                // The workspace holds `seed.txt`: a one-file site.
+                ("POST", "/deploy") => (201, format!("{sb}/deploy"), Some(json!({"path": "."}))),
                 // A well-formed id that does not exist: refused before or after the gate alike.
                 ("POST", "/restore") => {
                     (404, format!("{sb}/restore"), Some(json!({"snapshot": "snap0000000000000000"})))
