@@ -393,25 +393,19 @@ async fn bad_manifests_uploads_and_configs_are_refused_with_stable_codes() {
     assert_eq!(r.json["status"], "pending");
 }
 
-/// One ustar header + data, written by hand so tests can make entries a careful tool refuses.
+/// One tar entry with whatever name and type a test wants: the name goes into the header raw, where a
+/// careful tool would refuse absolute names or `..`.
 fn tar_entry(out: &mut Vec<u8>, name: &str, kind: u8, data: &[u8], size: Option<u64>) {
-    let mut hd = [0u8; 512];
-    hd[..name.len()].copy_from_slice(name.as_bytes());
-    hd[100..107].copy_from_slice(b"0000644");
-    hd[108..115].copy_from_slice(b"0000000");
-    hd[116..123].copy_from_slice(b"0000000");
-    hd[124..135].copy_from_slice(format!("{:011o}", size.unwrap_or(data.len() as u64)).as_bytes());
-    hd[136..147].copy_from_slice(b"00000000000");
-    hd[156] = kind;
-    if kind == b'2' || kind == b'1' {
-        hd[157..168].copy_from_slice(b"/etc/passwd");
+    let mut header = tar::Header::new_old();
+    header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    header.set_size(size.unwrap_or(data.len() as u64));
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::new(kind));
+    if kind == b'1' || kind == b'2' {
+        header.set_link_name_literal("/etc/passwd").unwrap();
     }
-    hd[257..263].copy_from_slice(b"ustar\0");
-    hd[263..265].copy_from_slice(b"00");
-    hd[148..156].copy_from_slice(b"        ");
-    let sum: u32 = hd.iter().map(|b| u32::from(*b)).sum();
-    hd[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-    out.extend_from_slice(&hd);
+    header.set_cksum();
+    out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(data);
     out.resize(out.len().div_ceil(512) * 512, 0);
 }
