@@ -483,7 +483,16 @@ pub struct Health {
 }
 
 /// Event types the platform core emits (later capabilities add theirs).
-pub const EVENT_TYPES: &[&str] = &["env.created", "env.suspended", "env.resumed", "env.deleted", "quota.alert"];
+pub const EVENT_TYPES: &[&str] = &[
+    "env.created",
+    "env.suspended",
+    "env.resumed",
+    "env.deleted",
+    "quota.alert",
+    "deployment.created",
+    "deployment.published",
+    "deployment.rolled_back",
+];
 
 fn string_enum(values: impl IntoIterator<Item = String>) -> utoipa::openapi::Object {
     utoipa::openapi::ObjectBuilder::new()

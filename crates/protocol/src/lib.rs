@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod hosting;
 pub mod ids;
 pub mod meter;
 pub mod sandbox;

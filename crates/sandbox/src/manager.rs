@@ -496,30 +496,51 @@ impl Sandboxes {
         destroyed
     }
 
-    /// Archives the sandbox's workspace (`tar | gzip`, run inside the sandbox) into the object store.
-    pub async fn snapshot(&self, env: &EnvId, id: &str) -> Result<SnapshotRecord, SandboxError> {
+    /// A `tar.gz` of a directory of the sandbox, made inside the sandbox (`tar | gzip`), so no spelling
+    /// of `dir` reaches anything the sandbox itself cannot read.
+    async fn tar_dir(
+        &self,
+        env: &EnvId,
+        id: &str,
+        dir: &str,
+        limit: usize,
+        code: &'static str,
+    ) -> Result<Vec<u8>, SandboxError> {
         let agent = self.agent(env, id)?;
         let spec = crate::proto::ExecSpec {
-            argv: ["tar", "-C", crate::agent::WORKSPACE, "-czf", "-", "."].map(str::to_owned).to_vec(),
+            argv: ["tar", "-C", dir, "-czf", "-", "."].map(str::to_owned).to_vec(),
             timeout_ms: Some(600_000),
             ..Default::default()
         };
-        let done = agent.run(spec, None, crate::client::OutputLimit(MAX_SNAPSHOT_BYTES)).await?;
+        let done = agent.run(spec, None, crate::client::OutputLimit(limit)).await?;
         // GNU tar exits 1 when a file changed while it was read: the archive is still whole.
         if done.truncated || !(0..=1).contains(&done.exit_code) {
             let why = if done.truncated {
-                "the workspace is too large to snapshot".to_owned()
+                format!("{dir} is over {limit} bytes as an archive")
             } else {
                 String::from_utf8_lossy(&done.stderr).into_owned()
             };
-            return Err(invalid("snapshot_failed", why));
+            return Err(invalid(code, why));
         }
+        Ok(done.stdout)
+    }
+
+    /// A `tar.gz` of `path` (absolute, or relative to the workspace) of a sandbox, at most `limit`
+    /// bytes: what a static deployment from a sandbox is made of.
+    pub async fn archive_dir(&self, env: &EnvId, id: &str, path: &str, limit: usize) -> Result<Vec<u8>, SandboxError> {
+        let dir = if path.starts_with('/') { path.to_owned() } else { format!("{}/{path}", crate::agent::WORKSPACE) };
+        self.tar_dir(env, id, &dir, limit, "archive_failed").await
+    }
+
+    /// Archives the sandbox's workspace (`tar | gzip`, run inside the sandbox) into the object store.
+    pub async fn snapshot(&self, env: &EnvId, id: &str) -> Result<SnapshotRecord, SandboxError> {
+        let stdout = self.tar_dir(env, id, crate::agent::WORKSPACE, MAX_SNAPSHOT_BYTES, "snapshot_failed").await?;
         let snap = format!("snap{}", self.inner.platform.random_id(16).to_ascii_lowercase());
-        let size = done.stdout.len() as u64;
+        let size = stdout.len() as u64;
         self.inner
             .platform
             .blobs()
-            .put(&snapshot_key(&self.inner.platform, env, &snap), done.stdout.into())
+            .put(&snapshot_key(&self.inner.platform, env, &snap), stdout.into())
             .await
             .map_err(|e| SandboxError::Platform(e.into()))?;
         Ok(SnapshotRecord { id: snap, sandbox: id.to_owned(), size_bytes: size, created_at: now_rfc3339() })

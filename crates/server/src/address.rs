@@ -17,9 +17,7 @@ pub const SAME_ORIGIN_API_PREFIXES: [&str; 4] = ["/rest/v1", "/auth/v1", "/stora
 /// Deployment ids: `dpl` and 10 lowercase letters or digits. Container app names may not take this shape,
 /// which keeps `<x>--<env>` unambiguous.
 pub fn is_deployment_id(label: &str) -> bool {
-    label.len() == 13
-        && label.starts_with("dpl")
-        && label[3..].bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    hosting::path::is_deployment_id(label)
 }
 
 /// What a host under the apps domain names.

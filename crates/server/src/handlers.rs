@@ -92,7 +92,7 @@ pub async fn create_env(
 }
 
 /// The page size a listing asked for (default 100), within 1..=1000.
-fn page_size(limit: Option<u32>) -> ApiResult<u32> {
+pub(crate) fn page_size(limit: Option<u32>) -> ApiResult<u32> {
     match limit {
         None => Ok(100),
         Some(n) if (1..=crate::routes::MAX_PAGE as u32).contains(&n) => Ok(n),

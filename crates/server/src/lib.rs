@@ -15,10 +15,10 @@ pub mod openapi;
 pub mod preview;
 pub mod routes;
 pub mod sandboxes;
+pub mod sites;
 pub mod surface;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request};
@@ -54,6 +54,8 @@ pub struct AppState {
     pub appdb: appdb::AppDbs,
     /// End-user auth (GoTrue) of every env.
     pub auth: auth::Auth,
+    /// Static sites: deployments and their serving.
+    pub hosting: hosting::Hosting,
 }
 
 impl AppState {
@@ -72,6 +74,8 @@ impl AppState {
         // Every env database holds its auth tables, so migrations can reference `auth.users`.
         appdb.register_schema(auth::schema_hook());
         let auth = auth::Auth::new(platform.clone(), auth::AuthConfig::default());
+        let hosting = hosting::Hosting::new(platform.clone());
+        hosting.register_delete_hook();
         Self {
             platform,
             specs: Arc::new(specs),
@@ -82,6 +86,7 @@ impl AppState {
             watchers: Arc::default(),
             appdb,
             auth,
+            hosting,
         }
     }
 
@@ -184,24 +189,67 @@ pub async fn handle(router: axum::Router, apps_domain: &str, req: Request) -> Re
     }
 }
 
+/// How long a client may take to send a request's headers (slow clients are cut off, so a trickle of
+/// bytes cannot hold a connection open forever).
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serves until `shutdown` resolves, then drains in-flight requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, state, shutdown, HEADER_READ_TIMEOUT).await
+}
+
+/// [`serve`] with a given header read timeout (tests shorten it).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    header_read_timeout: std::time::Duration,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let apps_domain = state.platform.config().apps_domain.clone();
     let router = router(state);
     let app = tower::util::MapRequestLayer::new(move |req: Request| rewrite_host(&apps_domain, req));
     let service = tower::Layer::layer(&app, router);
-    // Streamed responses (the model gateway's SSE) are many small writes: without TCP_NODELAY each one
-    // after the first waits for the client's delayed ACK (about 40 ms on Linux).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Streamed responses (the model gateway's SSE) are many small writes: without TCP_NODELAY each
+        // one after the first waits for the client's delayed ACK (about 40 ms on Linux).
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
-    });
-    axum::serve(listener, axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(service))
-        .with_graceful_shutdown(shutdown)
-        .await
+        let service = service.clone();
+        let hyper_service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            service.clone().oneshot(req.map(axum::body::Body::new))
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), hyper_service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

@@ -6,7 +6,7 @@ use axum::routing::{MethodRouter, any, delete, get, post, put};
 use tenancy::{Access, EnvKeyAccess, Plane};
 
 use crate::surface::Surface;
-use crate::{AppState, auth_api, handlers, sandboxes};
+use crate::{AppState, auth_api, handlers, sandboxes, sites};
 
 /// How the gate scopes a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -710,6 +710,7 @@ fn table() -> Vec<R> {
     ];
     routes.extend(sandbox_routes());
     routes.extend(auth_routes());
+    routes.extend(deployment_routes());
     routes.extend([
         R {
             spec: RouteSpec {
@@ -755,13 +756,19 @@ fn table() -> Vec<R> {
             },
             handler: post(handlers::surface_not_built),
         },
-        surface("/env/{env}/site/{*rest}", Surface::Hosting, "site:Get", Any, "The published site."),
-        surface(
-            "/env/{env}/deployments/{deployment}/{*rest}",
-            Surface::Hosting,
-            "site:Get",
-            Any,
-            "A deployment preview.",
+        built(
+            surface("/env/{env}/site/{*rest}", Surface::Hosting, "site:Get", Any, "The published site."),
+            any(sites::site),
+        ),
+        built(
+            surface(
+                "/env/{env}/deployments/{deployment}/{*rest}",
+                Surface::Hosting,
+                "site:Get",
+                Any,
+                "A deployment preview.",
+            ),
+            any(sites::preview),
         ),
         surface("/env/{env}/apps/{app}/{*rest}", Surface::Hosting, "site:Get", Any, "A container app."),
         built(
@@ -776,6 +783,103 @@ fn table() -> Vec<R> {
         ),
     ]);
     routes
+}
+
+const PUBLISH_QUERY: &[(&str, QueryType, &str)] =
+    &[("publish", QueryType::OneOf(&["true", "false"]), "Publish as soon as the deployment is complete.")];
+const DEPLOYMENT_LIST_QUERY: &[(&str, QueryType, &str)] =
+    &[("limit", QueryType::Integer(1, MAX_PAGE), "At most this many, newest first.")];
+
+/// Static site deployments of an env: content-addressed uploads, finalize, publish and roll back.
+fn deployment_routes() -> Vec<R> {
+    use EnvKeyAccess::Secret;
+    use Scope::Env;
+    const D: &str = "/v1/envs/{env}/deployments/{deployment}";
+    vec![
+        r(
+            "POST",
+            "/v1/envs/{env}/deployments",
+            control("site:Deploy", Secret),
+            Env,
+            "Start a deployment from a manifest (path → SHA-256); answers the hashes to upload.",
+            Some("CreateDeploymentRequest"),
+            (201, Some("CreatedDeployment")),
+            post(sites::create),
+        ),
+        r(
+            "GET",
+            "/v1/envs/{env}/deployments",
+            control("site:List", Secret),
+            Env,
+            "The env's deployments, newest first.",
+            None,
+            (200, Some("DeploymentList")),
+            get(sites::list),
+        )
+        .query(DEPLOYMENT_LIST_QUERY),
+        r(
+            "POST",
+            "/v1/envs/{env}/deployments/archive",
+            control("site:Deploy", Secret),
+            Env,
+            "Deploy a tar.gz archive (the raw body) in one call.",
+            None,
+            (201, Some("DeploymentRecord")),
+            post(sites::archive).layer(axum::extract::DefaultBodyLimit::max(sites::MAX_ARCHIVE_BYTES)),
+        )
+        .query(PUBLISH_QUERY),
+        r(
+            "GET",
+            D,
+            control("site:List", Secret),
+            Env,
+            "Get a deployment.",
+            None,
+            (200, Some("DeploymentRecord")),
+            get(sites::get),
+        ),
+        r(
+            "PUT",
+            "/v1/envs/{env}/deployments/{deployment}/files/{sha256}",
+            control("site:Deploy", Secret),
+            Env,
+            "Upload one file of a pending deployment (the raw body; its SHA-256 must match).",
+            None,
+            (204, None),
+            put(sites::upload).layer(axum::extract::DefaultBodyLimit::max(sites::MAX_FILE_BYTES)),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/deployments/{deployment}/finalize",
+            control("site:Deploy", Secret),
+            Env,
+            "Complete a deployment once every file is uploaded; it is immutable from then on.",
+            None,
+            (200, Some("DeploymentRecord")),
+            post(sites::finalize),
+        )
+        .query(PUBLISH_QUERY),
+        r(
+            "POST",
+            "/v1/envs/{env}/deployments/{deployment}/publish",
+            control("site:Publish", Secret),
+            Env,
+            "Serve this deployment as the env's site (moves the alias atomically).",
+            None,
+            (200, Some("DeploymentRecord")),
+            post(sites::publish),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/deployments/{deployment}/rollback",
+            control("site:Publish", Secret),
+            Env,
+            "Serve an earlier deployment again (no upload; fires deployment.rolled_back).",
+            None,
+            (200, Some("DeploymentRecord")),
+            post(sites::rollback),
+        ),
+    ]
 }
 
 const FILE_QUERY: &[(&str, QueryType, &str)] = &[("path", QueryType::String, "Absolute, or relative to /home/user.")];
@@ -902,6 +1006,16 @@ fn sandbox_routes() -> Vec<R> {
             None,
             (201, Some("SnapshotRecord")),
             post(sandboxes::snapshot),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/sandboxes/{sandbox}/deploy",
+            control("site:Deploy", Secret),
+            Env,
+            "Deploy a directory of the sandbox as a static site (archived inside the sandbox).",
+            Some("SandboxDeployRequest"),
+            (201, Some("DeploymentRecord")),
+            post(crate::sites::from_sandbox),
         ),
         r(
             "POST",

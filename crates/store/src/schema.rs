@@ -4,9 +4,10 @@
 use crate::db::{Conn, Db, Dialect, StoreError};
 
 /// (version, SQL). Append only: never edit a migration that has shipped.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE envs (
     id TEXT PRIMARY KEY,
     name TEXT,
@@ -102,7 +103,38 @@ CREATE TABLE webhook_deliveries (
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at);
 CREATE INDEX webhook_deliveries_hook ON webhook_deliveries (webhook_id, created_at);
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE site_files (
+    env_id TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    encodings TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (env_id, sha256)
+);
+CREATE TABLE site_deployments (
+    env_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    config TEXT,
+    file_count BIGINT NOT NULL,
+    total_bytes BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (env_id, id)
+);
+CREATE INDEX site_deployments_created ON site_deployments (env_id, created_at);
+CREATE TABLE site_aliases (
+    env_id TEXT PRIMARY KEY,
+    deployment_id TEXT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+"#,
+    ),
+];
 
 /// The schema version this binary writes.
 pub fn current_version() -> i64 {

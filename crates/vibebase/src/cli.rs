@@ -91,6 +91,34 @@ pub enum ClientCommand {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Deploy a directory as the env's static site (uploads only what the env does not hold yet);
+    /// prints the deployment id and its URLs. Dotfiles (`.env`, `.git/…`) are never uploaded.
+    Deploy {
+        #[arg(long)]
+        env: String,
+        /// The built site (e.g. `dist`).
+        dir: std::path::PathBuf,
+        /// Publish it as the env's site once complete.
+        #[arg(long)]
+        publish: bool,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Serve an earlier deployment as the env's site again (nothing is uploaded).
+    Rollback {
+        #[arg(long)]
+        env: String,
+        deployment: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// List the env's deployments, newest first.
+    Deployments {
+        #[arg(long)]
+        env: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Apply a migration (PostgreSQL dialect) from FILE (`-` = stdin) to an env's database.
     Sql {
         #[arg(long)]
@@ -670,9 +698,105 @@ async fn sandbox(c: &Client, command: SandboxCommand) -> Result<Option<ExitCode>
     Ok(None)
 }
 
+/// The files of a site directory: (site path, local path), dotfiles and symlinks left out.
+fn site_files(root: &std::path::Path) -> Result<Vec<(String, std::path::PathBuf)>, Failure> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| Failure::new(2, format!("{}: {e}", dir.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Failure::new(1, e.to_string()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name != ".well-known" {
+                continue;
+            }
+            let kind = entry.file_type().map_err(|e| Failure::new(1, e.to_string()))?;
+            let path = entry.path();
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                let rel = path.strip_prefix(root).map_err(|e| Failure::new(1, e.to_string()))?;
+                let site = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+                out.push((site, path));
+            } else {
+                progress(&format!("skipping {} (not a regular file)", path.display()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn deployment_text(v: &Value) -> String {
+    format!(
+        "{}\npreview:      {}\npreview path: {}\nsite:         {}{}\n",
+        s(&v["id"]),
+        s(&v["urls"]["preview"]),
+        s(&v["urls"]["preview_path"]),
+        s(&v["urls"]["site"]),
+        if v["published"] == true { " (published)" } else { "" },
+    )
+}
+
+async fn deploy(c: &Client, env: &str, dir: &std::path::Path, publish: bool) -> Result<(), Failure> {
+    use reqwest::Method;
+    use sha2::Digest as _;
+    if !dir.is_dir() {
+        return Err(Failure::new(2, format!("{} is not a directory", dir.display())));
+    }
+    let files = site_files(dir)?;
+    let mut manifest = serde_json::Map::new();
+    let mut by_sha = std::collections::HashMap::new();
+    for (site, local) in &files {
+        let data = std::fs::read(local).map_err(|e| Failure::new(2, format!("{}: {e}", local.display())))?;
+        let sha: String = sha2::Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect();
+        manifest.insert(site.clone(), json!(sha));
+        by_sha.insert(sha, local.clone());
+    }
+    let Reply::Json(created) =
+        c.call(Method::POST, &format!("/v1/envs/{env}/deployments"), Some(json!({"files": manifest}))).await?
+    else {
+        return Err(Failure::new(1, "unexpected answer to create deployment"));
+    };
+    let id = s(&created["deployment"]["id"]).to_owned();
+    let missing: Vec<String> =
+        created["missing"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+    progress(&format!("{} files, {} to upload", files.len(), missing.len()));
+    for sha in &missing {
+        let local = by_sha.get(sha).ok_or_else(|| Failure::new(1, format!("the server asked for unknown {sha}")))?;
+        let data = std::fs::read(local).map_err(|e| Failure::new(2, format!("{}: {e}", local.display())))?;
+        c.raw(Method::PUT, &format!("/v1/envs/{env}/deployments/{id}/files/{sha}"), data).await?;
+    }
+    let r = c.call(Method::POST, &format!("/v1/envs/{env}/deployments/{id}/finalize?publish={publish}"), None).await?;
+    c.show(r, deployment_text);
+    Ok(())
+}
+
 async fn dispatch(command: ClientCommand) -> Result<Option<ExitCode>, Failure> {
     use reqwest::Method;
     match command {
+        ClientCommand::Deploy { env, dir, publish, conn } => deploy(&Client::new(conn)?, &env, &dir, publish).await?,
+        ClientCommand::Rollback { env, deployment, conn } => {
+            let c = Client::new(conn)?;
+            let r = c.call(Method::POST, &format!("/v1/envs/{env}/deployments/{deployment}/rollback"), None).await?;
+            c.show(r, deployment_text);
+        }
+        ClientCommand::Deployments { env, conn } => {
+            let c = Client::new(conn)?;
+            let r = c.call(Method::GET, &format!("/v1/envs/{env}/deployments"), None).await?;
+            c.show(r, |v| {
+                table(
+                    items(v),
+                    &[
+                        ("id", "ID"),
+                        ("status", "STATUS"),
+                        ("published", "PUBLISHED"),
+                        ("file_count", "FILES"),
+                        ("created_at", "CREATED"),
+                    ],
+                )
+            });
+        }
         ClientCommand::Sandbox { command, conn } => return sandbox(&Client::new(conn)?, command).await,
         ClientCommand::Template { command, conn } => {
             let c = Client::new(conn)?;

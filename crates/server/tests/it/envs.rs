@@ -304,10 +304,11 @@ async fn host_form_reaches_the_same_routes_as_path_form() {
         )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    // Site, previews and ports are routed to hosting (a sandbox port of a missing sandbox: 404).
+    // Site, previews and ports are routed to hosting (nothing published, no such deployment, a sandbox
+    // port of a missing sandbox: a plain 404).
     for (host, status) in [
-        ("shop.localhost", StatusCode::NOT_IMPLEMENTED),
-        ("dpl0000000000--shop.localhost", StatusCode::NOT_IMPLEMENTED),
+        ("shop.localhost", StatusCode::NOT_FOUND),
+        ("dpl0000000000--shop.localhost", StatusCode::NOT_FOUND),
         ("api--shop.localhost", StatusCode::NOT_IMPLEMENTED),
         ("5173-sb1--shop.localhost", StatusCode::NOT_FOUND),
     ] {

@@ -6,6 +6,7 @@ mod delete;
 mod envs;
 mod gotrue;
 mod harness;
+mod hosting;
 mod ledger;
 mod llm;
 mod matrix;

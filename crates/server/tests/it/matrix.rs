@@ -79,6 +79,33 @@ struct World {
     principal: String,
     /// An end user of env A (email `user@example.com`, password `password-123`).
     auth_user: String,
+    /// A ready, published deployment of env A (`index.html` is `{}`).
+    deployment: String,
+    /// A pending deployment of env A (`data.json` is `{}`).
+    pending: String,
+}
+
+/// SHA-256 of `{}`, the body the matrix sends to upload routes.
+const EMPTY_OBJECT_SHA: &str = "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+
+/// A published deployment and a pending one of env A, through the API.
+async fn deployments(h: &Harness, key: &str) -> (String, String) {
+    let create = |file: &'static str| async move {
+        let r = h
+            .call("POST", "/v1/envs/tenant-a/deployments", Some(key), Some(json!({"files": {file: EMPTY_OBJECT_SHA}})))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        r.json["deployment"]["id"].as_str().unwrap().to_owned()
+    };
+    let ready = create("index.html").await;
+    let auth = [("authorization", format!("Bearer {key}"))];
+    let upload = format!("/v1/envs/tenant-a/deployments/{ready}/files/{EMPTY_OBJECT_SHA}");
+    let r = h.send("PUT", &upload, &auth, Some("{}".to_owned())).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let r =
+        h.call("POST", &format!("/v1/envs/tenant-a/deployments/{ready}/finalize?publish=true"), Some(key), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    (ready, create("data.json").await)
 }
 
 async fn world() -> World {
@@ -130,6 +157,7 @@ async fn world() -> World {
     let target_principal = h
         .call("POST", "/v1/principals", Some(&admin), Some(json!({"name": "target", "policy": owner_policy.json})))
         .await;
+    let (deployment, pending) = deployments(&h, &admin).await;
     let creds = vec![
         Some(admin),
         Some(a_secret),
@@ -151,6 +179,8 @@ async fn world() -> World {
         webhook: webhook.json["id"].as_str().unwrap().to_owned(),
         principal: target_principal.json["id"].as_str().unwrap().to_owned(),
         auth_user: user.json["id"].as_str().unwrap().to_owned(),
+        deployment,
+        pending,
     }
 }
 
@@ -273,6 +303,8 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
                 ("POST", "/timeout") => (200, format!("{sb}/timeout"), Some(json!({"timeout_seconds": 60}))),
                 ("POST", "/exec") => (200, format!("{sb}/exec"), Some(json!({"command": "true"}))),
                 ("POST", "/snapshot") => (201, format!("{sb}/snapshot"), None),
+                // The workspace holds `seed.txt`: a one-file site.
+                ("POST", "/deploy") => (201, format!("{sb}/deploy"), Some(json!({"path": "."}))),
                 // A well-formed id that does not exist: refused before or after the gate alike.
                 ("POST", "/restore") => {
                     (404, format!("{sb}/restore"), Some(json!({"snapshot": "snap0000000000000000"})))
@@ -383,9 +415,38 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
         ("ANY", "/env/{env}/llm/v1/{*rest}") => f("data_hands", 200, "/env/tenant-a/llm/v1/models".into(), None),
         ("ANY", "/env/{env}/mcp") => f("data_secret", 501, "/env/tenant-a/mcp".into(), None),
         ("POST", "/v1/envs/{env}/agent") => f("data_secret", 501, "/v1/envs/tenant-a/agent".into(), Some(json!({}))),
-        ("ANY", "/env/{env}/site/{*rest}") => f("public", 501, "/env/tenant-a/site/index.html".into(), None),
+        ("ANY", "/env/{env}/site/{*rest}") => f("public", 200, "/env/tenant-a/site/index.html".into(), None),
         ("ANY", "/env/{env}/deployments/{deployment}/{*rest}") => {
-            f("public", 501, "/env/tenant-a/deployments/dpl0000000000/index.html".into(), None)
+            f("public", 200, format!("/env/tenant-a/deployments/{}/index.html", w.deployment), None)
+        }
+        ("POST", "/v1/envs/{env}/deployments") => f(
+            "env_tenant",
+            201,
+            "/v1/envs/tenant-a/deployments".into(),
+            Some(json!({"files": {"index.html": EMPTY_OBJECT_SHA}})),
+        ),
+        ("GET", "/v1/envs/{env}/deployments") => f("env_tenant", 200, "/v1/envs/tenant-a/deployments".into(), None),
+        // An empty body is no archive: 400 once past the gate (archives are tested in `hosting`).
+        ("POST", "/v1/envs/{env}/deployments/archive") => {
+            f("env_tenant", 400, "/v1/envs/tenant-a/deployments/archive".into(), None)
+        }
+        ("GET", "/v1/envs/{env}/deployments/{deployment}") => {
+            f("env_tenant", 200, format!("/v1/envs/tenant-a/deployments/{}", w.deployment), None)
+        }
+        ("PUT", "/v1/envs/{env}/deployments/{deployment}/files/{sha256}") => f(
+            "env_tenant",
+            204,
+            format!("/v1/envs/tenant-a/deployments/{}/files/{EMPTY_OBJECT_SHA}", w.pending),
+            Some(json!({})),
+        ),
+        ("POST", "/v1/envs/{env}/deployments/{deployment}/finalize") => {
+            f("env_tenant", 200, format!("/v1/envs/tenant-a/deployments/{}/finalize", w.pending), None)
+        }
+        ("POST", "/v1/envs/{env}/deployments/{deployment}/publish") => {
+            f("env_tenant", 200, format!("/v1/envs/tenant-a/deployments/{}/publish", w.deployment), None)
+        }
+        ("POST", "/v1/envs/{env}/deployments/{deployment}/rollback") => {
+            f("env_tenant", 200, format!("/v1/envs/tenant-a/deployments/{}/rollback", w.deployment), None)
         }
         ("ANY", "/env/{env}/apps/{app}/{*rest}") => f("public", 501, "/env/tenant-a/apps/api/health".into(), None),
         // Previews are public (like E2B's port URLs); nothing listens on the port: 502 for everyone.

@@ -757,3 +757,32 @@ fn templates_give_copy_on_write_workspaces() {
     assert_eq!(lab.exec_ok(&b, "cat node_modules/pkg/index.js"), "module.exports = 'tpl';\n");
     lab.server.stop();
 }
+
+#[test]
+fn a_site_built_in_a_sandbox_is_deployed_from_it() {
+    let lab = Lab::new();
+    let sb = lab.sandbox(json!({}));
+    lab.exec_ok(&sb, "mkdir -p dist/assets && printf '<h1>built</h1>' > dist/index.html && printf 'x' > dist/assets/app.js && echo S=1 > dist/.env && ln -s /etc/passwd dist/leak");
+    // A link in the directory refuses the whole deploy.
+    let path = format!("/v1/envs/lab/sandboxes/{sb}/deploy");
+    let (status, r) = lab.call("POST", &path, Some(json!({"path": "dist", "publish": true})));
+    assert_eq!((status, r["code"].as_str()), (400, Some("unsafe_archive_entry")), "{r}");
+    lab.exec_ok(&sb, "rm dist/leak");
+    let (status, r) = lab.call("POST", &path, Some(json!({"path": "dist", "publish": true})));
+    assert_eq!(status, 201, "{r}");
+    assert_eq!((r["file_count"].as_u64(), r["published"].as_bool()), (Some(2), Some(true)));
+    let site = |p: &str| {
+        let r = reqwest::blocking::Client::new()
+            .get(format!("{}{p}", lab.server.url))
+            .header("host", "lab.localhost")
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    assert_eq!(site("/"), (200, "<h1>built</h1>".to_owned()));
+    assert_eq!(site("/.env").0, 404);
+    // A missing directory is the sandbox's own error, not a deployment.
+    let (status, r) = lab.call("POST", &path, Some(json!({"path": "nope"})));
+    assert_eq!((status, r["code"].as_str()), (400, Some("archive_failed")), "{r}");
+    lab.server.stop();
+}
