@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod preview;
 pub mod routes;
 pub mod sandboxes;
+pub mod storage_api;
 pub mod surface;
 
 use std::collections::HashMap;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub appdb: appdb::AppDbs,
     /// End-user auth (GoTrue) of every env.
     pub auth: auth::Auth,
+    /// File storage (Supabase Storage) of every env.
+    pub storage: storage::Storage,
     /// Open env databases (part of the `auth_api::env_db` seam until appdb lands).
     pub(crate) env_dbs: auth_api::EnvDbs,
 }
@@ -77,6 +80,9 @@ impl AppState {
             sqlite: auth::schema_ddl(store::Dialect::Sqlite).to_owned(),
             postgres: auth::schema_ddl(store::Dialect::Postgres).to_owned(),
         });
+        // …and its storage tables (`storage.buckets`, `storage.objects`) and helper functions.
+        appdb.register_schema(storage::Storage::schema_hook());
+        let storage = storage::Storage::new(appdb.clone());
         let auth = auth::Auth::new(platform.clone(), auth::AuthConfig::default());
         Self {
             platform,
@@ -88,6 +94,7 @@ impl AppState {
             watchers: Arc::default(),
             appdb,
             auth,
+            storage,
             env_dbs: auth_api::EnvDbs::default(),
         }
     }

@@ -207,6 +207,25 @@ fn auth_public(path: &'static str, summary: &'static str, handler: MethodRouter<
     }
 }
 
+/// A Storage route anyone may call: public objects, and signed URLs whose token is the credential.
+fn storage_public(method: &'static str, path: &'static str, summary: &'static str, handler: MethodRouter<AppState>) -> R {
+    R {
+        spec: RouteSpec {
+            method,
+            path,
+            access: PUBLIC,
+            scope: Scope::Public,
+            surface: Surface::Storage,
+            summary,
+            request: None,
+            response: (200, None),
+            query: &[],
+            built: true,
+        },
+        handler,
+    }
+}
+
 const REDIRECT_QUERY: &[(&str, QueryType, &str)] =
     &[("redirect_to", QueryType::String, "Where links in the mail send the browser.")];
 const TOKEN_QUERY: &[(&str, QueryType, &str)] =
@@ -728,7 +747,41 @@ fn table() -> Vec<R> {
             },
             handler: any(crate::data::rest),
         },
-        surface("/env/{env}/storage/v1/{*rest}", Surface::Storage, "storage:Request", Any, "Supabase Storage API."),
+        built(
+            surface("/env/{env}/storage/v1/{*rest}", Surface::Storage, "storage:Request", Any, "Supabase Storage API."),
+            any(crate::storage_api::dispatch),
+        ),
+        storage_public("ANY", "/env/{env}/storage/v1/object/public/{*rest}", "An object of a public bucket.", any(crate::storage_api::public_object)),
+        storage_public(
+            "GET",
+            "/env/{env}/storage/v1/object/sign/{*rest}",
+            "Download with a signed URL (its token is the credential).",
+            get(crate::storage_api::signed_download),
+        ),
+        R {
+            spec: RouteSpec {
+                method: "POST",
+                built: true,
+                response: (200, None),
+                ..surface("/env/{env}/storage/v1/object/sign/{*rest}", Surface::Storage, "storage:Request", Any, "Create signed download URLs.").spec
+            },
+            handler: post(crate::storage_api::dispatch),
+        },
+        storage_public(
+            "PUT",
+            "/env/{env}/storage/v1/object/upload/sign/{*rest}",
+            "Upload with a signed upload URL (its token is the credential).",
+            put(crate::storage_api::signed_upload),
+        ),
+        R {
+            spec: RouteSpec {
+                method: "POST",
+                built: true,
+                response: (200, None),
+                ..surface("/env/{env}/storage/v1/object/upload/sign/{*rest}", Surface::Storage, "storage:Request", Any, "Create a signed upload URL.").spec
+            },
+            handler: post(crate::storage_api::dispatch),
+        },
         surface("/env/{env}/functions/v1/{*rest}", Surface::Functions, "functions:Invoke", Any, "Cloud functions."),
         // The model gateway: one catch-all, dispatched inside (`gateway::http`); ANY routes stay out of
         // the OpenAPI document, which describes `/v1`.
