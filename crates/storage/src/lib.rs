@@ -462,6 +462,10 @@ impl Storage {
     // Buckets
 
     pub async fn list_buckets(&self, env: &EnvId, access: &Access) -> Result<Vec<Bucket>> {
+        // Reads never create the env's database.
+        if !self.appdb.exists(env).await? {
+            return Ok(vec![]);
+        }
         let auth = access.auth();
         self.tx(env, access.role(), move |c| {
             let f = filter(c, &auth, "storage.buckets", Cmd::Select)?;
@@ -473,6 +477,9 @@ impl Storage {
 
     pub async fn get_bucket(&self, env: &EnvId, access: &Access, id: &str) -> Result<Bucket> {
         names::bucket_id(id).map_err(|_| StorageError::NoSuchBucket)?;
+        if !self.appdb.exists(env).await? {
+            return Err(StorageError::NoSuchBucket);
+        }
         let (auth, id) = (access.auth(), id.to_owned());
         self.tx(env, access.role(), move |c| {
             let f = filter(c, &auth, "storage.buckets", Cmd::Select)?;

@@ -35,7 +35,7 @@ const ALICE: &str = "11111111-1111-4111-8111-111111111111";
 const BOB: &str = "22222222-2222-4222-8222-222222222222";
 
 /// An access token of user `sub`, signed with the env's own auth key (what GoTrue issues at sign-in).
-async fn user_token(state: &server::AppState, env: &str, sub: &str) -> String {
+pub(crate) async fn user_token(state: &server::AppState, env: &str, sub: &str) -> String {
     let env_id = protocol::EnvId::parse(env).unwrap();
     let keys = state.auth.signing_keys(&env_id).await.unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;

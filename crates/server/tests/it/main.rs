@@ -9,5 +9,6 @@ mod harness;
 mod ledger;
 mod llm;
 mod matrix;
+mod storage;
 mod surfaces;
 mod webhooks;
