@@ -82,6 +82,9 @@ pub async fn dispatch(State(state): State<AppState>, Extension(caller): Extensio
     state.platform.meter(&env, Meter::StorageOps, ("op", parts.method.as_str()), 1);
     let s = &state.storage;
     let method = parts.method.clone();
+    if let Some(object_path) = rest.strip_prefix("object/") {
+        return object_route(&state, &env, &access, &method, object_path, &parts.headers, body).await;
+    }
     let segs: Vec<&str> = rest.splitn(3, '/').collect();
     match (&method, segs.as_slice()) {
         (&Method::GET, ["bucket"] | ["bucket", ""]) => match s.list_buckets(&env, &access).await {
@@ -136,7 +139,6 @@ pub async fn dispatch(State(state): State<AppState>, Extension(caller): Extensio
             Ok(_) => ok(json!({"message": "Successfully emptied"})),
             Err(e) => err(e),
         },
-        (_, ["object", rest]) => object_route(&state, &env, &access, &method, rest, &parts.headers, parts.uri.query(), body).await,
         _ => err(StorageError::InvalidRequest(format!("no such storage route: {method} /{rest}"))),
     }
 }
@@ -182,7 +184,6 @@ async fn object_route(
     method: &Method,
     rest: &str,
     headers: &HeaderMap,
-    query: Option<&str>,
     body: Body,
 ) -> Response {
     let s = &state.storage;
@@ -275,13 +276,23 @@ async fn object_route(
                 Err(e) => err(e),
             }
         }
+        (&Method::DELETE, _) => {
+            let (bucket, name) = match bucket_and_name(rest) {
+                Ok(x) => x,
+                Err(r) => return r,
+            };
+            match s.remove(env, access, &bucket, vec![name]).await {
+                Ok(removed) if removed.is_empty() => err(StorageError::NoSuchKey),
+                Ok(_) => ok(json!({"message": "Successfully deleted"})),
+                Err(e) => err(e),
+            }
+        }
         (&Method::GET | &Method::HEAD, _) => {
             let raw = rest.strip_prefix("authenticated/").unwrap_or(rest);
             let (bucket, name) = match bucket_and_name(raw) {
                 Ok(x) => x,
                 Err(r) => return r,
             };
-            let _ = query;
             serve_object(state, env, access, &bucket, &name, method, headers).await
         }
         (&Method::POST | &Method::PUT, _) => {
@@ -370,7 +381,7 @@ async fn upload(
             }
         }
     };
-    let stream = body.into_data_stream().map_err(|e| e.to_string());
+    let mut stream: BodyStream = Box::pin(body.into_data_stream().map_err(|e| e.to_string()));
     let result = if content_type.to_ascii_lowercase().starts_with("multipart/form-data") {
         let Some(boundary) = content_type
             .split(';')
@@ -379,9 +390,10 @@ async fn upload(
             .map(|b| b.trim_matches('"').to_owned())
             .filter(|b| !b.is_empty() && b.len() <= 200)
         else {
+            drain(&mut stream).await;
             return invalid("multipart body without a boundary");
         };
-        let file = match multipart_file(Box::pin(stream), &boundary).await {
+        let mut file = match multipart_file(stream, &boundary).await {
             Ok(f) => f,
             Err(m) => return invalid(m),
         };
@@ -393,14 +405,18 @@ async fn upload(
             .and_then(|(_, v)| serde_json::from_str::<Value>(v).ok())
             .or(user_metadata);
         let opts = UploadOptions {
-            content_type: file.content_type.unwrap_or_else(|| "application/octet-stream".to_owned()),
+            content_type: file.content_type.clone().unwrap_or_else(|| "application/octet-stream".to_owned()),
             cache_control: cache_control(cache.as_deref().unwrap_or("3600")),
             upsert,
             user_metadata: metadata,
             content_length: None,
             owner,
         };
-        state.storage.upload(env, access, bucket, name, opts, file.body).await
+        let r = state.storage.upload(env, access, bucket, name, opts, &mut file.body).await;
+        if r.is_err() {
+            drain(&mut file.body).await;
+        }
+        r
     } else {
         let opts = UploadOptions {
             content_type,
@@ -410,11 +426,29 @@ async fn upload(
             content_length: header_str(headers, header::CONTENT_LENGTH).and_then(|l| l.parse().ok()),
             owner,
         };
-        state.storage.upload(env, access, bucket, name, opts, Box::pin(stream)).await
+        let r = state.storage.upload(env, access, bucket, name, opts, &mut stream).await;
+        if r.is_err() {
+            drain(&mut stream).await;
+        }
+        r
     };
     match result {
         Ok(o) => ok(json!({"Id": o.id, "Key": format!("{bucket}/{name}")})),
         Err(e) => err(e),
+    }
+}
+
+/// Reads (and drops) what is left of a refused upload's body, a bounded amount for a bounded time, so
+/// the client reads the error instead of a reset connection.
+async fn drain(body: &mut BodyStream) {
+    const MAX_DRAIN: usize = 8 * 1024 * 1024;
+    let mut drained = 0usize;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while drained < MAX_DRAIN {
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(Ok(chunk))) => drained += chunk.len(),
+            _ => break,
+        }
     }
 }
 
