@@ -131,7 +131,12 @@ impl AppState {
     /// The route a matched path and method belong to.
     fn spec(&self, method: &Method, path: &str) -> Option<&RouteSpec> {
         let specs = self.specs.get(path)?;
-        specs.iter().find(|s| s.method == method.as_str()).or_else(|| specs.iter().find(|s| s.method == "ANY"))
+        specs
+            .iter()
+            .find(|s| s.method == method.as_str())
+            // axum answers HEAD with the GET handler; the GET rule applies.
+            .or_else(|| specs.iter().find(|s| *method == Method::HEAD && s.method == "GET"))
+            .or_else(|| specs.iter().find(|s| s.method == "ANY"))
     }
 
     /// The access rule of a route of the table (for handler-level decisions on per-env routes).

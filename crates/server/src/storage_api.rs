@@ -591,9 +591,6 @@ fn http_date(rfc3339: &str) -> String {
 /// no credentials.
 pub async fn public_object(State(state): State<AppState>, req: Request) -> Response {
     let (parts, _) = req.into_parts();
-    if parts.method != Method::GET && parts.method != Method::HEAD {
-        return invalid("public objects are read with GET or HEAD");
-    }
     let Some((env, rest)) = env_and_rest(&parts.uri, "/storage/v1/object/public/") else {
         return err(StorageError::NoSuchBucket);
     };

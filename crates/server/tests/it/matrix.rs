@@ -370,8 +370,15 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
         ("GET", "/v1/envs/{env}/auth/outbox") => f("env_tenant", 200, "/v1/envs/tenant-a/auth/outbox".into(), None),
         ("ANY", "/env/{env}/storage/v1/{*rest}") => f("data_any", 200, "/env/tenant-a/storage/v1/bucket".into(), None),
         // Public objects and signed URLs: no key needed (a missing bucket, a missing token).
-        ("ANY", "/env/{env}/storage/v1/object/public/{*rest}") => {
+        ("GET", "/env/{env}/storage/v1/object/public/{*rest}") => {
             f("public", 404, "/env/tenant-a/storage/v1/object/public/pub/a.txt".into(), None)
+        }
+        // Writes into a bucket named `public` (none exists here).
+        ("POST" | "PUT", "/env/{env}/storage/v1/object/public/{*rest}") => {
+            f("data_any", 404, "/env/tenant-a/storage/v1/object/public/a.txt".into(), Some(json!({})))
+        }
+        ("DELETE", "/env/{env}/storage/v1/object/public/{*rest}") => {
+            f("data_any", 404, "/env/tenant-a/storage/v1/object/public/a.txt".into(), None)
         }
         ("GET", "/env/{env}/storage/v1/object/sign/{*rest}") => {
             f("public", 400, "/env/tenant-a/storage/v1/object/sign/b/a.txt".into(), None)
