@@ -754,15 +754,14 @@ impl PgCluster {
             }
             // The env's migrations put policies on `storage.objects`/`storage.buckets` (as on Supabase),
             // which PostgreSQL allows only to a table's owner.
-            let owner_literal = o.replace('\'', "''");
+            // Role names are ours (derived from env ids), quoted once as a literal and once as an identifier.
+            let (owner_name, owner_ident) = (owner.replace('\'', "''"), o.replace('\'', "''"));
             tx.batch_execute(&format!(
                 "DO $$ DECLARE t record; BEGIN
-                   FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = 'storage' AND tableowner <> {owner_literal_q} LOOP
-                     EXECUTE format('ALTER TABLE storage.%I OWNER TO %s', t.tablename, {owner_ident_q});
+                   FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = 'storage' AND tableowner <> '{owner_name}' LOOP
+                     EXECUTE format('ALTER TABLE storage.%I OWNER TO %s', t.tablename, '{owner_ident}');
                    END LOOP;
-                 END $$;",
-                owner_literal_q = format!("'{}'", owner.replace('\'', "''")),
-                owner_ident_q = format!("'{owner_literal}'"),
+                 END $$;"
             ))?;
             tx.commit()?;
             drop(c);

@@ -226,7 +226,12 @@ fn storage_keyed(method: &'static str, path: &'static str, summary: &'static str
 }
 
 /// A Storage route anyone may call: public objects, and signed URLs whose token is the credential.
-fn storage_public(method: &'static str, path: &'static str, summary: &'static str, handler: MethodRouter<AppState>) -> R {
+fn storage_public(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    handler: MethodRouter<AppState>,
+) -> R {
     R {
         spec: RouteSpec {
             method,

@@ -43,14 +43,12 @@ fn ok(v: Value) -> Response {
     (StatusCode::OK, axum::Json(v)).into_response()
 }
 
-fn header_str<'a>(h: &'a HeaderMap, name: impl header::AsHeaderName) -> Option<&'a str> {
+fn header_str(h: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
 async fn json_body(body: Body) -> Result<Value, Response> {
-    let bytes = axum::body::to_bytes(body, MAX_JSON).await.map_err(|_| {
-        err(StorageError::EntityTooLarge)
-    })?;
+    let bytes = axum::body::to_bytes(body, MAX_JSON).await.map_err(|_| err(StorageError::EntityTooLarge))?;
     if bytes.is_empty() {
         return Ok(json!({}));
     }
@@ -58,11 +56,11 @@ async fn json_body(body: Body) -> Result<Value, Response> {
 }
 
 /// `bucket/the/name` (raw, percent-encoded) → (bucket, name), both decoded.
-fn bucket_and_name(raw: &str) -> Result<(String, String), Response> {
-    let (b, n) = raw.split_once('/').ok_or_else(|| err(StorageError::InvalidKey("Invalid key: no object name".into())))?;
-    let bucket = percent_decode_path(b).map_err(err)?;
-    let name = percent_decode_path(n).map_err(err)?;
-    storage::names::object_name(&name).map_err(err)?;
+fn bucket_and_name(raw: &str) -> Result<(String, String), StorageError> {
+    let (b, n) = raw.split_once('/').ok_or_else(|| StorageError::InvalidKey("Invalid key: no object name".into()))?;
+    let bucket = percent_decode_path(b)?;
+    let name = percent_decode_path(n)?;
+    storage::names::object_name(&name)?;
     Ok((bucket, name))
 }
 
@@ -106,7 +104,7 @@ pub async fn dispatch(State(state): State<AppState>, Extension(caller): Extensio
                     file_size_limit: c.file_size_limit.flatten(),
                     allowed_mime_types: c.allowed_mime_types.flatten(),
                 },
-                Err(r) => return r,
+                Err(e) => return err(e),
             };
             match s.create_bucket(&env, &access, b).await {
                 Ok(()) => ok(json!({"name": id})),
@@ -124,7 +122,7 @@ pub async fn dispatch(State(state): State<AppState>, Extension(caller): Extensio
             };
             let change = match bucket_settings(&v) {
                 Ok(c) => c,
-                Err(r) => return r,
+                Err(e) => return err(e),
             };
             match s.update_bucket(&env, &access, &decode(id), change).await {
                 Ok(()) => ok(json!({"message": "Successfully updated"})),
@@ -148,15 +146,15 @@ fn decode(s: &str) -> String {
 }
 
 /// Bucket settings of a create or update body.
-fn bucket_settings(v: &Value) -> Result<BucketChange, Response> {
+fn bucket_settings(v: &Value) -> Result<BucketChange, StorageError> {
     let public = match v.get("public") {
         None | Some(Value::Null) => None,
         Some(Value::Bool(b)) => Some(*b),
-        Some(_) => return Err(invalid("public must be a boolean")),
+        Some(_) => return Err(StorageError::InvalidRequest("public must be a boolean".into())),
     };
     let file_size_limit = match v.get("file_size_limit") {
         None => None,
-        Some(x) => Some(storage::names::parse_size(x).map_err(err)?),
+        Some(x) => Some(storage::names::parse_size(x)?),
     };
     let allowed_mime_types = match v.get("allowed_mime_types") {
         None => None,
@@ -166,12 +164,12 @@ fn bucket_settings(v: &Value) -> Result<BucketChange, Response> {
             for m in a {
                 match m.as_str() {
                     Some(m) => out.push(m.to_owned()),
-                    None => return Err(invalid("allowed_mime_types must be strings")),
+                    None => return Err(StorageError::InvalidRequest("allowed_mime_types must be strings".into())),
                 }
             }
             Some(Some(out))
         }
-        Some(_) => return Err(invalid("allowed_mime_types must be a list")),
+        Some(_) => return Err(StorageError::InvalidRequest("allowed_mime_types must be a list".into())),
     };
     Ok(BucketChange { public, file_size_limit, allowed_mime_types })
 }
@@ -221,13 +219,13 @@ async fn object_route(
             };
             let to_bucket = field("destinationBucket").unwrap_or_else(|| bucket.clone());
             if head == "move" {
-                match s.move_object(env, access, &bucket, &from, &to_bucket, &to).await {
+                match s.move_object(env, access, (&bucket, &from), (&to_bucket, &to)).await {
                     Ok(()) => ok(json!({"message": "Successfully moved"})),
                     Err(e) => err(e),
                 }
             } else {
                 let upsert = header_str(headers, "x-upsert") == Some("true");
-                match s.copy_object(env, access, &bucket, &from, &to_bucket, &to, upsert).await {
+                match s.copy_object(env, access, (&bucket, &from), (&to_bucket, &to), upsert).await {
                     Ok(o) => ok(json!({"Id": o.id, "Key": format!("{to_bucket}/{to}"), "name": to})),
                     Err(e) => err(e),
                 }
@@ -237,7 +235,7 @@ async fn object_route(
             let raw = tail.strip_prefix("authenticated/").unwrap_or(tail);
             let (bucket, name) = match bucket_and_name(raw) {
                 Ok(x) => x,
-                Err(r) => return r,
+                Err(e) => return err(e),
             };
             match s.object(env, access, &bucket, &name).await {
                 Ok(o) => ok(o.info_json()),
@@ -248,7 +246,7 @@ async fn object_route(
         (&Method::POST, "upload") if tail.starts_with("sign/") => {
             let (bucket, name) = match bucket_and_name(&tail["sign/".len()..]) {
                 Ok(x) => x,
-                Err(r) => return r,
+                Err(e) => return err(e),
             };
             let upsert = header_str(headers, "x-upsert") == Some("true");
             match s.sign_upload(env, access, &bucket, &name, upsert).await {
@@ -279,7 +277,7 @@ async fn object_route(
         (&Method::DELETE, _) => {
             let (bucket, name) = match bucket_and_name(rest) {
                 Ok(x) => x,
-                Err(r) => return r,
+                Err(e) => return err(e),
             };
             match s.remove(env, access, &bucket, vec![name]).await {
                 Ok(removed) if removed.is_empty() => err(StorageError::NoSuchKey),
@@ -291,14 +289,14 @@ async fn object_route(
             let raw = rest.strip_prefix("authenticated/").unwrap_or(rest);
             let (bucket, name) = match bucket_and_name(raw) {
                 Ok(x) => x,
-                Err(r) => return r,
+                Err(e) => return err(e),
             };
             serve_object(state, env, access, &bucket, &name, method, headers).await
         }
         (&Method::POST | &Method::PUT, _) => {
             let (bucket, name) = match bucket_and_name(rest) {
                 Ok(x) => x,
-                Err(r) => return r,
+                Err(e) => return err(e),
             };
             // PUT replaces (storage-js `update`); POST creates unless `x-upsert: true`.
             let upsert = *method == Method::PUT || header_str(headers, "x-upsert") == Some("true");
@@ -346,7 +344,7 @@ async fn sign_download(state: &AppState, env: &EnvId, access: &Access, tail: &st
     }
     let (bucket, name) = match bucket_and_name(tail) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(e) => return err(e),
     };
     match s.sign_download(env, access, &bucket, &name, expires_in).await {
         Ok(url) => ok(json!({"signedURL": url})),
@@ -513,7 +511,8 @@ async fn serve_object(
     set(header::ACCEPT_RANGES, "bytes");
     set(header::LAST_MODIFIED, &http_date(&object.updated_at));
     if !etag.is_empty()
-        && header_str(headers, header::IF_NONE_MATCH).is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+        && header_str(headers, header::IF_NONE_MATCH)
+            .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
     {
         let mut r = StatusCode::NOT_MODIFIED.into_response();
         r.headers_mut().extend(common);
@@ -600,7 +599,7 @@ pub async fn public_object(State(state): State<AppState>, req: Request) -> Respo
     };
     let (bucket, name) = match bucket_and_name(&rest) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(e) => return err(e),
     };
     state.platform.meter(&env, Meter::StorageOps, ("op", "public"), 1);
     match state.storage.public_bucket(&env, &bucket).await {
@@ -632,7 +631,7 @@ pub async fn signed_download(State(state): State<AppState>, req: Request) -> Res
     };
     let (bucket, name) = match bucket_and_name(&rest) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(e) => return err(e),
     };
     let Some(token) = token_of(&parts.uri) else {
         return err(StorageError::InvalidSignature("token query parameter is required".to_owned()));
@@ -657,7 +656,7 @@ pub async fn signed_upload(State(state): State<AppState>, req: Request) -> Respo
     };
     let (bucket, name) = match bucket_and_name(&rest) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(e) => return err(e),
     };
     let Some(token) = token_of(&parts.uri) else {
         return err(StorageError::InvalidSignature("token query parameter is required".to_owned()));
@@ -734,27 +733,30 @@ async fn multipart_file(mut body: BodyStream, boundary: &str) -> Result<FilePart
                 let (k, v) = l.split_once(':')?;
                 k.trim().eq_ignore_ascii_case("content-type").then(|| v.trim().to_owned())
             });
-            let stream = futures_util::stream::try_unfold((body, buf, delimiter, false), |(mut body, mut buf, delim, done)| async move {
-                if done {
-                    return Ok(None);
-                }
-                loop {
-                    if let Some(p) = memchr::memmem::find(&buf, &delim) {
-                        let chunk = buf.split_to(p).freeze();
-                        return Ok(Some((chunk, (body, buf, delim, true))));
+            let stream = futures_util::stream::try_unfold(
+                (body, buf, delimiter, false),
+                |(mut body, mut buf, delim, done)| async move {
+                    if done {
+                        return Ok(None);
                     }
-                    // Everything but a possible partial delimiter at the end can go.
-                    if buf.len() > delim.len() + 64 * 1024 {
-                        let chunk = buf.split_to(buf.len() - delim.len()).freeze();
-                        return Ok(Some((chunk, (body, buf, delim, false))));
+                    loop {
+                        if let Some(p) = memchr::memmem::find(&buf, &delim) {
+                            let chunk = buf.split_to(p).freeze();
+                            return Ok(Some((chunk, (body, buf, delim, true))));
+                        }
+                        // Everything but a possible partial delimiter at the end can go.
+                        if buf.len() > delim.len() + 64 * 1024 {
+                            let chunk = buf.split_to(buf.len() - delim.len()).freeze();
+                            return Ok(Some((chunk, (body, buf, delim, false))));
+                        }
+                        match body.next().await {
+                            Some(Ok(c)) => buf.extend_from_slice(&c),
+                            Some(Err(e)) => return Err(e),
+                            None => return Err("malformed multipart body (unterminated file part)".to_owned()),
+                        }
                     }
-                    match body.next().await {
-                        Some(Ok(c)) => buf.extend_from_slice(&c),
-                        Some(Err(e)) => return Err(e),
-                        None => return Err("malformed multipart body (unterminated file part)".to_owned()),
-                    }
-                }
-            });
+                },
+            );
             return Ok(FilePart { fields, content_type, body: Box::pin(stream) });
         }
         let end = fill_until(&mut body, &mut buf, &delimiter, MAX_FIELD).await?;
@@ -785,7 +787,8 @@ mod tests {
         assert_eq!(f.content_type.as_deref(), Some("image/png"));
         let bytes: Vec<Bytes> = f.body.try_collect().await.unwrap_or_default();
         assert_eq!(bytes.concat(), b"hello");
-        let unterminated = stream_of(vec![b"--xy\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a\"\r\n\r\nabc"]);
+        let unterminated =
+            stream_of(vec![b"--xy\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a\"\r\n\r\nabc"]);
         let Ok(f) = multipart_file(unterminated, "xy").await else { panic!("parse failed") };
         assert!(f.body.try_collect::<Vec<Bytes>>().await.is_err());
         assert!(multipart_file(stream_of(vec![b"--xy--\r\n"]), "xy").await.is_err());

@@ -323,7 +323,9 @@ pub struct Storage {
 fn sql(d: Dialect, pg: &str) -> String {
     match d {
         Dialect::Postgres => pg.to_owned(),
-        Dialect::Sqlite => store::sqlite_form(&pg.replace("array_to_json(allowed_mime_types)", "allowed_mime_types"), &TABLES),
+        Dialect::Sqlite => {
+            store::sqlite_form(&pg.replace("array_to_json(allowed_mime_types)", "allowed_mime_types"), &TABLES)
+        }
     }
 }
 
@@ -469,7 +471,10 @@ impl Storage {
         let auth = access.auth();
         self.tx(env, access.role(), move |c| {
             let f = filter(c, &auth, "storage.buckets", Cmd::Select)?;
-            let q = format!("{} WHERE 1 = 1{f} ORDER BY name", sql(c.dialect(), &format!("SELECT {BUCKET_COLS} FROM storage.buckets")));
+            let q = format!(
+                "{} WHERE 1 = 1{f} ORDER BY name",
+                sql(c.dialect(), &format!("SELECT {BUCKET_COLS} FROM storage.buckets"))
+            );
             c.query(&q, &[])?.iter().map(bucket_row).collect()
         })
         .await
@@ -483,7 +488,8 @@ impl Storage {
         let (auth, id) = (access.auth(), id.to_owned());
         self.tx(env, access.role(), move |c| {
             let f = filter(c, &auth, "storage.buckets", Cmd::Select)?;
-            let q = format!("{}{f}", sql(c.dialect(), &format!("SELECT {BUCKET_COLS} FROM storage.buckets WHERE id = $1")));
+            let q =
+                format!("{}{f}", sql(c.dialect(), &format!("SELECT {BUCKET_COLS} FROM storage.buckets WHERE id = $1")));
             c.query_opt(&q, &[id.into()])?.as_ref().map(bucket_row).transpose()?.ok_or(StorageError::NoSuchBucket)
         })
         .await
@@ -551,7 +557,10 @@ impl Storage {
         let versions = self
             .tx(env, access.role(), move |c| {
                 let f = filter(c, &auth, "storage.objects", Cmd::Delete)?;
-                let q = format!("{}{f} RETURNING version", sql(c.dialect(), "DELETE FROM storage.objects WHERE bucket_id = $1"));
+                let q = format!(
+                    "{}{f} RETURNING version",
+                    sql(c.dialect(), "DELETE FROM storage.objects WHERE bucket_id = $1")
+                );
                 Ok(c.query(&q, &[bid.into()])?.iter().filter_map(|r| r.opt_text(0).ok().flatten()).collect::<Vec<_>>())
             })
             .await?;
@@ -565,7 +574,9 @@ impl Storage {
         let (auth, id) = (access.auth(), id.to_owned());
         self.tx(env, access.role(), move |c| {
             let d = c.dialect();
-            if c.query_opt(&sql(d, "SELECT 1 FROM storage.objects WHERE bucket_id = $1 LIMIT 1"), &[id.clone().into()])?.is_some() {
+            if c.query_opt(&sql(d, "SELECT 1 FROM storage.objects WHERE bucket_id = $1 LIMIT 1"), &[id.clone().into()])?
+                .is_some()
+            {
                 return Err(StorageError::BucketNotEmpty);
             }
             let f = filter(c, &auth, "storage.buckets", Cmd::Delete)?;
@@ -589,7 +600,9 @@ impl Storage {
         }
         self.tx(env, Role::Owner, |c| {
             let q = match c.dialect() {
-                Dialect::Postgres => "SELECT coalesce(sum((metadata->>'size')::bigint), 0)::bigint FROM storage.objects",
+                Dialect::Postgres => {
+                    "SELECT coalesce(sum((metadata->>'size')::bigint), 0)::bigint FROM storage.objects"
+                }
                 Dialect::Sqlite => "SELECT coalesce(sum(json_extract(metadata, '$.size')), 0) FROM \"storage.objects\"",
             };
             Ok(c.query_opt(q, &[])?.map(|r| r.int(0)).transpose()?.unwrap_or(0))

@@ -57,7 +57,11 @@ pub fn object_name(name: &str) -> Result<(), StorageError> {
 /// A name prefix for listing: a name, or a name followed by `/`, or empty.
 pub fn prefix(p: &str) -> Result<(), StorageError> {
     let trimmed = p.trim_end_matches('/');
-    if trimmed.is_empty() { if p.is_empty() || p == "/" { Ok(()) } else { object_name(p) } } else { object_name(trimmed) }
+    if trimmed.is_empty() {
+        if p.is_empty() || p == "/" { Ok(()) } else { object_name(p) }
+    } else {
+        object_name(trimmed)
+    }
 }
 
 /// Decodes a percent-encoded URL path (no `+` → space, unlike a query).
@@ -126,7 +130,7 @@ pub fn parse_size(v: &serde_json::Value) -> Result<Option<i64>, StorageError> {
                 _ => return Err(bad()),
             };
             let bytes = num * mult;
-            if !bytes.is_finite() || bytes < 0.0 || bytes > 9.0e15 {
+            if !bytes.is_finite() || !(0.0..=9.0e15).contains(&bytes) {
                 return Err(bad());
             }
             Ok(Some(bytes as i64))

@@ -1,7 +1,7 @@
 //! Objects: upload (streamed, atomic), download (ranged), list, move, copy, remove, signed URLs.
 
-use appdb::sqlgen::Cmd;
 use appdb::RequestAuth;
+use appdb::sqlgen::Cmd;
 use bytes::Bytes;
 use futures_util::Stream;
 use protocol::{EnvId, Meter};
@@ -36,7 +36,10 @@ fn commit(c: &mut dyn Conn, auth: &RequestAuth, row: &NewRow, upsert: bool) -> R
     if upsert {
         let f = filter(c, auth, "storage.objects", Cmd::Select)?;
         let lock = if d == Dialect::Postgres { " FOR UPDATE" } else { "" };
-        let q = format!("{}{f}{lock}", sql(d, "SELECT id::text, version FROM storage.objects WHERE bucket_id = $1 AND name = $2"));
+        let q = format!(
+            "{}{f}{lock}",
+            sql(d, "SELECT id::text, version FROM storage.objects WHERE bucket_id = $1 AND name = $2")
+        );
         if let Some(existing) = c.query_opt(&q, &[row.bucket_id.clone().into(), row.name.clone().into()])? {
             let (id, old) = (existing.text(0)?, existing.opt_text(1)?);
             let f = filter(c, auth, "storage.objects", Cmd::Update)?;
@@ -191,7 +194,14 @@ impl Storage {
 
     /// Commits a stored version's row (retrying an upsert that raced with a first insert); on any
     /// failure the version's bytes are deleted. Deletes the replaced version after the commit.
-    async fn commit_version(&self, env: &EnvId, access: &Access, row: NewRow, upsert: bool, key: &str) -> Result<Object> {
+    async fn commit_version(
+        &self,
+        env: &EnvId,
+        access: &Access,
+        row: NewRow,
+        upsert: bool,
+        key: &str,
+    ) -> Result<Object> {
         let row = std::sync::Arc::new(row);
         let mut attempt = 0;
         let result = loop {
@@ -232,7 +242,10 @@ impl Storage {
             let f = filter(c, &auth, "storage.objects", Cmd::Select)?;
             let q = format!(
                 "{}{f}",
-                sql(c.dialect(), &format!("SELECT {OBJECT_COLS} FROM storage.objects WHERE bucket_id = $1 AND name = $2"))
+                sql(
+                    c.dialect(),
+                    &format!("SELECT {OBJECT_COLS} FROM storage.objects WHERE bucket_id = $1 AND name = $2")
+                )
             );
             c.query_opt(&q, &[b.into(), n.into()])?.as_ref().map(object_row).transpose()?.ok_or(StorageError::NoSuchKey)
         })
@@ -240,7 +253,12 @@ impl Storage {
     }
 
     /// Streams an object's bytes, or `start..end` of them (`end` exclusive; `None`: to the end).
-    pub async fn read(&self, env: &EnvId, object: &Object, range: Option<(u64, Option<u64>)>) -> Result<store::BlobRead> {
+    pub async fn read(
+        &self,
+        env: &EnvId,
+        object: &Object,
+        range: Option<(u64, Option<u64>)>,
+    ) -> Result<store::BlobRead> {
         match self.platform().blobs().get_stream(&self.blob_key(env, &object.version), range).await? {
             Some(read) => Ok(read),
             None => Err(StorageError::NoSuchKey),
@@ -325,15 +343,9 @@ impl Storage {
     }
 
     /// Moves (renames) an object, possibly to another bucket. Metadata only: the bytes stay put.
-    pub async fn move_object(
-        &self,
-        env: &EnvId,
-        access: &Access,
-        bucket_id: &str,
-        from: &str,
-        to_bucket: &str,
-        to: &str,
-    ) -> Result<()> {
+    /// `from` and `to` are (bucket, name).
+    pub async fn move_object(&self, env: &EnvId, access: &Access, from: (&str, &str), to: (&str, &str)) -> Result<()> {
+        let ((bucket_id, from), (to_bucket, to)) = (from, to);
         names::object_name(to)?;
         let source = self.object(env, access, bucket_id, from).await?;
         self.get_bucket(env, &Access::Trusted, to_bucket).await?;
@@ -354,16 +366,16 @@ impl Storage {
 
     /// Copies an object (bytes copied inside the object store) to a new name, possibly in another
     /// bucket; `upsert` replaces an existing destination.
+    /// `from` and `to` are (bucket, name).
     pub async fn copy_object(
         &self,
         env: &EnvId,
         access: &Access,
-        bucket_id: &str,
-        from: &str,
-        to_bucket: &str,
-        to: &str,
+        from: (&str, &str),
+        to: (&str, &str),
         upsert: bool,
     ) -> Result<Object> {
+        let ((bucket_id, from), (to_bucket, to)) = (from, to);
         names::object_name(to)?;
         let source = self.object(env, access, bucket_id, from).await?;
         let bucket = self.get_bucket(env, &Access::Trusted, to_bucket).await?;
@@ -403,7 +415,13 @@ impl Storage {
 
     /// Removes objects by name; returns those removed (names the caller may not delete, or that do
     /// not exist, are left out, as on Supabase).
-    pub async fn remove(&self, env: &EnvId, access: &Access, bucket_id: &str, names_: Vec<String>) -> Result<Vec<Object>> {
+    pub async fn remove(
+        &self,
+        env: &EnvId,
+        access: &Access,
+        bucket_id: &str,
+        names_: Vec<String>,
+    ) -> Result<Vec<Object>> {
         if names_.len() > MAX_BATCH {
             return Err(StorageError::InvalidRequest(format!("at most {MAX_BATCH} names per request")));
         }
@@ -421,7 +439,10 @@ impl Storage {
                 let marks: Vec<String> = (0..names_.len()).map(|i| format!("${}", i + 2)).collect();
                 let q = format!(
                     "{}{f} RETURNING {}",
-                    sql(c.dialect(), &format!("DELETE FROM storage.objects WHERE bucket_id = $1 AND name IN ({})", marks.join(", "))),
+                    sql(
+                        c.dialect(),
+                        &format!("DELETE FROM storage.objects WHERE bucket_id = $1 AND name IN ({})", marks.join(", "))
+                    ),
                     sql(c.dialect(), OBJECT_COLS)
                 );
                 let mut params: Vec<V> = vec![b.into()];
@@ -441,21 +462,42 @@ impl Storage {
 
     /// A signed download URL path (`/object/sign/<bucket>/<name>?token=…`) valid for `expires_in`
     /// seconds, for an object `access` may read.
-    pub async fn sign_download(&self, env: &EnvId, access: &Access, bucket_id: &str, name: &str, expires_in: i64) -> Result<String> {
+    pub async fn sign_download(
+        &self,
+        env: &EnvId,
+        access: &Access,
+        bucket_id: &str,
+        name: &str,
+        expires_in: i64,
+    ) -> Result<String> {
         if !(1..=MAX_EXPIRY_SECS).contains(&expires_in) {
             return Err(StorageError::InvalidRequest(format!("expiresIn must be 1..={MAX_EXPIRY_SECS} seconds")));
         }
         self.object(env, access, bucket_id, name).await?;
         let now = self.now_secs();
         let url = format!("{bucket_id}/{name}");
-        let claims = Claims { url: url.clone(), grant: Grant::Download, iat: now, exp: now + expires_in, upsert: false, owner: None };
+        let claims = Claims {
+            url: url.clone(),
+            grant: Grant::Download,
+            iat: now,
+            exp: now + expires_in,
+            upsert: false,
+            owner: None,
+        };
         let token = sign::sign(&self.signing_secret(env), &claims)?;
         Ok(format!("/object/sign/{url}?token={token}"))
     }
 
     /// A signed upload URL path (`/object/upload/sign/<bucket>/<name>?token=…`) and its token, valid
     /// for two hours, if `access` may create (or with `upsert` replace) the object now.
-    pub async fn sign_upload(&self, env: &EnvId, access: &Access, bucket_id: &str, name: &str, upsert: bool) -> Result<(String, String)> {
+    pub async fn sign_upload(
+        &self,
+        env: &EnvId,
+        access: &Access,
+        bucket_id: &str,
+        name: &str,
+        upsert: bool,
+    ) -> Result<(String, String)> {
         names::object_name(name)?;
         self.get_bucket(env, &Access::Trusted, bucket_id).await?;
         let owner = match access {
@@ -487,7 +529,8 @@ impl Storage {
         }
         let now = self.now_secs();
         let url = format!("{bucket_id}/{name}");
-        let claims = Claims { url: url.clone(), grant: Grant::Upload, iat: now, exp: now + UPLOAD_URL_SECS, upsert, owner };
+        let claims =
+            Claims { url: url.clone(), grant: Grant::Upload, iat: now, exp: now + UPLOAD_URL_SECS, upsert, owner };
         let token = sign::sign(&self.signing_secret(env), &claims)?;
         Ok((format!("/object/upload/sign/{url}?token={token}"), token))
     }

@@ -59,9 +59,7 @@ pub fn verify(secret: &str, token: &str, grant: Grant, url: &str, now: i64) -> R
         return Err(invalid("invalid signature: malformed token"));
     };
     let sig = B64.decode(s).map_err(|_| invalid("invalid signature: malformed token"))?;
-    mac(secret, format!("{h}.{b}").as_bytes())?
-        .verify_slice(&sig)
-        .map_err(|_| invalid("invalid signature"))?;
+    mac(secret, format!("{h}.{b}").as_bytes())?.verify_slice(&sig).map_err(|_| invalid("invalid signature"))?;
     let header: serde_json::Value = B64
         .decode(h)
         .ok()

@@ -181,7 +181,11 @@ impl Blobs {
 
     /// Streams an object, or the bytes `start..end` of it (`end` exclusive; `None`: to the end).
     /// `None` if it does not exist; [`BlobError::BadRange`] if `start` is past its end.
-    pub async fn get_stream(&self, key: &str, range: Option<(u64, Option<u64>)>) -> Result<Option<BlobRead>, BlobError> {
+    pub async fn get_stream(
+        &self,
+        key: &str,
+        range: Option<(u64, Option<u64>)>,
+    ) -> Result<Option<BlobRead>, BlobError> {
         let path = self.path(key)?;
         let mut options = GetOptions::default();
         if let Some((start, end)) = range {

@@ -119,7 +119,9 @@ async fn buckets_and_objects_round_trip() {
     assert!(r.json["Id"].is_string());
     // Without x-upsert an existing name is a conflict; with it, a replacement.
     assert_storage_error(&e.upload("object/docs/a/hello.txt", &svc, "text/plain", "x", &[]).await, 409, "Duplicate");
-    let r = e.upload("object/docs/a/hello.txt", &svc, "text/markdown", "# hello again", &[("x-upsert", "true".into())]).await;
+    let r = e
+        .upload("object/docs/a/hello.txt", &svc, "text/markdown", "# hello again", &[("x-upsert", "true".into())])
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 
     let r = e.get("object/docs/a/hello.txt", &svc).await;
@@ -157,7 +159,10 @@ async fn buckets_and_objects_round_trip() {
 
     // List: folders and files directly under a prefix, search, sort, paging.
     for name in ["a/b.txt", "a/c.txt", "a/sub/d.txt", "top.txt"] {
-        assert_eq!(e.upload(&format!("object/docs/{name}"), &svc, "text/plain", name, &[]).await.status, StatusCode::OK);
+        assert_eq!(
+            e.upload(&format!("object/docs/{name}"), &svc, "text/plain", name, &[]).await.status,
+            StatusCode::OK
+        );
     }
     let list = |body: Value| e.json("POST", "object/list/docs", &svc, body);
     let r = list(json!({"prefix": "a", "limit": 100, "offset": 0, "sortBy": {"column": "name", "order": "asc"}})).await;
@@ -175,7 +180,14 @@ async fn buckets_and_objects_round_trip() {
 
     // Move, copy (into another bucket), remove.
     e.bucket("archive", json!({})).await;
-    let r = e.json("POST", "object/move", &svc, json!({"bucketId": "docs", "sourceKey": "top.txt", "destinationKey": "moved/top.txt"})).await;
+    let r = e
+        .json(
+            "POST",
+            "object/move",
+            &svc,
+            json!({"bucketId": "docs", "sourceKey": "top.txt", "destinationKey": "moved/top.txt"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_storage_error(&e.get("object/docs/top.txt", &svc).await, 404, "NoSuchKey");
     assert_eq!(e.get("object/docs/moved/top.txt", &svc).await.text, "top.txt");
@@ -190,7 +202,9 @@ async fn buckets_and_objects_round_trip() {
     assert_eq!((r.status, r.json["Key"].clone()), (StatusCode::OK, json!("archive/copy.txt")), "{}", r.text);
     assert_eq!(e.get("object/archive/copy.txt", &svc).await.text, "a/b.txt");
     let blobs_before = e.blobs().await.len();
-    let r = e.h.send("DELETE", &e.url("object/docs"), &svc, Some(json!({"prefixes": ["a/b.txt", "nope.txt"]}).to_string())).await;
+    let r =
+        e.h.send("DELETE", &e.url("object/docs"), &svc, Some(json!({"prefixes": ["a/b.txt", "nope.txt"]}).to_string()))
+            .await;
     assert_eq!((r.status, Env::names(&r)), (StatusCode::OK, vec!["a/b.txt".to_owned()]), "{}", r.text);
     assert_eq!(e.blobs().await.len(), blobs_before - 1, "the removed object's bytes are gone");
     // The copy is independent of its source.
@@ -222,12 +236,16 @@ async fn multipart_uploads_as_supabase_js_sends_them() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let r = e.get("object/pics/p.png", &e.service()).await;
     assert_eq!(r.text, "PNGDATA\r\nline two");
-    assert_eq!((r.headers["content-type"].to_str().unwrap(), r.headers["cache-control"].to_str().unwrap()), ("image/png", "max-age=60"));
+    assert_eq!(
+        (r.headers["content-type"].to_str().unwrap(), r.headers["cache-control"].to_str().unwrap()),
+        ("image/png", "max-age=60")
+    );
     let info = e.get("object/info/pics/p.png", &e.service()).await;
     assert_eq!(info.json["metadata"], json!({"k": "v"}), "{}", info.text);
     // The part's own type decides the MIME check.
     let text_part = body.replace("image/png", "text/html");
-    let r = e.upload("object/pics/q.png", &e.service(), "multipart/form-data; boundary=BOUNDARY", &text_part, &[]).await;
+    let r =
+        e.upload("object/pics/q.png", &e.service(), "multipart/form-data; boundary=BOUNDARY", &text_part, &[]).await;
     assert_storage_error(&r, 415, "InvalidMimeType");
     let broken = "--BOUNDARY\r\nContent-Disposition: form-data; name=\"\"; filename=\"b\"\r\nContent-Type: image/png\r\n\r\nno end";
     let r = e.upload("object/pics/r.png", &e.service(), "multipart/form-data; boundary=BOUNDARY", broken, &[]).await;
@@ -273,7 +291,9 @@ async fn bad_input_is_refused_and_leaves_nothing() {
     // Over the bucket's limit: refused with a declared length and while streaming; nothing is left.
     let r = e.upload("object/b/big.txt", &svc, "text/plain", "0123456789A", &[]).await;
     assert_storage_error(&r, 413, "EntityTooLarge");
-    let r = e.h.send("POST", &e.url("object/b/big.txt"), &with(&svc, "content-type", "text/plain"), Some("x".repeat(5000))).await;
+    let r =
+        e.h.send("POST", &e.url("object/b/big.txt"), &with(&svc, "content-type", "text/plain"), Some("x".repeat(5000)))
+            .await;
     assert_storage_error(&r, 413, "EntityTooLarge");
     let r = e.get("object/b/big.txt", &svc).await;
     assert_storage_error(&r, 404, "NoSuchKey");
@@ -308,7 +328,10 @@ async fn public_buckets_and_signed_urls() {
     e.bucket("pub", json!({"public": true})).await;
     e.bucket("priv", json!({})).await;
     for b in ["pub", "priv"] {
-        assert_eq!(e.upload(&format!("object/{b}/f.txt"), &svc, "text/plain", "secret-ish", &[]).await.status, StatusCode::OK);
+        assert_eq!(
+            e.upload(&format!("object/{b}/f.txt"), &svc, "text/plain", "secret-ish", &[]).await.status,
+            StatusCode::OK
+        );
     }
     // Public objects need no key; private buckets have no public URLs.
     let r = e.get("object/public/pub/f.txt", &[]).await;
@@ -337,20 +360,26 @@ async fn public_buckets_and_signed_urls() {
     assert_storage_error(&e.get("object/sign/priv/f.txt?token=a.b.c", &[]).await, 400, "InvalidSignature");
     assert_storage_error(&e.get("object/sign/priv/f.txt", &[]).await, 400, "InvalidSignature");
     let other = e.h.create_env(&format!("{}-b", e.id)).await;
-    let r = e.h.send("GET", &format!("/env/{}-b/storage/v1/object/sign/priv/f.txt?token={token}", e.id), &[], None).await;
+    let r =
+        e.h.send("GET", &format!("/env/{}-b/storage/v1/object/sign/priv/f.txt?token={token}", e.id), &[], None).await;
     assert_storage_error(&r, 400, "InvalidSignature");
     drop(other);
     // Expired.
     e.h.clock.advance(std::time::Duration::from_secs(61));
     assert_storage_error(&e.get(&signed[1..], &[]).await, 400, "InvalidSignature");
-    assert_storage_error(&e.json("POST", "object/sign/priv/f.txt", &svc, json!({"expiresIn": 0})).await, 400, "InvalidRequest");
+    assert_storage_error(
+        &e.json("POST", "object/sign/priv/f.txt", &svc, json!({"expiresIn": 0})).await,
+        400,
+        "InvalidRequest",
+    );
 
     // Signed upload URL: the token is the credential, once signed.
     let r = e.json("POST", "object/upload/sign/priv/up/new.txt", &svc, json!({})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let url = r.json["url"].as_str().unwrap().to_owned();
     assert!(url.starts_with("/object/upload/sign/priv/up/new.txt?token="), "{url}");
-    let r = e.h.send("PUT", &e.url(&url[1..]), &[("content-type", "text/plain".into())], Some("via token".into())).await;
+    let r =
+        e.h.send("PUT", &e.url(&url[1..]), &[("content-type", "text/plain".into())], Some("via token".into())).await;
     assert_eq!((r.status, r.json["Key"].clone()), (StatusCode::OK, json!("priv/up/new.txt")), "{}", r.text);
     assert_eq!(e.get("object/priv/up/new.txt", &svc).await.text, "via token");
     // Without upsert in the token, it cannot replace; nor upload elsewhere.
@@ -378,13 +407,20 @@ create policy "own folder delete" on storage.objects for delete to authenticated
   using ((storage.foldername(name))[1] = auth.uid()::text and storage.extension(name) = 'txt'
          and storage.filename(name) <> 'keep.txt');
 "#;
-    let r = e.h.call("POST", &format!("/v1/envs/{}/sql", e.id), Some(&e.secret), Some(json!({"query": migration}))).await;
+    let r =
+        e.h.call("POST", &format!("/v1/envs/{}/sql", e.id), Some(&e.secret), Some(json!({"query": migration}))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let (alice, bob) = (e.user(ALICE), e.user(BOB));
     let r = e.upload(&format!("object/home/{ALICE}/a.txt"), &alice, "text/plain", "alice's", &[]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_eq!(e.upload(&format!("object/home/{ALICE}/keep.txt"), &alice, "text/plain", "k", &[]).await.status, StatusCode::OK);
-    assert_eq!(e.upload(&format!("object/home/{BOB}/b.txt"), &bob, "text/plain", "bob's", &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        e.upload(&format!("object/home/{ALICE}/keep.txt"), &alice, "text/plain", "k", &[]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        e.upload(&format!("object/home/{BOB}/b.txt"), &bob, "text/plain", "bob's", &[]).await.status,
+        StatusCode::OK
+    );
     // Alice cannot write into Bob's folder, nor at the top.
     let r = e.upload(&format!("object/home/{BOB}/evil.txt"), &alice, "text/plain", "x", &[]).await;
     assert_storage_error(&r, 403, "AccessDenied");
@@ -397,11 +433,15 @@ create policy "own folder delete" on storage.objects for delete to authenticated
     assert_eq!(Env::names(&r), [ALICE]);
     let r = e.json("POST", &format!("object/sign/home/{BOB}/b.txt"), &alice, json!({"expiresIn": 60})).await;
     assert_storage_error(&r, 404, "NoSuchKey");
-    let r = e.upload(&format!("object/home/{BOB}/b.txt"), &alice, "text/plain", "x", &[("x-upsert", "true".into())]).await;
+    let r =
+        e.upload(&format!("object/home/{BOB}/b.txt"), &alice, "text/plain", "x", &[("x-upsert", "true".into())]).await;
     assert!(r.status == StatusCode::FORBIDDEN || r.status == StatusCode::CONFLICT, "{}", r.text);
     let r = e.json("POST", "object/move", &alice, json!({"bucketId": "home", "sourceKey": format!("{BOB}/b.txt"), "destinationKey": format!("{ALICE}/stolen.txt")})).await;
     assert_storage_error(&r, 404, "NoSuchKey");
-    let r = e.h.send("DELETE", &e.url("object/home"), &alice, Some(json!({"prefixes": [format!("{BOB}/b.txt")]}).to_string())).await;
+    let r = e
+        .h
+        .send("DELETE", &e.url("object/home"), &alice, Some(json!({"prefixes": [format!("{BOB}/b.txt")]}).to_string()))
+        .await;
     assert_eq!(Env::names(&r), Vec::<String>::new());
     // Moving her own object into Bob's folder fails the update's WITH CHECK.
     let r = e.json("POST", "object/move", &alice, json!({"bucketId": "home", "sourceKey": format!("{ALICE}/a.txt"), "destinationKey": format!("{BOB}/a.txt")})).await;
@@ -409,14 +449,26 @@ create policy "own folder delete" on storage.objects for delete to authenticated
     assert_eq!(e.get(&format!("object/home/{BOB}/b.txt"), &e.service()).await.text, "bob's");
     // Her own: read, upsert, delete (policy: only .txt files other than keep.txt).
     assert_eq!(e.get(&format!("object/home/{ALICE}/a.txt"), &alice).await.text, "alice's");
-    let r = e.upload(&format!("object/home/{ALICE}/a.txt"), &alice, "text/plain", "v2", &[("x-upsert", "true".into())]).await;
+    let r = e
+        .upload(&format!("object/home/{ALICE}/a.txt"), &alice, "text/plain", "v2", &[("x-upsert", "true".into())])
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let r = e.h.send("DELETE", &e.url("object/home"), &alice, Some(json!({"prefixes": [format!("{ALICE}/a.txt"), format!("{ALICE}/keep.txt")]}).to_string())).await;
+    let r =
+        e.h.send(
+            "DELETE",
+            &e.url("object/home"),
+            &alice,
+            Some(json!({"prefixes": [format!("{ALICE}/a.txt"), format!("{ALICE}/keep.txt")]}).to_string()),
+        )
+        .await;
     assert_eq!(Env::names(&r), [format!("{ALICE}/a.txt")], "{}", r.text);
     // Anonymous callers see nothing (no policy for anon); buckets have no policies: only the secret key
     // manages them.
     let anon = e.as_key(&e.publishable);
-    assert_eq!(Env::names(&e.json("POST", "object/list/home", &anon, json!({"prefix": ALICE})).await), Vec::<String>::new());
+    assert_eq!(
+        Env::names(&e.json("POST", "object/list/home", &anon, json!({"prefix": ALICE})).await),
+        Vec::<String>::new()
+    );
     assert_storage_error(&e.upload("object/home/x.txt", &anon, "text/plain", "x", &[]).await, 403, "AccessDenied");
     assert_storage_error(&e.json("POST", "bucket", &alice, json!({"id": "mine"})).await, 403, "AccessDenied");
     let r = e.get("bucket", &alice).await;
@@ -427,7 +479,14 @@ create policy "own folder delete" on storage.objects for delete to authenticated
     let r = e.json("POST", &format!("object/upload/sign/home/{ALICE}/x.txt"), &alice, json!({})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     // Policies on other schemas' tables stay refused.
-    let r = e.h.call("POST", &format!("/v1/envs/{}/sql", e.id), Some(&e.secret), Some(json!({"query": "create policy p on auth.users for select using (true)"}))).await;
+    let r =
+        e.h.call(
+            "POST",
+            &format!("/v1/envs/{}/sql", e.id),
+            Some(&e.secret),
+            Some(json!({"query": "create policy p on auth.users for select using (true)"})),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
 }
 
@@ -435,12 +494,21 @@ create policy "own folder delete" on storage.objects for delete to authenticated
 async fn concurrent_overwrites_leave_one_whole_version() {
     let e = std::sync::Arc::new(Env::new().await);
     e.bucket("c", json!({})).await;
-    let contents: Vec<String> = (0..8).map(|i| char::from(b'a' + i).to_string().repeat(300_000 + usize::from(i) * 1000)).collect();
+    let contents: Vec<String> =
+        (0..8).map(|i| char::from(b'a' + i).to_string().repeat(300_000 + usize::from(i) * 1000)).collect();
     let mut tasks = Vec::new();
     for body in contents.clone() {
         let e = e.clone();
         tasks.push(tokio::spawn(async move {
-            e.upload("object/c/same.bin", &e.service(), "application/octet-stream", &body, &[("x-upsert", "true".into())]).await.status
+            e.upload(
+                "object/c/same.bin",
+                &e.service(),
+                "application/octet-stream",
+                &body,
+                &[("x-upsert", "true".into())],
+            )
+            .await
+            .status
         }));
     }
     for t in tasks {
@@ -470,7 +538,12 @@ async fn quota_and_meters() {
     e.h.platform.flush_meters().await.unwrap();
     let usage = e.h.call("GET", &format!("/v1/envs/{}/usage", e.id), Some(&e.h.admin), None).await;
     let total = |m: &str| {
-        usage.json["totals"].as_array().unwrap().iter().find(|t| t["meter"] == m).map_or(0, |t| t["quantity"].as_i64().unwrap())
+        usage.json["totals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["meter"] == m)
+            .map_or(0, |t| t["quantity"].as_i64().unwrap())
     };
     assert_eq!(total("storage_bytes"), 900, "{}", usage.text);
     assert_eq!(total("egress_bytes"), 600, "{}", usage.text);
