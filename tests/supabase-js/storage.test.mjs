@@ -5,14 +5,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createClient } from '@supabase/supabase-js';
-import ws from 'ws';
-
-const base = process.env.VB_URL;
-const admin = process.env.VB_ADMIN_KEY;
-assert.ok(base && admin, 'VB_URL and VB_ADMIN_KEY are required');
+import { opts, platform, signedIn } from './common.mjs';
 
 const id = `files-${Math.random().toString(36).slice(2, 10)}`;
-const opts = { auth: { persistSession: false, autoRefreshToken: false }, realtime: { transport: ws } };
 let env, service, alice, bob, anon;
 
 const policies = `
@@ -25,25 +20,6 @@ create policy "update own folder" on storage.objects for update to authenticated
 create policy "delete own folder" on storage.objects for delete to authenticated
   using ((storage.foldername(name))[1] = auth.uid()::text);
 `;
-
-async function platform(method, path, body, key = admin) {
-  const r = await fetch(base + path, {
-    method,
-    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await r.text();
-  return { status: r.status, json: text ? JSON.parse(text) : null };
-}
-
-async function signedIn(email) {
-  const client = createClient(env.urls.api, env.keys.publishable, opts);
-  const { error: up } = await client.auth.signUp({ email, password: 'correct-horse-battery' });
-  assert.equal(up, null);
-  const { data, error } = await client.auth.signInWithPassword({ email, password: 'correct-horse-battery' });
-  assert.equal(error, null);
-  return { client, user: data.user };
-}
 
 before(async () => {
   const created = await platform('POST', '/v1/envs', { id });
@@ -60,8 +36,8 @@ before(async () => {
   assert.equal(e2, null);
   const migrated = await platform('POST', `/v1/envs/${id}/sql`, { query: policies }, env.keys.secret);
   assert.equal(migrated.status, 200, JSON.stringify(migrated.json));
-  alice = await signedIn('alice@example.com');
-  bob = await signedIn('bob@example.com');
+  alice = await signedIn(env, 'alice@example.com');
+  bob = await signedIn(env, 'bob@example.com');
   anon = createClient(env.urls.api, env.keys.publishable, opts);
 });
 

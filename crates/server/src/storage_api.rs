@@ -300,11 +300,7 @@ async fn object_route(
             };
             // PUT replaces (storage-js `update`); POST creates unless `x-upsert: true`.
             let upsert = *method == Method::PUT || header_str(headers, "x-upsert") == Some("true");
-            let owner = match access {
-                Access::Request(a) => storage::owner_of(a),
-                Access::Trusted => None,
-            };
-            upload(state, env, access, &bucket, &name, upsert, owner, headers, body).await
+            upload(state, env, access, &bucket, &name, upsert, access.owner(), headers, body).await
         }
         _ => invalid(format!("no such storage route: {method} /object/{rest}")),
     }
@@ -619,26 +615,33 @@ fn token_of(uri: &http::Uri) -> Option<String> {
     uri.query()?.split('&').find_map(|p| p.strip_prefix("token=")).map(|t| percent_decode_path(t).unwrap_or_default())
 }
 
+/// The env, bucket, name and verified token claims of a signed-URL request under `marker`.
+async fn signed_target(
+    state: &AppState,
+    uri: &http::Uri,
+    marker: &str,
+    grant: Grant,
+) -> Result<(EnvId, String, String, storage::sign::Claims), Response> {
+    let Some((env, rest)) = env_and_rest(uri, marker) else {
+        return Err(err(StorageError::NoSuchKey));
+    };
+    let env = crate::auth_api::active_env(state, &env).await?;
+    let (bucket, name) = bucket_and_name(&rest).map_err(err)?;
+    let Some(token) = token_of(uri) else {
+        return Err(err(StorageError::InvalidSignature("token query parameter is required".to_owned())));
+    };
+    let claims = state.storage.verify_token(&env, &token, grant, &bucket, &name).map_err(err)?;
+    Ok((env, bucket, name, claims))
+}
+
 /// `GET /env/{env}/storage/v1/object/sign/{bucket}/{name}?token=…`: download with a signed URL.
 pub async fn signed_download(State(state): State<AppState>, req: Request) -> Response {
     let (parts, _) = req.into_parts();
-    let Some((env, rest)) = env_and_rest(&parts.uri, "/storage/v1/object/sign/") else {
-        return err(StorageError::NoSuchKey);
-    };
-    let env = match crate::auth_api::active_env(&state, &env).await {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
-    let (bucket, name) = match bucket_and_name(&rest) {
-        Ok(x) => x,
-        Err(e) => return err(e),
-    };
-    let Some(token) = token_of(&parts.uri) else {
-        return err(StorageError::InvalidSignature("token query parameter is required".to_owned()));
-    };
-    if let Err(e) = state.storage.verify_token(&env, &token, Grant::Download, &bucket, &name) {
-        return err(e);
-    }
+    let (env, bucket, name, _) =
+        match signed_target(&state, &parts.uri, "/storage/v1/object/sign/", Grant::Download).await {
+            Ok(t) => t,
+            Err(r) => return r,
+        };
     state.platform.meter(&env, Meter::StorageOps, ("op", "signed"), 1);
     serve_object(&state, &env, &Access::Trusted, &bucket, &name, &parts.method, &parts.headers).await
 }
@@ -647,24 +650,11 @@ pub async fn signed_download(State(state): State<AppState>, req: Request) -> Res
 /// upload URL (its policies were checked when it was signed).
 pub async fn signed_upload(State(state): State<AppState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let Some((env, rest)) = env_and_rest(&parts.uri, "/storage/v1/object/upload/sign/") else {
-        return err(StorageError::NoSuchKey);
-    };
-    let env = match crate::auth_api::active_env(&state, &env).await {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
-    let (bucket, name) = match bucket_and_name(&rest) {
-        Ok(x) => x,
-        Err(e) => return err(e),
-    };
-    let Some(token) = token_of(&parts.uri) else {
-        return err(StorageError::InvalidSignature("token query parameter is required".to_owned()));
-    };
-    let claims = match state.storage.verify_token(&env, &token, Grant::Upload, &bucket, &name) {
-        Ok(c) => c,
-        Err(e) => return err(e),
-    };
+    let (env, bucket, name, claims) =
+        match signed_target(&state, &parts.uri, "/storage/v1/object/upload/sign/", Grant::Upload).await {
+            Ok(t) => t,
+            Err(r) => return r,
+        };
     state.platform.meter(&env, Meter::StorageOps, ("op", "signed_upload"), 1);
     upload(&state, &env, &Access::Trusted, &bucket, &name, claims.upsert, claims.owner, &parts.headers, body).await
 }
@@ -674,7 +664,7 @@ pub async fn signed_upload(State(state): State<AppState>, req: Request) -> Respo
 struct FilePart {
     fields: Vec<(String, String)>,
     content_type: Option<String>,
-    body: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>,
+    body: BodyStream,
 }
 
 type BodyStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;

@@ -312,6 +312,14 @@ impl Access {
             Self::Trusted => RequestAuth::service_role(),
         }
     }
+
+    /// The owner what this caller writes gets: the end user's id, none for keys and trusted code.
+    pub fn owner(&self) -> Option<String> {
+        match self {
+            Self::Request(a) => owner_of(a),
+            Self::Trusted => None,
+        }
+    }
 }
 
 /// The storage service of every env. Cheap to clone.

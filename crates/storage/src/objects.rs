@@ -396,10 +396,7 @@ impl Storage {
         let now = self.now();
         let mut metadata = source.metadata.clone();
         metadata["lastModified"] = json!(now);
-        let owner = match access {
-            Access::Request(a) => crate::owner_of(a),
-            Access::Trusted => None,
-        };
+        let owner = access.owner();
         let row = NewRow {
             id: appdb::backend::random_uuid(),
             bucket_id: to_bucket.to_owned(),
@@ -500,10 +497,7 @@ impl Storage {
     ) -> Result<(String, String)> {
         names::object_name(name)?;
         self.get_bucket(env, &Access::Trusted, bucket_id).await?;
-        let owner = match access {
-            Access::Request(a) => crate::owner_of(a),
-            Access::Trusted => None,
-        };
+        let owner = access.owner();
         // The policies decide now, by writing the row in a transaction that is rolled back.
         let row = NewRow {
             id: appdb::backend::random_uuid(),

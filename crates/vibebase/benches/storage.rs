@@ -28,16 +28,7 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, base) = common::serve::<&str>(dir.path(), ADMIN, &[]).await;
     let client = reqwest::Client::new();
-    let env: serde_json::Value = client
-        .post(format!("{base}/v1/envs"))
-        .bearer_auth(ADMIN)
-        .json(&serde_json::json!({"id": "bench"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let env = common::create_env(&client, &base, ADMIN, "bench").await;
     let secret = env["keys"]["secret"].as_str().unwrap().to_owned();
     let api = format!("{base}/env/bench/storage/v1");
     let r = client
