@@ -31,3 +31,18 @@ export async function signedIn(env, email) {
   assert.equal(error, null);
   return { client, user: data.user };
 }
+
+/** Applies a migration to `env` with its secret key. */
+export async function migrate(env, query) {
+  const migrated = await platform('POST', `/v1/envs/${env.id}/sql`, { query }, env.keys.secret);
+  assert.equal(migrated.status, 200, JSON.stringify(migrated.json));
+}
+
+/** Alice and Bob, signed in to `env`, and an anonymous client (the publishable key). */
+export async function twoUsers(env) {
+  return {
+    alice: await signedIn(env, 'alice@example.com'),
+    bob: await signedIn(env, 'bob@example.com'),
+    anon: createClient(env.urls.api, env.keys.publishable, opts),
+  };
+}

@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createClient } from '@supabase/supabase-js';
-import { opts, platform, signedIn } from './common.mjs';
+import { migrate, opts, platform, twoUsers } from './common.mjs';
 
 const id = `files-${Math.random().toString(36).slice(2, 10)}`;
 let env, service, alice, bob, anon;
@@ -34,11 +34,8 @@ before(async () => {
     fileSizeLimit: '1MB',
   });
   assert.equal(e2, null);
-  const migrated = await platform('POST', `/v1/envs/${id}/sql`, { query: policies }, env.keys.secret);
-  assert.equal(migrated.status, 200, JSON.stringify(migrated.json));
-  alice = await signedIn(env, 'alice@example.com');
-  bob = await signedIn(env, 'bob@example.com');
-  anon = createClient(env.urls.api, env.keys.publishable, opts);
+  await migrate(env, policies);
+  ({ alice, bob, anon } = await twoUsers(env));
 });
 
 after(async () => {

@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createClient } from '@supabase/supabase-js';
-import { opts, platform, signedIn } from './common.mjs';
+import { migrate, opts, platform, twoUsers } from './common.mjs';
 
 const id = `todos-${Math.random().toString(36).slice(2, 10)}`;
 let env, alice, bob, anon;
@@ -28,11 +28,8 @@ before(async () => {
   const created = await platform('POST', '/v1/envs', { id });
   assert.equal(created.status, 201, JSON.stringify(created.json));
   env = created.json;
-  const migrated = await platform('POST', `/v1/envs/${id}/sql`, { query: schema }, env.keys.secret);
-  assert.equal(migrated.status, 200, JSON.stringify(migrated.json));
-  alice = await signedIn(env, 'alice@example.com');
-  bob = await signedIn(env, 'bob@example.com');
-  anon = createClient(env.urls.api, env.keys.publishable, opts);
+  await migrate(env, schema);
+  ({ alice, bob, anon } = await twoUsers(env));
 });
 
 after(async () => {

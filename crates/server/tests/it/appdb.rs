@@ -31,8 +31,8 @@ create policy "own todos update" on todos for update using (auth.uid() = owner) 
 create policy "own todos delete" on todos for delete using (auth.uid() = owner);
 "#;
 
-const ALICE: &str = "11111111-1111-4111-8111-111111111111";
-const BOB: &str = "22222222-2222-4222-8222-222222222222";
+pub(crate) const ALICE: &str = "11111111-1111-4111-8111-111111111111";
+pub(crate) const BOB: &str = "22222222-2222-4222-8222-222222222222";
 
 /// An access token of user `sub`, signed with the env's own auth key (what GoTrue issues at sign-in).
 pub(crate) async fn user_token(state: &server::AppState, env: &str, sub: &str) -> String {
@@ -68,15 +68,30 @@ struct Env {
     tokens: std::collections::HashMap<&'static str, String>,
 }
 
+/// A platform with one env (id `<prefix><random>`), its keys, and access tokens of ALICE and BOB.
+pub(crate) struct UserEnv {
+    pub h: Harness,
+    pub state: server::AppState,
+    pub id: String,
+    pub secret: String,
+    pub publishable: String,
+    pub tokens: std::collections::HashMap<&'static str, String>,
+}
+
+pub(crate) async fn user_env(prefix: &str) -> UserEnv {
+    let h = Harness::new().await;
+    let id = format!("{prefix}{}", h.platform.random_id(8));
+    let rec = h.create_env(&id).await;
+    let state = server::AppState::new(h.platform.clone());
+    let tokens = [(ALICE, user_token(&state, &id, ALICE).await), (BOB, user_token(&state, &id, BOB).await)].into();
+    UserEnv { secret: rec.secret().to_owned(), publishable: rec.publishable().to_owned(), h, state, id, tokens }
+}
+
 impl Env {
     async fn new() -> Self {
-        let h = Harness::new().await;
-        let id = format!("app-{}", h.platform.random_id(8));
-        let rec = h.create_env(&id).await;
-        let state = server::AppState::new(h.platform.clone());
-        let tokens = [(ALICE, user_token(&state, &id, ALICE).await), (BOB, user_token(&state, &id, BOB).await)].into();
+        let UserEnv { h, state, id, secret, publishable, tokens } = user_env("app-").await;
         let router = server::router(state);
-        Self { secret: rec.secret().to_owned(), publishable: rec.publishable().to_owned(), h, router, id, tokens }
+        Self { secret, publishable, h, router, id, tokens }
     }
 
     async fn send(&self, method: &str, path: &str, headers: &[(&str, String)], body: Option<Value>) -> Resp {

@@ -7,31 +7,23 @@
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{EnvKeysExt, Harness, Resp};
+use crate::harness::Resp;
 
-const ALICE: &str = "11111111-1111-4111-8111-111111111111";
-const BOB: &str = "22222222-2222-4222-8222-222222222222";
+use crate::appdb::{ALICE, BOB};
 
-struct Env {
-    h: Harness,
-    id: String,
-    secret: String,
-    publishable: String,
-    tokens: std::collections::HashMap<&'static str, String>,
+/// The storage tests' env (the harness serves the router; the users' tokens are signed by the env).
+struct Env(crate::appdb::UserEnv);
+
+impl std::ops::Deref for Env {
+    type Target = crate::appdb::UserEnv;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Env {
     async fn new() -> Self {
-        let h = Harness::new().await;
-        let id = format!("st-{}", h.platform.random_id(8));
-        let rec = h.create_env(&id).await;
-        let state = server::AppState::new(h.platform.clone());
-        let tokens = [
-            (ALICE, crate::appdb::user_token(&state, &id, ALICE).await),
-            (BOB, crate::appdb::user_token(&state, &id, BOB).await),
-        ]
-        .into();
-        Self { secret: rec.secret().to_owned(), publishable: rec.publishable().to_owned(), h, id, tokens }
+        Self(crate::appdb::user_env("st-").await)
     }
 
     fn url(&self, rest: &str) -> String {
