@@ -77,7 +77,7 @@ pub async fn dispatch(State(state): State<AppState>, Extension(caller): Extensio
     let access = Access::Request(auth);
     let path = parts.uri.path();
     let rest = path.split_once("/storage/v1/").map_or("", |(_, r)| r).to_owned();
-    state.platform.meter(&env, Meter::StorageOps, ("op", parts.method.as_str()), 1);
+    state.platform.meter(&env, Meter::StorageOps, ("surface", "storage"), 1);
     let s = &state.storage;
     let method = parts.method.clone();
     if let Some(object_path) = rest.strip_prefix("object/") {
@@ -597,7 +597,7 @@ pub async fn public_object(State(state): State<AppState>, req: Request) -> Respo
         Ok(x) => x,
         Err(e) => return err(e),
     };
-    state.platform.meter(&env, Meter::StorageOps, ("op", "public"), 1);
+    state.platform.meter(&env, Meter::StorageOps, ("surface", "storage"), 1);
     match state.storage.public_bucket(&env, &bucket).await {
         Ok(()) => serve_object(&state, &env, &Access::Trusted, &bucket, &name, &parts.method, &parts.headers).await,
         Err(e) => err(e),
@@ -642,7 +642,7 @@ pub async fn signed_download(State(state): State<AppState>, req: Request) -> Res
             Ok(t) => t,
             Err(r) => return r,
         };
-    state.platform.meter(&env, Meter::StorageOps, ("op", "signed"), 1);
+    state.platform.meter(&env, Meter::StorageOps, ("surface", "storage"), 1);
     serve_object(&state, &env, &Access::Trusted, &bucket, &name, &parts.method, &parts.headers).await
 }
 
@@ -655,7 +655,7 @@ pub async fn signed_upload(State(state): State<AppState>, req: Request) -> Respo
             Ok(t) => t,
             Err(r) => return r,
         };
-    state.platform.meter(&env, Meter::StorageOps, ("op", "signed_upload"), 1);
+    state.platform.meter(&env, Meter::StorageOps, ("surface", "storage"), 1);
     upload(&state, &env, &Access::Trusted, &bucket, &name, claims.upsert, claims.owner, &parts.headers, body).await
 }
 
