@@ -6,21 +6,12 @@ import assert from 'node:assert/strict';
 import { createClient } from '@supabase/supabase-js';
 // Node < 22 has no global WebSocket; supabase-js's realtime client wants one even when unused.
 import ws from 'ws';
+import { platform } from './common.mjs';
 
 const base = process.env.VB_URL;
 const admin = process.env.VB_ADMIN_KEY;
 const onPostgres = process.env.VB_BACKEND === 'postgres';
 assert.ok(base && admin, 'VB_URL and VB_ADMIN_KEY are required');
-
-async function platform(method, path, body, key = admin) {
-  const r = await fetch(base + path, {
-    method,
-    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await r.text();
-  return { status: r.status, json: text ? JSON.parse(text) : null };
-}
 
 const id = `sbjs-${Math.random().toString(36).slice(2, 10)}`;
 let env, service, anon;

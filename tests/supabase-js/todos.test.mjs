@@ -4,14 +4,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createClient } from '@supabase/supabase-js';
-import ws from 'ws';
-
-const base = process.env.VB_URL;
-const admin = process.env.VB_ADMIN_KEY;
-assert.ok(base && admin, 'VB_URL and VB_ADMIN_KEY are required');
+import { migrate, opts, platform, twoUsers } from './common.mjs';
 
 const id = `todos-${Math.random().toString(36).slice(2, 10)}`;
-const opts = { auth: { persistSession: false, autoRefreshToken: false }, realtime: { transport: ws } };
 let env, alice, bob, anon;
 
 const schema = `
@@ -29,34 +24,12 @@ create policy "update own" on todos for update to authenticated using (owner = a
 create policy "delete own" on todos for delete to authenticated using (owner = auth.uid());
 `;
 
-async function platform(method, path, body, key = admin) {
-  const r = await fetch(base + path, {
-    method,
-    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await r.text();
-  return { status: r.status, json: text ? JSON.parse(text) : null };
-}
-
-async function signedIn(email) {
-  const client = createClient(env.urls.api, env.keys.publishable, opts);
-  const { error: up } = await client.auth.signUp({ email, password: 'correct-horse-battery' });
-  assert.equal(up, null);
-  const { data, error } = await client.auth.signInWithPassword({ email, password: 'correct-horse-battery' });
-  assert.equal(error, null);
-  return { client, user: data.user };
-}
-
 before(async () => {
   const created = await platform('POST', '/v1/envs', { id });
   assert.equal(created.status, 201, JSON.stringify(created.json));
   env = created.json;
-  const migrated = await platform('POST', `/v1/envs/${id}/sql`, { query: schema }, env.keys.secret);
-  assert.equal(migrated.status, 200, JSON.stringify(migrated.json));
-  alice = await signedIn('alice@example.com');
-  bob = await signedIn('bob@example.com');
-  anon = createClient(env.urls.api, env.keys.publishable, opts);
+  await migrate(env, schema);
+  ({ alice, bob, anon } = await twoUsers(env));
 });
 
 after(async () => {

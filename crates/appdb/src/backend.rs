@@ -166,6 +166,39 @@ fn register_sqlite_functions(conn: &rusqlite::Connection, auth: &Arc<Mutex<Reque
         Ok(a.claims.to_string())
     })?;
     conn.create_scalar_function("gen_random_uuid", 0, flags, |_| Ok(random_uuid()))?;
+    // Supabase Storage's helpers (`storage.foldername(name)` is a text[]: here a JSON array).
+    let deterministic = flags | FunctionFlags::SQLITE_DETERMINISTIC;
+    conn.create_scalar_function("storage_foldername", 1, deterministic, |ctx| {
+        let name: Option<String> = ctx.get(0)?;
+        Ok(name.map(|n| {
+            let parts: Vec<&str> = n.split('/').collect();
+            serde_json::Value::from(parts[..parts.len().saturating_sub(1)].to_vec()).to_string()
+        }))
+    })?;
+    conn.create_scalar_function("storage_filename", 1, deterministic, |ctx| {
+        let name: Option<String> = ctx.get(0)?;
+        Ok(name.map(|n| n.rsplit('/').next().unwrap_or("").to_owned()))
+    })?;
+    conn.create_scalar_function("storage_extension", 1, deterministic, |ctx| {
+        let name: Option<String> = ctx.get(0)?;
+        Ok(name.map(|n| {
+            let file = n.rsplit('/').next().unwrap_or("");
+            file.rsplit('.').next().unwrap_or("").to_owned()
+        }))
+    })?;
+    // `arr[i]` on a JSON array, 1-based as PostgreSQL's arrays; NULL out of range.
+    conn.create_scalar_function("vb_array_at", 2, deterministic, |ctx| {
+        let arr: Option<String> = ctx.get(0)?;
+        let i: Option<i64> = ctx.get(1)?;
+        let (Some(arr), Some(i)) = (arr, i) else { return Ok(None) };
+        let v: serde_json::Value = serde_json::from_str(&arr).unwrap_or(serde_json::Value::Null);
+        let item = usize::try_from(i - 1).ok().and_then(|i| v.get(i).cloned());
+        Ok(match item {
+            Some(serde_json::Value::String(s)) => Some(s),
+            Some(serde_json::Value::Null) | None => None,
+            Some(other) => Some(other.to_string()),
+        })
+    })?;
     conn.create_scalar_function("vb_now", 0, flags, |_| Ok(now_rfc3339()))?;
     Ok(())
 }
@@ -719,6 +752,17 @@ impl PgCluster {
                     ))?;
                 }
             }
+            // The env's migrations put policies on `storage.objects`/`storage.buckets` (as on Supabase),
+            // which PostgreSQL allows only to a table's owner.
+            // Role names are ours (derived from env ids), quoted once as a literal and once as an identifier.
+            let (owner_name, owner_ident) = (owner.replace('\'', "''"), o.replace('\'', "''"));
+            tx.batch_execute(&format!(
+                "DO $$ DECLARE t record; BEGIN
+                   FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = 'storage' AND tableowner <> '{owner_name}' LOOP
+                     EXECUTE format('ALTER TABLE storage.%I OWNER TO %s', t.tablename, '{owner_ident}');
+                   END LOOP;
+                 END $$;"
+            ))?;
             tx.commit()?;
             drop(c);
             drop(client);

@@ -172,6 +172,22 @@ fn user_table(name: &ObjectName) -> Result<TableName, MigrateError> {
     Ok(t)
 }
 
+/// Tables of schema `storage` an env's migrations may put policies on (Supabase Storage's access
+/// rules are policies on these).
+pub const STORAGE_POLICY_TABLES: [&str; 2] = ["objects", "buckets"];
+
+/// The storage helper functions policies may call (`storage.foldername(name)` and friends).
+pub const STORAGE_FUNCTIONS: [&str; 3] = ["storage.foldername", "storage.filename", "storage.extension"];
+
+/// A table a policy may be created on: a public table or `storage.objects` / `storage.buckets`.
+fn policy_table(name: &ObjectName) -> Result<TableName, MigrateError> {
+    let t = table_name(name)?;
+    if t.schema == "storage" && STORAGE_POLICY_TABLES.contains(&t.name.as_str()) {
+        return Ok(t);
+    }
+    user_table(name)
+}
+
 /// Functions that reach the server's files, network, processes or settings: refused on both backends.
 const FORBIDDEN_FUNCTIONS: &[&str] = &[
     "pg_read_file",
@@ -204,6 +220,9 @@ fn sqlite_function(name: &str) -> Option<&'static str> {
         "auth.role" => "auth_role",
         "auth.jwt" => "auth_jwt",
         "auth.email" => "auth_email",
+        "storage.foldername" => "storage_foldername",
+        "storage.filename" => "storage_filename",
+        "storage.extension" => "storage_extension",
         "lower" => "lower",
         "upper" => "upper",
         "length" | "char_length" | "character_length" => "length",
@@ -260,6 +279,7 @@ fn check_reach(stmt: &Statement) -> Result<(), MigrateError> {
                 && !name.starts_with("auth.")
                 && !name.starts_with("public.")
                 && !name.starts_with("extensions.")
+                && !STORAGE_FUNCTIONS.contains(&name.as_str())
             {
                 err = Some(MigrateError::Forbidden(format!("function {name} outside the env's schemas")));
                 return ControlFlow::Break(());
@@ -287,7 +307,7 @@ fn check_statement(stmt: &Statement) -> Result<(), MigrateError> {
         Statement::AlterTable { name, .. } => user_table(name).map(drop),
         Statement::CreateIndex(ci) => user_table(&ci.table_name).map(drop),
         Statement::CreatePolicy { table_name, .. } | Statement::DropPolicy { table_name, .. } => {
-            user_table(table_name).map(drop)
+            policy_table(table_name).map(drop)
         }
         Statement::Drop { object_type, names, .. } => match object_type {
             ObjectType::Table | ObjectType::View => names.iter().try_for_each(|n| user_table(n).map(drop)),
@@ -538,6 +558,28 @@ fn rewrite_sqlite_expr(x: &mut Expr) -> Result<(), MigrateError> {
         | Expr::Exists { .. }
         | Expr::Subquery(_)
         | Expr::Case { .. } => Ok(()),
+        // `arr[i]` (PostgreSQL arrays are 1-based): SQLite's array-valued functions return JSON arrays.
+        Expr::CompoundFieldAccess { root, access_chain } => match access_chain.as_slice() {
+            [ast::AccessExpr::Subscript(ast::Subscript::Index { index })] => {
+                let arg = |e: Expr| ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e));
+                *x = Expr::Function(ast::Function {
+                    name: ObjectName::from(vec![Ident::new("vb_array_at")]),
+                    uses_odbc_syntax: false,
+                    parameters: ast::FunctionArguments::None,
+                    args: ast::FunctionArguments::List(ast::FunctionArgumentList {
+                        duplicate_treatment: None,
+                        args: vec![arg((**root).clone()), arg(index.clone())],
+                        clauses: vec![],
+                    }),
+                    filter: None,
+                    null_treatment: None,
+                    over: None,
+                    within_group: vec![],
+                });
+                Ok(())
+            }
+            _ => Err(unsupported(format!("expression {}", short(&*x)))),
+        },
         Expr::ILike { negated, expr, pattern, escape_char, .. } => {
             // SQLite's LIKE already ignores ASCII case.
             *x = Expr::Like {
@@ -829,7 +871,7 @@ fn translate_sqlite(stmt: &Statement) -> Result<Vec<Step>, MigrateError> {
             steps
         }
         Statement::CreatePolicy { name, table_name: tn, policy_type, command, to, using, with_check } => {
-            let t = user_table(tn)?;
+            let t = policy_table(tn)?;
             let command = match command {
                 None | Some(CreatePolicyCommand::All) => "all",
                 Some(CreatePolicyCommand::Select) => "select",
@@ -880,7 +922,7 @@ fn translate_sqlite(stmt: &Statement) -> Result<Vec<Step>, MigrateError> {
             steps
         }
         Statement::DropPolicy { if_exists, name, table_name: tn, .. } => {
-            let t = user_table(tn)?;
+            let t = policy_table(tn)?;
             let mut steps = Vec::new();
             if !if_exists {
                 steps.push(Step::Expect(

@@ -359,6 +359,32 @@ pub fn policy_sql(meta: &TableMeta, auth: &RequestAuth, cmd: Cmd, using: bool) -
     Some(s)
 }
 
+/// The SQLite policy filter (as [`policy_sql`]) of a table outside `public`, such as
+/// `"storage.objects"`, for code that queries it through [`crate::AppDbs::with_conn`]. The expressions
+/// name the table's columns unqualified. `None` on PostgreSQL (the engine applies RLS itself), when
+/// RLS is off for the table, and for `service_role`.
+pub fn stored_policy(
+    conn: &mut dyn store::Conn,
+    table: &str,
+    auth: &RequestAuth,
+    cmd: Cmd,
+    using: bool,
+) -> Result<Option<String>, store::StoreError> {
+    if conn.dialect() == Dialect::Postgres || auth.role == RequestRole::ServiceRole {
+        return Ok(None);
+    }
+    let rls = conn.query_opt("SELECT 1 FROM _vb_rls WHERE table_name = $1", &[table.into()])?.is_some();
+    let mut policies = Vec::new();
+    for r in conn.query(
+        "SELECT command, roles, permissive, using_sql, check_sql FROM _vb_policies WHERE table_name = $1 ORDER BY name",
+        &[table.into()],
+    )? {
+        policies.push((r.text(0)?, r.text(1)?, r.int(2)? == 1, r.opt_text(3)?, r.opt_text(4)?));
+    }
+    let meta = TableMeta { name: table.to_owned(), columns: vec![], pk: vec![], fks: vec![], rls, policies };
+    Ok(policy_sql(&meta, auth, cmd, using))
+}
+
 /// Builds SQL text and its parameters.
 pub struct Builder<'a> {
     pub dialect: Dialect,

@@ -22,24 +22,7 @@ pub fn render(dialect: Dialect, sql: &str) -> Cow<'_, str> {
 }
 
 fn sqlite(sql: &str) -> String {
-    let mut s = sql.replace("auth.vb_ts(", "(");
-    for name in NAMES {
-        s = s.replace(&format!("auth.{name}"), &format!("\"auth.{name}\""));
-    }
-    // Drop every `::type` cast.
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == ':' && chars.peek() == Some(&':') {
-            chars.next();
-            while chars.peek().is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_') {
-                chars.next();
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    store::sqlite_form(sql, &NAMES.map(|n| format!("auth.{n}")).iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// The DDL that creates the auth tables in a new env database (idempotent). appdb runs it when it

@@ -132,7 +132,7 @@ pub async fn jwks(State(state): State<AppState>, Path(env): Path<String>) -> Aut
 }
 
 /// An env named by the path of a public route: it must exist and be active.
-async fn active_env(state: &AppState, env: &str) -> Result<EnvId, Response> {
+pub(crate) async fn active_env(state: &AppState, env: &str) -> Result<EnvId, Response> {
     let not_found = || ApiError::not_found("not_found", "environment not found").into_response();
     let env = EnvId::parse(env).map_err(|_| not_found())?;
     match state.platform.env_status(&env).await {

@@ -101,7 +101,11 @@ fn to_response(r: RestResponse) -> Response {
 }
 
 /// The request role: the key decides, unless `Authorization: Bearer` carries an end-user JWT.
-async fn request_auth(state: &AppState, caller: &Caller, headers: &HeaderMap) -> Result<RequestAuth, RestError> {
+pub(crate) async fn request_auth(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+) -> Result<RequestAuth, RestError> {
     let env = caller.env.as_ref();
     let bearer = headers
         .get(http::header::AUTHORIZATION)

@@ -16,6 +16,7 @@ pub mod preview;
 pub mod routes;
 pub mod sandboxes;
 pub mod sites;
+pub mod storage_api;
 pub mod surface;
 
 use std::collections::HashMap;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub auth: auth::Auth,
     /// Static sites: deployments and their serving.
     pub hosting: hosting::Hosting,
+    /// File storage (Supabase Storage) of every env.
+    pub storage: storage::Storage,
 }
 
 impl AppState {
@@ -73,6 +76,9 @@ impl AppState {
         appdb.register_delete_hook();
         // Every env database holds its auth tables, so migrations can reference `auth.users`.
         appdb.register_schema(auth::schema_hook());
+        // …and its storage tables (`storage.buckets`, `storage.objects`) and helper functions.
+        appdb.register_schema(storage::Storage::schema_hook());
+        let storage = storage::Storage::new(appdb.clone());
         let auth = auth::Auth::new(platform.clone(), auth::AuthConfig::default());
         let hosting = hosting::Hosting::new(platform.clone());
         hosting.register_delete_hook();
@@ -87,6 +93,7 @@ impl AppState {
             appdb,
             auth,
             hosting,
+            storage,
         }
     }
 
@@ -122,7 +129,12 @@ impl AppState {
     /// The route a matched path and method belong to.
     fn spec(&self, method: &Method, path: &str) -> Option<&RouteSpec> {
         let specs = self.specs.get(path)?;
-        specs.iter().find(|s| s.method == method.as_str()).or_else(|| specs.iter().find(|s| s.method == "ANY"))
+        specs
+            .iter()
+            .find(|s| s.method == method.as_str())
+            // axum answers HEAD with the GET handler; the GET rule applies.
+            .or_else(|| specs.iter().find(|s| *method == Method::HEAD && s.method == "GET"))
+            .or_else(|| specs.iter().find(|s| s.method == "ANY"))
     }
 
     /// The access rule of a route of the table (for handler-level decisions on per-env routes).

@@ -241,11 +241,17 @@ fn operation(spec: &RouteSpec) -> utoipa::openapi::path::Operation {
     op.build()
 }
 
+/// Whether a route of the table is in the document.
+pub fn documented(spec: &crate::routes::RouteSpec) -> bool {
+    spec.method != "ANY" && spec.built && !spec.path.contains("{*")
+}
+
 /// Builds the document.
 pub fn document() -> OpenApi {
     let mut paths = PathsBuilder::new();
-    // Surfaces not built yet are routed and guarded but not part of the documented API.
-    for spec in route_table().iter().filter(|s| s.method != "ANY" && s.built) {
+    // Surfaces not built yet are routed and guarded but not part of the documented API; wire-protocol
+    // catch-alls (`{*rest}`, e.g. Storage's signed URLs) are their protocol's, not this document's.
+    for spec in route_table().iter().filter(|s| documented(s)) {
         let method = match spec.method {
             "GET" => HttpMethod::Get,
             "POST" => HttpMethod::Post,

@@ -207,6 +207,48 @@ fn auth_public(path: &'static str, summary: &'static str, handler: MethodRouter<
     }
 }
 
+/// A Storage route behind a key of the env (the catch-all's rule) at a path that also has public methods.
+fn storage_keyed(method: &'static str, path: &'static str, summary: &'static str) -> R {
+    let handler = match method {
+        "POST" => post(crate::storage_api::dispatch),
+        "PUT" => put(crate::storage_api::dispatch),
+        _ => delete(crate::storage_api::dispatch),
+    };
+    R {
+        spec: RouteSpec {
+            method,
+            built: true,
+            response: (200, None),
+            ..surface(path, Surface::Storage, "storage:Request", EnvKeyAccess::Any, summary).spec
+        },
+        handler,
+    }
+}
+
+/// A Storage route anyone may call: public objects, and signed URLs whose token is the credential.
+fn storage_public(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    handler: MethodRouter<AppState>,
+) -> R {
+    R {
+        spec: RouteSpec {
+            method,
+            path,
+            access: PUBLIC,
+            scope: Scope::Public,
+            surface: Surface::Storage,
+            summary,
+            request: None,
+            response: (200, None),
+            query: &[],
+            built: true,
+        },
+        handler,
+    }
+}
+
 const REDIRECT_QUERY: &[(&str, QueryType, &str)] =
     &[("redirect_to", QueryType::String, "Where links in the mail send the browser.")];
 const TOKEN_QUERY: &[(&str, QueryType, &str)] =
@@ -720,7 +762,34 @@ fn table() -> Vec<R> {
             },
             handler: any(crate::data::rest),
         },
-        surface("/env/{env}/storage/v1/{*rest}", Surface::Storage, "storage:Request", Any, "Supabase Storage API."),
+        built(
+            surface("/env/{env}/storage/v1/{*rest}", Surface::Storage, "storage:Request", Any, "Supabase Storage API."),
+            any(crate::storage_api::dispatch),
+        ),
+        storage_public(
+            "GET",
+            "/env/{env}/storage/v1/object/public/{*rest}",
+            "An object of a public bucket (also HEAD).",
+            get(crate::storage_api::public_object),
+        ),
+        // A bucket may be named `public`: writes under that path are ordinary keyed storage calls.
+        storage_keyed("POST", "/env/{env}/storage/v1/object/public/{*rest}", "Upload into the bucket named public."),
+        storage_keyed("PUT", "/env/{env}/storage/v1/object/public/{*rest}", "Replace in the bucket named public."),
+        storage_keyed("DELETE", "/env/{env}/storage/v1/object/public/{*rest}", "Delete from the bucket named public."),
+        storage_public(
+            "GET",
+            "/env/{env}/storage/v1/object/sign/{*rest}",
+            "Download with a signed URL (its token is the credential).",
+            get(crate::storage_api::signed_download),
+        ),
+        storage_keyed("POST", "/env/{env}/storage/v1/object/sign/{*rest}", "Create signed download URLs."),
+        storage_public(
+            "PUT",
+            "/env/{env}/storage/v1/object/upload/sign/{*rest}",
+            "Upload with a signed upload URL (its token is the credential).",
+            put(crate::storage_api::signed_upload),
+        ),
+        storage_keyed("POST", "/env/{env}/storage/v1/object/upload/sign/{*rest}", "Create a signed upload URL."),
         surface("/env/{env}/functions/v1/{*rest}", Surface::Functions, "functions:Invoke", Any, "Cloud functions."),
         // The model gateway: one catch-all, dispatched inside (`gateway::http`); ANY routes stay out of
         // the OpenAPI document, which describes `/v1`.

@@ -49,9 +49,10 @@ impl Surface {
             Self::Platform => json!({"code": code, "message": message, "request_id": request_id}),
             Self::Rest => json!({"code": code, "message": message, "details": Value::Null, "hint": Value::Null}),
             Self::Auth => json!({"code": status.as_u16(), "error_code": code, "msg": message}),
+            // Supabase Storage puts its code in both `error` and `code`.
             Self::Storage => json!({
                 "statusCode": status.as_u16().to_string(),
-                "error": status.canonical_reason().unwrap_or("Error"),
+                "error": code,
                 "message": message,
                 "code": code,
             }),

@@ -5,8 +5,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path as ObjectPath};
+use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, path::Path as ObjectPath};
+use sha2::Digest as _;
+
+/// Bytes gathered before a streamed write becomes a multipart upload (and the size of each part).
+/// Smaller objects are written with one request.
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
 
 /// What can go wrong with the object store.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +26,37 @@ pub enum BlobError {
     /// An object key is empty, absolute, or has `.`/`..` segments.
     #[error("invalid object key {0:?}")]
     BadKey(String),
+    /// A streamed write grew past the limit it was given; nothing was written.
+    #[error("object larger than {0} bytes")]
+    TooLarge(u64),
+    /// The stream a write read from failed (e.g. the client went away); nothing was written.
+    #[error("body: {0}")]
+    Body(String),
+    /// A ranged read asked for bytes the object does not have.
+    #[error("range not satisfiable")]
+    BadRange,
+}
+
+/// What a streamed write stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub size: u64,
+    /// SHA-256 of the content, hex.
+    pub sha256: String,
+}
+
+/// An object's size and entity tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobMeta {
+    pub size: u64,
+    pub etag: Option<String>,
+}
+
+/// A streamed read: the bytes of `range` (end exclusive) of an object of `size` bytes.
+pub struct BlobRead {
+    pub size: u64,
+    pub range: std::ops::Range<u64>,
+    pub stream: BoxStream<'static, Result<Bytes, BlobError>>,
 }
 
 /// A handle on the platform's object store, cheap to clone.
@@ -79,6 +116,118 @@ impl Blobs {
     pub async fn put(&self, key: &str, data: Bytes) -> Result<(), BlobError> {
         self.inner.put(&self.path(key)?, PutPayload::from(data)).await?;
         Ok(())
+    }
+
+    /// Writes an object from a stream without holding it in memory (parts of [`PART_SIZE`]). Atomic:
+    /// readers see the object whole or not at all. If the stream fails or exceeds `max` bytes,
+    /// nothing is left behind (the upload is aborted) and the error says why.
+    pub async fn put_stream<S, E>(&self, key: &str, mut body: S, max: u64) -> Result<Written, BlobError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        let path = self.path(key)?;
+        let mut hash = sha2::Sha256::new();
+        let mut size: u64 = 0;
+        let mut pending: Vec<Bytes> = Vec::new();
+        let mut pending_len = 0usize;
+        let mut upload: Option<Box<dyn object_store::MultipartUpload>> = None;
+        let result: Result<(), BlobError> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
+                size += chunk.len() as u64;
+                if size > max {
+                    return Err(BlobError::TooLarge(max));
+                }
+                hash.update(&chunk);
+                pending_len += chunk.len();
+                pending.push(chunk);
+                if pending_len >= PART_SIZE {
+                    let part: PutPayload = std::mem::take(&mut pending).into_iter().collect();
+                    pending_len = 0;
+                    if upload.is_none() {
+                        upload = Some(self.inner.put_multipart(&path).await?);
+                    }
+                    if let Some(u) = upload.as_mut() {
+                        u.put_part(part).await?;
+                    }
+                }
+            }
+            let rest: PutPayload = std::mem::take(&mut pending).into_iter().collect();
+            match upload.as_mut() {
+                None => {
+                    self.inner.put(&path, rest).await?;
+                }
+                Some(u) => {
+                    if rest.content_length() > 0 {
+                        u.put_part(rest).await?;
+                    }
+                    u.complete().await?;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            if let Some(mut u) = upload
+                && let Err(abort) = u.abort().await
+            {
+                tracing::warn!(error = %abort, "could not abort a multipart upload");
+            }
+            return Err(e);
+        }
+        Ok(Written { size, sha256: hash.finalize().iter().map(|b| format!("{b:02x}")).collect() })
+    }
+
+    /// Streams an object, or the bytes `start..end` of it (`end` exclusive; `None`: to the end).
+    /// `None` if it does not exist; [`BlobError::BadRange`] if `start` is past its end.
+    pub async fn get_stream(
+        &self,
+        key: &str,
+        range: Option<(u64, Option<u64>)>,
+    ) -> Result<Option<BlobRead>, BlobError> {
+        let path = self.path(key)?;
+        let mut options = GetOptions::default();
+        if let Some((start, end)) = range {
+            options.range = Some(match end {
+                Some(end) if end <= start => return Err(BlobError::BadRange),
+                Some(end) => GetRange::Bounded(start..end),
+                None => GetRange::Offset(start),
+            });
+        }
+        match self.inner.get_opts(&path, options).await {
+            Ok(r) => {
+                let (size, range) = (r.meta.size, r.range.clone());
+                Ok(Some(BlobRead { size, range, stream: r.into_stream().map_err(BlobError::from).boxed() }))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(object_store::Error::NotModified { .. }) => Err(BlobError::BadRange),
+            Err(e) if range.is_some() && e.to_string().to_lowercase().contains("range") => Err(BlobError::BadRange),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// An object's size and entity tag; `None` if it does not exist.
+    pub async fn head(&self, key: &str) -> Result<Option<BlobMeta>, BlobError> {
+        match self.inner.head(&self.path(key)?).await {
+            Ok(m) => Ok(Some(BlobMeta { size: m.size, etag: m.e_tag })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Copies an object inside the store (server-side on S3). The copy appears whole.
+    pub async fn copy(&self, from: &str, to: &str) -> Result<(), BlobError> {
+        self.inner.copy(&self.path(from)?, &self.path(to)?).await?;
+        Ok(())
+    }
+
+    /// Deletes one object; deleting a missing object is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        match self.inner.delete(&self.path(key)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Reads a whole object; `None` if it does not exist.

@@ -127,6 +127,30 @@ pub trait Conn {
     }
 }
 
+/// Env-database SQL written once in PostgreSQL's form (schema-qualified tables, `::type` casts, times
+/// read through `auth.vb_ts(…)`), turned into SQLite's: the given `schema.table` names quoted as the
+/// one-word table names SQLite env databases use, casts and the time formatter dropped. The SQL text
+/// is always the platform's own, never input.
+pub fn sqlite_form(sql: &str, tables: &[&str]) -> String {
+    let mut s = sql.replace("auth.vb_ts(", "(");
+    for name in tables {
+        s = s.replace(name, &format!("\"{name}\""));
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ':' && chars.peek() == Some(&':') {
+            chars.next();
+            while chars.peek().is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '[' || *c == ']') {
+                chars.next();
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     Sqlite,

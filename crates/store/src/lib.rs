@@ -6,5 +6,5 @@ pub mod blob;
 pub mod db;
 pub mod schema;
 
-pub use blob::{BlobError, Blobs};
-pub use db::{Conn, Db, Dialect, PgPool, Row, StoreError, Value};
+pub use blob::{BlobError, BlobMeta, BlobRead, Blobs, Written};
+pub use db::{Conn, Db, Dialect, PgPool, Row, StoreError, Value, sqlite_form};

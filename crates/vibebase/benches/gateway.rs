@@ -136,16 +136,7 @@ async fn main() {
     let (mut child, base) = common::serve(&dir.path().join("data"), ADMIN, &extra).await;
     let pinned = pin(child.id(), "1") && pin(std::process::id(), "0");
     let client = reqwest::Client::new();
-    let env: serde_json::Value = client
-        .post(format!("{base}/v1/envs"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"id": "bench"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let env = common::create_env(&client, &base, ADMIN, "bench").await;
     let key = env["keys"]["secret"].as_str().unwrap().to_owned();
     let msgs = json!([{"role": "user", "content": "Say something short."}]);
     let direct_url = format!("http://127.0.0.1:{mock}/v1/chat/completions");

@@ -31,11 +31,11 @@ create policy "own todos update" on todos for update using (auth.uid() = owner) 
 create policy "own todos delete" on todos for delete using (auth.uid() = owner);
 "#;
 
-const ALICE: &str = "11111111-1111-4111-8111-111111111111";
-const BOB: &str = "22222222-2222-4222-8222-222222222222";
+pub(crate) const ALICE: &str = "11111111-1111-4111-8111-111111111111";
+pub(crate) const BOB: &str = "22222222-2222-4222-8222-222222222222";
 
 /// An access token of user `sub`, signed with the env's own auth key (what GoTrue issues at sign-in).
-async fn user_token(state: &server::AppState, env: &str, sub: &str) -> String {
+pub(crate) async fn user_token(state: &server::AppState, env: &str, sub: &str) -> String {
     let env_id = protocol::EnvId::parse(env).unwrap();
     let keys = state.auth.signing_keys(&env_id).await.unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
@@ -68,15 +68,30 @@ struct Env {
     tokens: std::collections::HashMap<&'static str, String>,
 }
 
+/// A platform with one env (id `<prefix><random>`), its keys, and access tokens of ALICE and BOB.
+pub(crate) struct UserEnv {
+    pub h: Harness,
+    pub state: server::AppState,
+    pub id: String,
+    pub secret: String,
+    pub publishable: String,
+    pub tokens: std::collections::HashMap<&'static str, String>,
+}
+
+pub(crate) async fn user_env(prefix: &str) -> UserEnv {
+    let h = Harness::new().await;
+    let id = format!("{prefix}{}", h.platform.random_id(8));
+    let rec = h.create_env(&id).await;
+    let state = server::AppState::new(h.platform.clone());
+    let tokens = [(ALICE, user_token(&state, &id, ALICE).await), (BOB, user_token(&state, &id, BOB).await)].into();
+    UserEnv { secret: rec.secret().to_owned(), publishable: rec.publishable().to_owned(), h, state, id, tokens }
+}
+
 impl Env {
     async fn new() -> Self {
-        let h = Harness::new().await;
-        let id = format!("app-{}", h.platform.random_id(8));
-        let rec = h.create_env(&id).await;
-        let state = server::AppState::new(h.platform.clone());
-        let tokens = [(ALICE, user_token(&state, &id, ALICE).await), (BOB, user_token(&state, &id, BOB).await)].into();
+        let UserEnv { h, state, id, secret, publishable, tokens } = user_env("app-").await;
         let router = server::router(state);
-        Self { secret: rec.secret().to_owned(), publishable: rec.publishable().to_owned(), h, router, id, tokens }
+        Self { secret, publishable, h, router, id, tokens }
     }
 
     async fn send(&self, method: &str, path: &str, headers: &[(&str, String)], body: Option<Value>) -> Resp {
@@ -483,20 +498,12 @@ async fn rows_and_bytes_are_metered_and_quotas_hold() {
     let e = seeded().await;
     let r = e.rest("GET", "todos?select=title", &e.service(), None).await;
     assert_eq!(r.json.as_array().unwrap().len(), 3);
-    e.h.platform.flush_meters().await.unwrap();
-    let usage = e.h.call("GET", &format!("/v1/envs/{}/usage", e.id), Some(&e.h.admin), None).await;
-    let total = |m: &str| {
-        usage.json["totals"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["meter"] == m)
-            .map_or(0, |t| t["quantity"].as_i64().unwrap())
-    };
-    assert_eq!(total("db_rows_written"), 5, "{}", usage.text);
+    let totals = e.h.usage_totals(&e.id).await;
+    let total = |m: &str| totals.get(m).copied().unwrap_or(0);
+    assert_eq!(total("db_rows_written"), 5, "{totals:?}");
     // 3 rows returned by the seeding insert's representation are writes, not reads.
-    assert_eq!(total("db_rows_read"), 3, "{}", usage.text);
-    assert!(total("db_bytes") > 0, "{}", usage.text);
+    assert_eq!(total("db_rows_read"), 3, "{totals:?}");
+    assert!(total("db_bytes") > 0, "{totals:?}");
     // The migration is in the env's audit log.
     let audit = e.h.call("GET", &format!("/v1/envs/{}/audit", e.id), Some(&e.h.admin), None).await;
     assert!(

@@ -205,6 +205,19 @@ impl Harness {
         Resp { status, headers, text, json }
     }
 
+    /// The env's usage totals by meter, after flushing the meter buffer (0 for meters without usage).
+    pub async fn usage_totals(&self, env: &str) -> std::collections::HashMap<String, i64> {
+        self.platform.flush_meters().await.unwrap();
+        let usage = self.call("GET", &format!("/v1/envs/{env}/usage"), Some(&self.admin), None).await;
+        assert_eq!(usage.status, StatusCode::OK, "{}", usage.text);
+        usage.json["totals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["meter"].as_str().unwrap().to_owned(), t["quantity"].as_i64().unwrap()))
+            .collect()
+    }
+
     /// Creates an env as admin and returns its record (with the secret key).
     pub async fn create_env(&self, id: &str) -> EnvRecord {
         let r = self.call("POST", "/v1/envs", Some(&self.admin), Some(serde_json::json!({"id": id}))).await;

@@ -10,5 +10,6 @@ mod hosting;
 mod ledger;
 mod llm;
 mod matrix;
+mod storage;
 mod surfaces;
 mod webhooks;

@@ -400,7 +400,30 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
             f("env_tenant", 200, "/v1/envs/tenant-a/auth/settings".into(), Some(json!({"anonymous_sign_ins": true})))
         }
         ("GET", "/v1/envs/{env}/auth/outbox") => f("env_tenant", 200, "/v1/envs/tenant-a/auth/outbox".into(), None),
-        ("ANY", "/env/{env}/storage/v1/{*rest}") => f("data_any", 501, "/env/tenant-a/storage/v1/bucket".into(), None),
+        ("ANY", "/env/{env}/storage/v1/{*rest}") => f("data_any", 200, "/env/tenant-a/storage/v1/bucket".into(), None),
+        // Public objects and signed URLs: no key needed (a missing bucket, a missing token).
+        ("GET", "/env/{env}/storage/v1/object/public/{*rest}") => {
+            f("public", 404, "/env/tenant-a/storage/v1/object/public/pub/a.txt".into(), None)
+        }
+        // Writes into a bucket named `public` (none exists here).
+        ("POST" | "PUT", "/env/{env}/storage/v1/object/public/{*rest}") => {
+            f("data_any", 404, "/env/tenant-a/storage/v1/object/public/a.txt".into(), Some(json!({})))
+        }
+        ("DELETE", "/env/{env}/storage/v1/object/public/{*rest}") => {
+            f("data_any", 404, "/env/tenant-a/storage/v1/object/public/a.txt".into(), None)
+        }
+        ("GET", "/env/{env}/storage/v1/object/sign/{*rest}") => {
+            f("public", 400, "/env/tenant-a/storage/v1/object/sign/b/a.txt".into(), None)
+        }
+        ("PUT", "/env/{env}/storage/v1/object/upload/sign/{*rest}") => {
+            f("public", 400, "/env/tenant-a/storage/v1/object/upload/sign/b/a.txt".into(), Some(json!({})))
+        }
+        ("POST", "/env/{env}/storage/v1/object/sign/{*rest}") => {
+            f("data_any", 404, "/env/tenant-a/storage/v1/object/sign/b/a.txt".into(), Some(json!({"expiresIn": 60})))
+        }
+        ("POST", "/env/{env}/storage/v1/object/upload/sign/{*rest}") => {
+            f("data_any", 404, "/env/tenant-a/storage/v1/object/upload/sign/b/a.txt".into(), None)
+        }
         ("ANY", "/env/{env}/functions/v1/{*rest}") => {
             f("data_any", 501, "/env/tenant-a/functions/v1/hello".into(), None)
         }

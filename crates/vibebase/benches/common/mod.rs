@@ -33,3 +33,18 @@ pub async fn serve<S: AsRef<OsStr>>(data_dir: &Path, admin: &str, extra: &[S]) -
 pub fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
+
+/// Creates env `id` as `admin` and returns its record (with the secret key).
+#[allow(dead_code)]
+pub async fn create_env(client: &reqwest::Client, base: &str, admin: &str, id: &str) -> serde_json::Value {
+    client
+        .post(format!("{base}/v1/envs"))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({"id": id}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
