@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod functions;
 pub mod ids;
 pub mod meter;
 pub mod sandbox;

@@ -4,9 +4,10 @@
 use crate::db::{Conn, Db, Dialect, StoreError};
 
 /// (version, SQL). Append only: never edit a migration that has shipped.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE envs (
     id TEXT PRIMARY KEY,
     name TEXT,
@@ -102,7 +103,62 @@ CREATE TABLE webhook_deliveries (
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at);
 CREATE INDEX webhook_deliveries_hook ON webhook_deliveries (webhook_id, created_at);
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE functions (
+    env_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    active_version BIGINT NOT NULL,
+    schedule TEXT,
+    next_run_at BIGINT,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (env_id, name)
+);
+CREATE INDEX functions_due ON functions (next_run_at);
+CREATE TABLE function_versions (
+    env_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    blob_key TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size_bytes BIGINT NOT NULL,
+    entrypoint TEXT NOT NULL,
+    dependencies BIGINT NOT NULL,
+    memory_mb BIGINT NOT NULL,
+    timeout_ms BIGINT NOT NULL,
+    concurrency BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (env_id, name, version)
+);
+CREATE TABLE function_secrets (
+    env_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    var TEXT NOT NULL,
+    sealed TEXT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (env_id, name, var)
+);
+CREATE TABLE function_logs (
+    id TEXT PRIMARY KEY,
+    env_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    started_at BIGINT NOT NULL,
+    duration_ms BIGINT NOT NULL,
+    status BIGINT NOT NULL,
+    outcome TEXT NOT NULL,
+    trigger_kind TEXT NOT NULL,
+    stdout TEXT NOT NULL,
+    stderr TEXT NOT NULL,
+    error TEXT
+);
+CREATE INDEX function_logs_by_time ON function_logs (env_id, name, started_at);
+"#,
+    ),
+];
 
 /// The schema version this binary writes.
 pub fn current_version() -> i64 {
