@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod functions;
 mod sandbox;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vibebase");
