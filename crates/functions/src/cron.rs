@@ -191,6 +191,7 @@ impl Functions {
                     method: "POST".to_owned(),
                     subpath: String::new(),
                     query: String::new(),
+                    query_params: Default::default(),
                     headers: vec![("content-type".to_owned(), "application/json".to_owned())],
                     body: body.into(),
                     auth: CallerAuth { role: "service_role".to_owned(), claims: serde_json::Value::Null },

@@ -181,6 +181,8 @@ pub struct Invocation {
     /// The path below the function's name (`""` or `/…`).
     pub subpath: String,
     pub query: String,
+    /// `query`, decoded.
+    pub query_params: BTreeMap<String, String>,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
     pub auth: CallerAuth,
@@ -420,17 +422,7 @@ impl Functions {
                     ],
                 )?;
                 activate(conn, e, n, next, now)?;
-                platform::audit::write(
-                    conn,
-                    now,
-                    &platform::audit::Record {
-                        actor: &actor_c,
-                        action: "functions:Deploy",
-                        env: Some(e),
-                        target: Some(&format!("{n} v{next}")),
-                        result: "ok",
-                    },
-                )?;
+                audit(conn, now, &actor_c, "functions:Deploy", e, &format!("{n} v{next}"))?;
                 Ok::<_, PlatformError>(FunctionVersion {
                     version: u64::try_from(next).unwrap_or(0),
                     entrypoint,
@@ -638,17 +630,7 @@ impl Functions {
                     return Err(PlatformError::NotFound { what: "function version" });
                 }
                 activate(conn, e, n, i64::try_from(version).unwrap_or(0), now)?;
-                platform::audit::write(
-                    conn,
-                    now,
-                    &platform::audit::Record {
-                        actor: &actor_c,
-                        action: "functions:Rollback",
-                        env: Some(e),
-                        target: Some(&format!("{n} v{version}")),
-                        result: "ok",
-                    },
-                )?;
+                audit(conn, now, &actor_c, "functions:Rollback", e, &format!("{n} v{version}"))?;
                 Ok(())
             })
             .await?;
@@ -677,17 +659,7 @@ impl Functions {
                         &[e.into(), n.into()],
                     )?;
                 }
-                platform::audit::write(
-                    conn,
-                    now,
-                    &platform::audit::Record {
-                        actor: &actor_c,
-                        action: "functions:Delete",
-                        env: Some(e),
-                        target: Some(n),
-                        result: "ok",
-                    },
-                )?;
+                audit(conn, now, &actor_c, "functions:Delete", e, n)?;
                 Ok(())
             })
             .await?;
@@ -742,17 +714,7 @@ impl Functions {
                         )?;
                     }
                 }
-                platform::audit::write(
-                    conn,
-                    now,
-                    &platform::audit::Record {
-                        actor: &actor_c,
-                        action: "functions:SetSecrets",
-                        env: Some(e),
-                        target: Some(n),
-                        result: "ok",
-                    },
-                )?;
+                audit(conn, now, &actor_c, "functions:SetSecrets", e, n)?;
                 Ok::<_, PlatformError>(())
             })
             .await?;
@@ -817,17 +779,7 @@ impl Functions {
                 if changed == 0 {
                     return Err(PlatformError::NotFound { what: "function" });
                 }
-                platform::audit::write(
-                    conn,
-                    now,
-                    &platform::audit::Record {
-                        actor: &actor_c,
-                        action: "functions:SetSchedule",
-                        env: Some(e),
-                        target: Some(n),
-                        result: "ok",
-                    },
-                )?;
+                audit(conn, now, &actor_c, "functions:SetSchedule", e, n)?;
                 Ok(())
             })
             .await?;
@@ -1048,6 +1000,9 @@ impl Functions {
         let spec = ExecSpec {
             argv: vec![
                 "node".to_owned(),
+                // supabase-js builds its realtime client at construction, which needs WebSocket (behind
+                // this flag on Node 20; accepted and on by default later).
+                "--experimental-websocket".to_owned(),
                 format!("--max-old-space-size={heap}"),
                 RUNNER_PATH.to_owned(),
                 format!("{FN_DIR}/{}", active.entrypoint),
@@ -1164,15 +1119,7 @@ impl Functions {
         ] {
             vars.insert(k.to_owned(), v);
         }
-        let query: BTreeMap<String, String> = inv
-            .query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                (percent_decode(k), percent_decode(v))
-            })
-            .collect();
+        let query = &inv.query_params;
         let url = format!(
             "{}/functions/v1/{name}{}{}",
             vars.get("SUPABASE_URL").cloned().unwrap_or_default(),
@@ -1452,29 +1399,6 @@ fn push_tail(buf: &mut String, more: &str) {
     }
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The associated data that binds a sealed value to its place.
 fn slot(env: &EnvId, name: &str, var: &str) -> String {
     format!("{env}/{name}/{var}")
@@ -1499,6 +1423,23 @@ async fn unpack(agent: &sandbox::AgentClient, bundle: Bytes) -> Result<(), Funct
             format!("unpacking failed: {}", String::from_utf8_lossy(&done.stderr).trim()),
         ));
     }
+    Ok(())
+}
+
+/// The audit row of a successful change, in its transaction.
+fn audit(
+    conn: &mut dyn Conn,
+    now: i64,
+    actor: &Actor,
+    action: &str,
+    env: &str,
+    target: &str,
+) -> Result<(), PlatformError> {
+    platform::audit::write(
+        conn,
+        now,
+        &platform::audit::Record { actor, action, env: Some(env), target: Some(target), result: "ok" },
+    )?;
     Ok(())
 }
 

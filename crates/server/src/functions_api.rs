@@ -217,17 +217,8 @@ pub async fn logs(
 
 /// The caller as the function sees it: the role and, for an end user, the verified claims.
 async fn caller_auth(state: &AppState, caller: &Caller, headers: &http::HeaderMap) -> ApiResult<CallerAuth> {
-    let bearer = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.strip_prefix("Bearer ").or_else(|| s.strip_prefix("bearer ")))
-        .map(str::trim);
-    let apikey = headers.get("apikey").or_else(|| headers.get("x-api-key")).and_then(|v| v.to_str().ok());
-    if let (Some(token), Some(env)) = (bearer, caller.env.as_ref())
-        && Some(token) != apikey
-        && token.split('.').count() == 3
-    {
-        let claims = state.auth.verify_access_token(env, token).await.map(|v| v.payload).map_err(|e| {
+    if let Some(verified) = crate::data::end_user_claims(state, caller, headers).await {
+        let claims = verified.map_err(|e| {
             ApiError::new(StatusCode::UNAUTHORIZED, "invalid_jwt", format!("JWT could not be verified: {e}"))
         })?;
         let role = claims.get("role").and_then(|r| r.as_str()).unwrap_or("authenticated").to_owned();
@@ -293,6 +284,7 @@ async fn invoke_inner(state: &AppState, caller: &Caller, req: Request) -> ApiRes
         method: parts.method.as_str().to_owned(),
         subpath: subpath.to_owned(),
         query: parts.uri.query().unwrap_or("").to_owned(),
+        query_params: crate::e2b::url_decode_pairs(parts.uri.query().unwrap_or("")).into_iter().collect(),
         headers,
         body,
         auth,
