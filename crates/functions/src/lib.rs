@@ -351,6 +351,13 @@ impl Functions {
         format!("{}functions/{name}/", self.inner.platform.layout(env).object_prefix)
     }
 
+    /// Runs one query about a function of an env (`$1` the env, `$2` the name, then `extra`).
+    async fn rows(&self, env: &EnvId, name: &str, sql: String, extra: Vec<Value>) -> Result<Vec<Row>, FunctionError> {
+        let mut params: Vec<Value> = vec![env.as_str().into(), name.into()];
+        params.extend(extra);
+        self.inner.platform.db().tx(move |conn| conn.query(&sql, &params)).await.map_err(FunctionError::from)
+    }
+
     // ---- deploy, versions, rollback, delete ----
 
     /// Deploys a `tar.gz` as the function's next version and makes it the active one.
@@ -530,19 +537,10 @@ impl Functions {
     /// The versions of a function, newest first.
     pub async fn versions(&self, env: &EnvId, name: &str) -> Result<Vec<FunctionVersion>, FunctionError> {
         check_name(name)?;
-        let (id, n) = (env.to_string(), name.to_owned());
-        let rows = self
-            .inner
-            .platform
-            .db()
-            .tx(move |conn| {
-                conn.query(
-                    &format!("SELECT {VERSION_COLUMNS} FROM function_versions WHERE env_id = $1 AND name = $2 ORDER BY version DESC"),
-                    &[id.into(), n.into()],
-                )
-            })
-            .await
-            .map_err(FunctionError::from)?;
+        let sql = format!(
+            "SELECT {VERSION_COLUMNS} FROM function_versions WHERE env_id = $1 AND name = $2 ORDER BY version DESC"
+        );
+        let rows = self.rows(env, name, sql, Vec::new()).await?;
         if rows.is_empty() {
             return Err(FunctionError::NotFound { what: "function" });
         }
@@ -723,19 +721,8 @@ impl Functions {
 
     /// The opened secrets of a function.
     async fn secrets(&self, env: &EnvId, name: &str) -> Result<BTreeMap<String, String>, FunctionError> {
-        let (id, n) = (env.to_string(), name.to_owned());
-        let rows = self
-            .inner
-            .platform
-            .db()
-            .tx(move |conn| {
-                conn.query(
-                    "SELECT var, sealed FROM function_secrets WHERE env_id = $1 AND name = $2",
-                    &[id.into(), n.into()],
-                )
-            })
-            .await
-            .map_err(FunctionError::from)?;
+        let sql = "SELECT var, sealed FROM function_secrets WHERE env_id = $1 AND name = $2".to_owned();
+        let rows = self.rows(env, name, sql, Vec::new()).await?;
         if rows.is_empty() {
             return Ok(BTreeMap::new());
         }
@@ -798,21 +785,11 @@ impl Functions {
         limit: u64,
     ) -> Result<Vec<InvocationLog>, FunctionError> {
         check_name(name)?;
-        let (id, n) = (env.to_string(), name.to_owned());
-        let rows = self
-            .inner
-            .platform
-            .db()
-            .tx(move |conn| {
-                conn.query(
-                    "SELECT id, name, version, started_at, duration_ms, status, outcome, trigger_kind, stdout, stderr, error \
-                     FROM function_logs WHERE env_id = $1 AND name = $2 AND started_at >= $3 AND started_at < $4 \
-                     ORDER BY started_at DESC, id LIMIT $5",
-                    &[id.into(), n.into(), from.into(), to.into(), int(limit)],
-                )
-            })
-            .await
-            .map_err(FunctionError::from)?;
+        let sql = "SELECT id, name, version, started_at, duration_ms, status, outcome, trigger_kind, stdout, stderr, \
+                   error FROM function_logs WHERE env_id = $1 AND name = $2 AND started_at >= $3 AND started_at < $4 \
+                   ORDER BY started_at DESC, id LIMIT $5"
+            .to_owned();
+        let rows = self.rows(env, name, sql, vec![from.into(), to.into(), int(limit)]).await?;
         rows.iter()
             .map(|r| {
                 Ok(InvocationLog {
@@ -836,23 +813,16 @@ impl Functions {
     // ---- invocation ----
 
     async fn active(&self, env: &EnvId, name: &str) -> Result<Active, FunctionError> {
-        let (id, n) = (env.to_string(), name.to_owned());
+        let sql = format!(
+            "SELECT {} FROM functions f JOIN function_versions v ON v.env_id = f.env_id AND v.name = f.name \
+             AND v.version = f.active_version WHERE f.env_id = $1 AND f.name = $2",
+            joined_version_columns()
+        );
         let row = self
-            .inner
-            .platform
-            .db()
-            .tx(move |conn| {
-                conn.query_opt(
-                    &format!(
-                        "SELECT {} FROM functions f JOIN function_versions v ON v.env_id = f.env_id AND v.name = f.name \
-                         AND v.version = f.active_version WHERE f.env_id = $1 AND f.name = $2",
-                        joined_version_columns()
-                    ),
-                    &[id.into(), n.into()],
-                )
-            })
-            .await
-            .map_err(FunctionError::from)?
+            .rows(env, name, sql, Vec::new())
+            .await?
+            .into_iter()
+            .next()
             .ok_or(FunctionError::NotFound { what: "function" })?;
         let (v, blob_key) = version_of(&row, 0)?;
         Ok(Active {
