@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod hosting;
+pub mod functions;
 pub mod ids;
 pub mod meter;
 pub mod sandbox;

@@ -670,6 +670,9 @@ async fn forward_port(mut conn: Conn, port: u16) -> std::io::Result<()> {
             return reply_err(&mut conn, AgentError::new(code, format!("port {port}: {e}"))).await;
         }
     };
+    // The relay forwards whole chunks as they come; Nagle would hold a request's second write (its
+    // body after its head) for the peer's delayed ACK, 40 ms on Linux.
+    let _ = tcp.set_nodelay(true);
     write_frame(&mut conn, &Reply::Ok).await?;
     tokio::io::copy_bidirectional(&mut conn, &mut tcp).await.map(|_| ())
 }

@@ -422,6 +422,15 @@ impl Sandboxes {
         Ok(sb.instance.agent())
     }
 
+    /// Revokes the sandbox's own token at once. For holders that get narrower per-use tokens instead
+    /// (a function runner is given one per invocation), so no standing credential stays inside.
+    pub async fn drop_token(&self, env: &EnvId, id: &str) -> Result<(), SandboxError> {
+        let sb = self.find(env, id)?;
+        let actor = Actor { name: "platform:sandboxes".to_owned(), request_id: String::new() };
+        self.inner.platform.revoke_key(&actor, env, &sb.token_id).await?;
+        Ok(())
+    }
+
     /// Resource use so far (for tests and the API).
     pub fn usage(&self, env: &EnvId, id: &str) -> Result<crate::Usage, SandboxError> {
         Ok(self.find(env, id)?.instance.usage())

@@ -100,13 +100,13 @@ fn to_response(r: RestResponse) -> Response {
     resp
 }
 
-/// The request role: the key decides, unless `Authorization: Bearer` carries an end-user JWT.
-pub(crate) async fn request_auth(
+/// The end user's verified claims when `Authorization: Bearer` carries a JWT that is not the key
+/// itself (an error when it does not verify); `None` when the request carries only keys.
+pub(crate) async fn end_user_claims(
     state: &AppState,
     caller: &Caller,
     headers: &HeaderMap,
-) -> Result<RequestAuth, RestError> {
-    let env = caller.env.as_ref();
+) -> Option<Result<serde_json::Value, String>> {
     let bearer = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -114,12 +114,22 @@ pub(crate) async fn request_auth(
         .map(str::trim);
     let apikey = headers.get("apikey").or_else(|| headers.get("x-api-key")).and_then(|v| v.to_str().ok());
     // A JWT (three dot-separated parts) that is not the key itself is an end user's token.
-    if let (Some(token), Some(env)) = (bearer, env)
-        && Some(token) != apikey
-        && token.split('.').count() == 3
-    {
-        // The env's auth service signed it (or nobody did): verified against the env's public keys.
-        return match state.auth.verify_access_token(env, token).await.map(|v| v.payload).map_err(|e| e.to_string()) {
+    let (Some(token), Some(env)) = (bearer, caller.env.as_ref()) else { return None };
+    if Some(token) == apikey || token.split('.').count() != 3 {
+        return None;
+    }
+    // The env's auth service signed it (or nobody did): verified against the env's public keys.
+    Some(state.auth.verify_access_token(env, token).await.map(|v| v.payload).map_err(|e| e.to_string()))
+}
+
+/// The request role: the key decides, unless `Authorization: Bearer` carries an end-user JWT.
+pub(crate) async fn request_auth(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+) -> Result<RequestAuth, RestError> {
+    if let Some(verified) = end_user_claims(state, caller, headers).await {
+        return match verified {
             Ok(claims) => {
                 let role = claims.get("role").and_then(|r| r.as_str()).unwrap_or("authenticated");
                 Ok(match role {

@@ -832,7 +832,7 @@ fn query_param(parts: &http::request::Parts, name: &str) -> Option<String> {
     url_decode_pairs(q).into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
 }
 
-fn url_decode_pairs(q: &str) -> Vec<(String, String)> {
+pub(crate) fn url_decode_pairs(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {

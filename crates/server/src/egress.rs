@@ -1,8 +1,8 @@
 //! The egress proxy: the only way out of a sandbox. The agent relays the sandbox's proxy port
 //! (`HTTP_PROXY`, `HTTPS_PROXY`) to a Unix socket the platform listens on; here each connection is
 //! served as an HTTP/1.1 proxy that lets through exactly:
-//! - plain requests to the platform (`http://vibebase.internal`, the address sandboxes are given, or
-//!   the platform's public address) whose path is the sandbox's own env's data plane
+//! - plain requests to the platform (`http://vibebase.internal`, the address sandboxes are given, the
+//!   platform's public address, or no address at all: `http://127.0.0.1:<proxy port>/…`) whose path is the sandbox's own env's data plane
 //!   (`/env/<env>/{rest,auth,storage,functions,llm,site}/…`), dispatched in process through the router,
 //!   so the gate authenticates the sandbox's token like any other request;
 //! - `CONNECT` tunnels to hosts on the sandbox's allow-list (ports 443 and 80), only to public
@@ -89,11 +89,17 @@ fn platform_authority(state: &AppState) -> String {
 }
 
 async fn proxy(state: &AppState, router: axum::Router, ctx: &EgressContext, req: http::Request<Incoming>) -> Response {
-    let Some(authority) = req.uri().authority().map(|a| a.as_str().to_ascii_lowercase()) else {
-        return deny(StatusCode::BAD_REQUEST, "requests must name their destination (use the proxy)");
-    };
+    // A request without a destination was sent to the proxy port as if it were the platform (Node's
+    // `fetch` ignores `HTTP_PROXY`, so function runners use `http://127.0.0.1:<port>/env/<env>`): it
+    // can only mean the platform, and gets the same checks as a proxied one.
+    let authority = req.uri().authority().map(|a| a.as_str().to_ascii_lowercase());
     let own = platform_authority(state);
-    let is_platform = authority == own || authority.trim_end_matches(":80") == sandbox::manager::SANDBOX_API_HOST;
+    let is_platform = authority.as_ref().is_none_or(|authority| {
+        *authority == own || authority.trim_end_matches(":80") == sandbox::manager::SANDBOX_API_HOST
+    });
+    if authority.is_none() && req.method() == Method::CONNECT {
+        return deny(StatusCode::BAD_REQUEST, "CONNECT needs host:port");
+    }
     if req.method() == Method::CONNECT {
         if is_platform {
             return deny(StatusCode::FORBIDDEN, "tunnels to the platform are not allowed; send plain requests");

@@ -8,6 +8,7 @@ pub mod e2b;
 pub mod egress;
 pub mod error;
 pub mod extract;
+pub mod functions_api;
 pub mod gate;
 pub mod handlers;
 pub mod metrics;
@@ -59,6 +60,10 @@ pub struct AppState {
     pub hosting: hosting::Hosting,
     /// File storage (Supabase Storage) of every env.
     pub storage: storage::Storage,
+    /// Open env databases (part of the `auth_api::env_db` seam until appdb lands).
+    /// Cloud functions (they run in sandboxes: none without them).
+    pub functions: Result<functions::Functions, String>,
+    functions_config: functions::FunctionsConfig,
 }
 
 impl AppState {
@@ -94,7 +99,16 @@ impl AppState {
             auth,
             hosting,
             storage,
+            functions: Err("functions need sandboxes, which this instance does not have".to_owned()),
+            functions_config: functions::FunctionsConfig::default(),
         }
+    }
+
+    /// Process-wide settings of cloud functions (master key, idle timeout). Call it before
+    /// [`Self::with_sandboxes`], which starts the functions registry.
+    pub fn with_functions_config(mut self, config: functions::FunctionsConfig) -> Self {
+        self.functions_config = config;
+        self
     }
 
     /// The same state with a configured model gateway. Call it before [`Self::with_sandboxes`]: the
@@ -109,11 +123,15 @@ impl AppState {
     pub fn with_sandboxes(mut self, sandboxes: Result<sandbox::Sandboxes, String>) -> Self {
         self.sandboxes = sandboxes;
         if let Ok(s) = &self.sandboxes {
+            self.functions =
+                Ok(functions::Functions::new(self.platform.clone(), s.clone(), self.functions_config.clone()));
             // The proxy serves data-plane surfaces only, none of which needs the registry; leaving it
-            // out of the proxy's state also keeps registry → proxy → state → registry from being a
-            // cycle that would never free the platform (and its database connections).
+            // (and the functions, which hold it) out of the proxy's state also keeps registry → proxy →
+            // state → registry from being a cycle that would never free the platform (and its database
+            // connections).
             let mut proxied = self.clone();
             proxied.sandboxes = Err("sandboxes are not reachable through the egress proxy".to_owned());
+            proxied.functions = Err("functions cannot invoke functions".to_owned());
             s.set_egress(egress::handler(proxied));
         }
         self

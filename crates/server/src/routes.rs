@@ -6,7 +6,7 @@ use axum::routing::{MethodRouter, any, delete, get, post, put};
 use tenancy::{Access, EnvKeyAccess, Plane};
 
 use crate::surface::Surface;
-use crate::{AppState, auth_api, handlers, sandboxes, sites};
+use crate::{AppState, auth_api, functions_api, handlers, sandboxes, sites};
 
 /// How the gate scopes a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -751,6 +751,7 @@ fn table() -> Vec<R> {
         ),
     ];
     routes.extend(sandbox_routes());
+    routes.extend(function_routes());
     routes.extend(auth_routes());
     routes.extend(deployment_routes());
     routes.extend([
@@ -790,7 +791,16 @@ fn table() -> Vec<R> {
             put(crate::storage_api::signed_upload),
         ),
         storage_keyed("POST", "/env/{env}/storage/v1/object/upload/sign/{*rest}", "Create a signed upload URL."),
-        surface("/env/{env}/functions/v1/{*rest}", Surface::Functions, "functions:Invoke", Any, "Cloud functions."),
+        built(
+            surface(
+                "/env/{env}/functions/v1/{*rest}",
+                Surface::Functions,
+                "functions:Invoke",
+                Any,
+                "Invoke a cloud function (supabase-js functions.invoke).",
+            ),
+            any(functions_api::invoke).layer(axum::extract::DefaultBodyLimit::max(functions_api::MAX_INVOKE_BODY)),
+        ),
         // The model gateway: one catch-all, dispatched inside (`gateway::http`); ANY routes stay out of
         // the OpenAPI document, which describes `/v1`.
         built(
@@ -948,6 +958,107 @@ fn deployment_routes() -> Vec<R> {
             (200, Some("DeploymentRecord")),
             post(sites::rollback),
         ),
+    ]
+}
+
+/// The functions API: deploy, versions, rollback, secrets, schedules and logs of an env's functions.
+fn function_routes() -> Vec<R> {
+    use EnvKeyAccess::Secret;
+    use Scope::Env;
+    let archive_limit = axum::extract::DefaultBodyLimit::max(functions_api::MAX_ARCHIVE_BYTES);
+    vec![
+        r(
+            "POST",
+            "/v1/envs/{env}/functions/{name}/deploy",
+            control("functions:Deploy", Secret),
+            Env,
+            "Deploy a new version of a function (the raw body is a tar.gz archive) and serve it.",
+            None,
+            (201, Some("FunctionVersion")),
+            post(functions_api::deploy).layer(archive_limit),
+        )
+        .query(functions_api::DEPLOY_QUERY),
+        r(
+            "GET",
+            "/v1/envs/{env}/functions",
+            control("functions:List", Secret),
+            Env,
+            "List the env's functions.",
+            None,
+            (200, Some("FunctionList")),
+            get(functions_api::list),
+        ),
+        r(
+            "GET",
+            "/v1/envs/{env}/functions/{name}",
+            control("functions:Get", Secret),
+            Env,
+            "Get a function and the version it serves.",
+            None,
+            (200, Some("FunctionRecord")),
+            get(functions_api::get),
+        ),
+        r(
+            "DELETE",
+            "/v1/envs/{env}/functions/{name}",
+            control("functions:Delete", Secret),
+            Env,
+            "Delete a function with its versions, secrets and logs.",
+            None,
+            (204, None),
+            delete(functions_api::delete),
+        ),
+        r(
+            "GET",
+            "/v1/envs/{env}/functions/{name}/versions",
+            control("functions:Get", Secret),
+            Env,
+            "The stored versions of a function, newest first.",
+            None,
+            (200, Some("FunctionVersionList")),
+            get(functions_api::versions),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/functions/{name}/rollback",
+            control("functions:Rollback", Secret),
+            Env,
+            "Serve a stored version from now on.",
+            Some("RollbackRequest"),
+            (200, Some("FunctionRecord")),
+            post(functions_api::rollback),
+        ),
+        r(
+            "PUT",
+            "/v1/envs/{env}/functions/{name}/secrets",
+            control("functions:SetSecrets", Secret),
+            Env,
+            "Set or remove environment variables of a function (encrypted at rest; values are never returned).",
+            Some("SetSecretsRequest"),
+            (200, Some("SecretNames")),
+            put(functions_api::set_secrets),
+        ),
+        r(
+            "PUT",
+            "/v1/envs/{env}/functions/{name}/schedule",
+            control("functions:SetSchedule", Secret),
+            Env,
+            "Set or remove the cron schedule (5 fields, UTC) that invokes a function.",
+            Some("SetScheduleRequest"),
+            (200, Some("FunctionRecord")),
+            put(functions_api::set_schedule),
+        ),
+        r(
+            "GET",
+            "/v1/envs/{env}/functions/{name}/logs",
+            control("functions:Logs", Secret),
+            Env,
+            "Invocation logs of a function (outcome, stdout, stderr), newest first.",
+            None,
+            (200, Some("InvocationLogList")),
+            get(functions_api::logs),
+        )
+        .query(functions_api::LOG_QUERY),
     ]
 }
 

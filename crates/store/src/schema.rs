@@ -134,6 +134,60 @@ CREATE TABLE site_aliases (
 );
 "#,
     ),
+    (
+        3,
+        r#"
+CREATE TABLE functions (
+    env_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    active_version BIGINT NOT NULL,
+    schedule TEXT,
+    next_run_at BIGINT,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (env_id, name)
+);
+CREATE INDEX functions_due ON functions (next_run_at);
+CREATE TABLE function_versions (
+    env_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    blob_key TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size_bytes BIGINT NOT NULL,
+    entrypoint TEXT NOT NULL,
+    dependencies BIGINT NOT NULL,
+    memory_mb BIGINT NOT NULL,
+    timeout_ms BIGINT NOT NULL,
+    concurrency BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (env_id, name, version)
+);
+CREATE TABLE function_secrets (
+    env_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    var TEXT NOT NULL,
+    sealed TEXT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (env_id, name, var)
+);
+CREATE TABLE function_logs (
+    id TEXT PRIMARY KEY,
+    env_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    started_at BIGINT NOT NULL,
+    duration_ms BIGINT NOT NULL,
+    status BIGINT NOT NULL,
+    outcome TEXT NOT NULL,
+    trigger_kind TEXT NOT NULL,
+    stdout TEXT NOT NULL,
+    stderr TEXT NOT NULL,
+    error TEXT
+);
+CREATE INDEX function_logs_by_time ON function_logs (env_id, name, started_at);
+"#,
+    ),
 ];
 
 /// The schema version this binary writes.

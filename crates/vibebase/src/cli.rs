@@ -84,6 +84,13 @@ pub enum ClientCommand {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Deploy and manage an env's cloud functions.
+    Functions {
+        #[command(subcommand)]
+        command: FunctionsCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Manage the platform's workspace templates.
     Template {
         #[command(subcommand)]
@@ -169,6 +176,98 @@ pub enum TemplateCommand {
     List,
     /// Delete a template.
     Delete { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FunctionsCommand {
+    /// Deploy a directory (or a .tar.gz) as the function's next version and serve it.
+    Deploy {
+        #[arg(long)]
+        env: String,
+        name: String,
+        /// The function's directory (with index.js, index.mjs or package.json), or a .tar.gz of it.
+        source: std::path::PathBuf,
+        #[arg(long)]
+        memory_mb: Option<u64>,
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Invocations at once per instance.
+        #[arg(long)]
+        concurrency: Option<u64>,
+    },
+    /// List the env's functions.
+    List {
+        #[arg(long)]
+        env: String,
+    },
+    /// Show a function.
+    Get {
+        #[arg(long)]
+        env: String,
+        name: String,
+    },
+    /// List a function's stored versions.
+    Versions {
+        #[arg(long)]
+        env: String,
+        name: String,
+    },
+    /// Serve a stored version from now on.
+    Rollback {
+        #[arg(long)]
+        env: String,
+        name: String,
+        version: u64,
+    },
+    /// Delete a function with its versions, secrets and logs.
+    Delete {
+        #[arg(long)]
+        env: String,
+        name: String,
+    },
+    /// Set (`--set NAME=VALUE`) or remove (`--unset NAME`) environment variables; values are encrypted at rest.
+    Secrets {
+        #[arg(long)]
+        env: String,
+        name: String,
+        #[arg(long = "set")]
+        set: Vec<String>,
+        #[arg(long = "unset")]
+        unset: Vec<String>,
+    },
+    /// Invoke a function on a cron schedule (5 fields, UTC), or `--clear` it.
+    Schedule {
+        #[arg(long)]
+        env: String,
+        name: String,
+        #[arg(required_unless_present = "clear")]
+        cron: Option<String>,
+        #[arg(long, conflicts_with = "cron")]
+        clear: bool,
+    },
+    /// Show invocation logs (newest first).
+    Logs {
+        #[arg(long)]
+        env: String,
+        name: String,
+        /// RFC 3339 start (default: 24 hours ago).
+        #[arg(long)]
+        since: Option<String>,
+        /// RFC 3339 end (default: now).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Invoke a function with a JSON body and print its answer.
+    Invoke {
+        #[arg(long)]
+        env: String,
+        name: String,
+        /// The request body (JSON).
+        #[arg(long, default_value = "{}")]
+        data: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -432,7 +531,8 @@ impl Client {
         let text = resp.text().await.map_err(|e| Failure::new(7, e.to_string()))?;
         if !status.is_success() {
             let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            let code = v["code"].as_str().unwrap_or("error");
+            // Data-plane surfaces name the code `error_code` (functions, GoTrue).
+            let code = v["code"].as_str().or_else(|| v["error_code"].as_str()).unwrap_or("error");
             let message = v["message"].as_str().unwrap_or(&text);
             let exit = match status.as_u16() {
                 401 | 403 => 3,
@@ -608,6 +708,174 @@ fn q(path: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// A directory as a `tar.gz` (GNU tar).
+fn pack_dir(dir: &std::path::Path) -> Result<Vec<u8>, Failure> {
+    progress(&format!("packing {}…", dir.display()));
+    let out = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .args(["-czf", "-", "."])
+        .output()
+        .map_err(|e| Failure::new(1, format!("tar: {e}")))?;
+    if !out.status.success() {
+        return Err(Failure::new(1, format!("tar: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(out.stdout)
+}
+
+fn function_text(v: &Value) -> String {
+    format!(
+        "name:        {}\nversion:     {} (of {})\nentrypoint:  {}\nlimits:      {} MiB memory, {} ms timeout, {} at once\ndependencies: {}\nsecrets:     {}\nschedule:    {}\nupdated:     {}\n",
+        s(&v["name"]),
+        v["active_version"],
+        s(&v["active"]["created_at"]),
+        s(&v["active"]["entrypoint"]),
+        v["active"]["memory_mb"],
+        v["active"]["timeout_ms"],
+        v["active"]["concurrency"],
+        if v["active"]["dependencies_installed"] == true { "installed" } else { "none" },
+        v["secrets"].as_array().map_or(String::new(), |a| a
+            .iter()
+            .map(|x| s(x).to_owned())
+            .collect::<Vec<_>>()
+            .join(", ")),
+        v["schedule"].as_str().unwrap_or("-"),
+        s(&v["updated_at"]),
+    )
+}
+
+async fn functions(c: &Client, command: FunctionsCommand) -> Result<Option<ExitCode>, Failure> {
+    use reqwest::Method;
+    let base = |env: &str, name: &str| format!("/v1/envs/{env}/functions/{name}");
+    match command {
+        FunctionsCommand::Deploy { env, name, source, memory_mb, timeout_ms, concurrency } => {
+            let archive = if source.is_dir() {
+                pack_dir(&source)?
+            } else {
+                std::fs::read(&source).map_err(|e| Failure::new(2, format!("{}: {e}", source.display())))?
+            };
+            let mut q: Vec<String> = Vec::new();
+            for (k, v) in [("memory_mb", memory_mb), ("timeout_ms", timeout_ms), ("concurrency", concurrency)] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={v}"));
+                }
+            }
+            let query = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
+            progress(&format!("deploying {name} ({} bytes)…", archive.len()));
+            let reply = c.raw(Method::POST, &format!("{}/deploy{query}", base(&env, &name)), archive).await?;
+            let v: Value = serde_json::from_slice(&reply).unwrap_or(Value::Null);
+            c.show(Reply::Json(v), |v| {
+                format!(
+                    "deployed {name} version {} ({} bytes{})\n",
+                    v["version"],
+                    v["size_bytes"],
+                    if v["dependencies_installed"] == true { ", dependencies installed" } else { "" }
+                )
+            });
+        }
+        FunctionsCommand::List { env } => {
+            let r = c.call(Method::GET, &format!("/v1/envs/{env}/functions"), None).await?;
+            c.show(r, |v| {
+                table(
+                    &items(v)
+                        .iter()
+                        .map(|f| {
+                            json!({"name": f["name"], "version": f["active_version"],
+                        "schedule": f["schedule"], "updated_at": f["updated_at"]})
+                        })
+                        .collect::<Vec<_>>(),
+                    &[("name", "NAME"), ("version", "VERSION"), ("schedule", "SCHEDULE"), ("updated_at", "UPDATED")],
+                )
+            });
+        }
+        FunctionsCommand::Get { env, name } => {
+            c.show(c.call(Method::GET, &base(&env, &name), None).await?, function_text)
+        }
+        FunctionsCommand::Versions { env, name } => {
+            let r = c.call(Method::GET, &format!("{}/versions", base(&env, &name)), None).await?;
+            c.show(r, |v| {
+                table(
+                    items(v),
+                    &[
+                        ("version", "VERSION"),
+                        ("created_at", "CREATED"),
+                        ("size_bytes", "BYTES"),
+                        ("entrypoint", "ENTRY"),
+                    ],
+                )
+            });
+        }
+        FunctionsCommand::Rollback { env, name, version } => {
+            let r = c
+                .call(Method::POST, &format!("{}/rollback", base(&env, &name)), Some(json!({"version": version})))
+                .await?;
+            c.show(r, function_text);
+        }
+        FunctionsCommand::Delete { env, name } => {
+            c.show(c.call(Method::DELETE, &base(&env, &name), None).await?, |_| String::new());
+        }
+        FunctionsCommand::Secrets { env, name, set, unset } => {
+            let mut values = serde_json::Map::new();
+            for v in set {
+                let (k, val) =
+                    v.split_once('=').ok_or_else(|| Failure::new(2, format!("--set {v}: expected NAME=VALUE")))?;
+                values.insert(k.to_owned(), json!(val));
+            }
+            for k in unset {
+                values.insert(k, Value::Null);
+            }
+            let r =
+                c.call(Method::PUT, &format!("{}/secrets", base(&env, &name)), Some(json!({"values": values}))).await?;
+            c.show(r, |v| items(v).iter().map(|x| format!("{}\n", s(x))).collect());
+        }
+        FunctionsCommand::Schedule { env, name, cron, clear } => {
+            let schedule = if clear { Value::Null } else { json!(cron) };
+            let r = c
+                .call(Method::PUT, &format!("{}/schedule", base(&env, &name)), Some(json!({"schedule": schedule})))
+                .await?;
+            c.show(r, function_text);
+        }
+        FunctionsCommand::Logs { env, name, since, until, limit } => {
+            let mut q: Vec<String> = Vec::new();
+            for (k, v) in [("from", since), ("to", until), ("limit", limit.map(|l| l.to_string()))] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", v.replace('+', "%2B")));
+                }
+            }
+            let query = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
+            let r = c.call(Method::GET, &format!("{}/logs{query}", base(&env, &name)), None).await?;
+            c.show(r, |v| {
+                let mut t = String::new();
+                for l in items(v).iter().rev() {
+                    t.push_str(&format!(
+                        "{} {} v{} {} {} {} ms{}\n",
+                        s(&l["started_at"]),
+                        s(&l["id"]),
+                        l["version"],
+                        l["status"],
+                        s(&l["outcome"]),
+                        l["duration_ms"],
+                        l["error"].as_str().map_or(String::new(), |e| format!(": {e}"))
+                    ));
+                    for (stream, text) in [("stdout", s(&l["stdout"])), ("stderr", s(&l["stderr"]))] {
+                        for line in text.lines() {
+                            t.push_str(&format!("  {stream}| {line}\n"));
+                        }
+                    }
+                }
+                t
+            });
+        }
+        FunctionsCommand::Invoke { env, name, data } => {
+            let body: Value =
+                serde_json::from_str(&data).map_err(|e| Failure::new(2, format!("--data is not JSON: {e}")))?;
+            let r = c.call(Method::POST, &format!("/env/{env}/functions/v1/{name}"), Some(body)).await?;
+            c.show(r, |v| serde_json::to_string_pretty(v).unwrap_or_default());
+        }
+    }
+    Ok(None)
 }
 
 async fn sandbox(c: &Client, command: SandboxCommand) -> Result<Option<ExitCode>, Failure> {
@@ -798,6 +1066,7 @@ async fn dispatch(command: ClientCommand) -> Result<Option<ExitCode>, Failure> {
             });
         }
         ClientCommand::Sandbox { command, conn } => return sandbox(&Client::new(conn)?, command).await,
+        ClientCommand::Functions { command, conn } => return functions(&Client::new(conn)?, command).await,
         ClientCommand::Template { command, conn } => {
             let c = Client::new(conn)?;
             let names = |v: &Value| {
@@ -808,17 +1077,8 @@ async fn dispatch(command: ClientCommand) -> Result<Option<ExitCode>, Failure> {
                     if !dir.is_dir() {
                         return Err(Failure::new(2, format!("{} is not a directory", dir.display())));
                     }
-                    progress(&format!("packing {}…", dir.display()));
-                    let out = std::process::Command::new("tar")
-                        .arg("-C")
-                        .arg(&dir)
-                        .args(["-czf", "-", "."])
-                        .output()
-                        .map_err(|e| Failure::new(1, format!("tar: {e}")))?;
-                    if !out.status.success() {
-                        return Err(Failure::new(1, format!("tar: {}", String::from_utf8_lossy(&out.stderr).trim())));
-                    }
-                    let reply = c.raw(Method::PUT, &format!("/v1/templates/{name}"), out.stdout).await?;
+                    let archive = pack_dir(&dir)?;
+                    let reply = c.raw(Method::PUT, &format!("/v1/templates/{name}"), archive).await?;
                     let v: Value = serde_json::from_slice(&reply).unwrap_or(Value::Null);
                     c.show(Reply::Json(v), names);
                 }

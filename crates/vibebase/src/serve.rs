@@ -154,10 +154,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         metadata = if args.database_url.is_some() { "postgres" } else { "sqlite" },
         blobs = platform.blobs().describe(), models = gateway.models().len(), "vibebase is serving"
     );
+    // Function secrets are sealed with this key; a bad one stops the start rather than the first deploy.
+    let master_key = std::env::var("VIBEBASE_MASTER_KEY").ok().filter(|k| !k.is_empty());
+    functions::seal::MasterKey::load(master_key.as_deref(), &data_dir).context("master key")?;
+    let functions_config = functions::FunctionsConfig { master_key, ..Default::default() };
     let sandboxes = start_sandboxes(&platform, &args, &data_dir);
     let state = server::AppState::new(platform)
         .with_gateway(gateway.clone())
         .with_auth_config(auth::AuthConfig { smtp, hash_cost: auth::HashCost::OWASP })
+        .with_functions_config(functions_config)
         .with_sandboxes(sandboxes.clone());
     server::serve(listener, state, shutdown_signal()).await.context("serve")?;
     if let Ok(s) = &sandboxes {

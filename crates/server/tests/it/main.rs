@@ -4,6 +4,7 @@ mod appdb;
 mod blobs;
 mod delete;
 mod envs;
+mod functions;
 mod gotrue;
 mod harness;
 mod hosting;

@@ -424,8 +424,42 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
         ("POST", "/env/{env}/storage/v1/object/upload/sign/{*rest}") => {
             f("data_any", 404, "/env/tenant-a/storage/v1/object/upload/sign/b/a.txt".into(), None)
         }
+        // Functions: archives and invocations are tested on the real binary (`vibebase/tests/it/functions.rs`).
+        // Here an empty body (not an archive: 400) and a function that does not exist (404) show who gets
+        // past the gate.
         ("ANY", "/env/{env}/functions/v1/{*rest}") => {
-            f("data_any", 501, "/env/tenant-a/functions/v1/hello".into(), None)
+            f("data_any", 404, "/env/tenant-a/functions/v1/hello".into(), None)
+        }
+        ("POST", "/v1/envs/{env}/functions/{name}/deploy") => {
+            f("env_tenant", 400, "/v1/envs/tenant-a/functions/hello/deploy".into(), None)
+        }
+        ("GET", "/v1/envs/{env}/functions") => f("env_tenant", 200, "/v1/envs/tenant-a/functions".into(), None),
+        ("GET", "/v1/envs/{env}/functions/{name}") => {
+            f("env_tenant", 404, "/v1/envs/tenant-a/functions/hello".into(), None)
+        }
+        ("DELETE", "/v1/envs/{env}/functions/{name}") => {
+            f("env_tenant", 404, "/v1/envs/tenant-a/functions/hello".into(), None)
+        }
+        ("GET", "/v1/envs/{env}/functions/{name}/versions") => {
+            f("env_tenant", 404, "/v1/envs/tenant-a/functions/hello/versions".into(), None)
+        }
+        ("POST", "/v1/envs/{env}/functions/{name}/rollback") => {
+            f("env_tenant", 404, "/v1/envs/tenant-a/functions/hello/rollback".into(), Some(json!({"version": 1})))
+        }
+        ("PUT", "/v1/envs/{env}/functions/{name}/secrets") => f(
+            "env_tenant",
+            404,
+            "/v1/envs/tenant-a/functions/hello/secrets".into(),
+            Some(json!({"values": {"API_KEY": "x"}})),
+        ),
+        ("PUT", "/v1/envs/{env}/functions/{name}/schedule") => f(
+            "env_tenant",
+            404,
+            "/v1/envs/tenant-a/functions/hello/schedule".into(),
+            Some(json!({"schedule": "*/5 * * * *"})),
+        ),
+        ("GET", "/v1/envs/{env}/functions/{name}/logs") => {
+            f("env_tenant", 200, "/v1/envs/tenant-a/functions/hello/logs".into(), None)
         }
         ("ANY", "/env/{env}/e2b/{*rest}") => f("data_hands", 200, "/env/tenant-a/e2b/sandboxes".into(), None),
         ("ANY", "/env/{env}/e2b/envd/{*rest}") => Some(Fixture {

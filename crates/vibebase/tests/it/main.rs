@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod hosting;
+mod functions;
 mod sandbox;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vibebase");
