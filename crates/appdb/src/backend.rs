@@ -118,7 +118,7 @@ impl rusqlite::ToSql for Param {
 /// An open env database.
 pub enum EnvDb {
     Sqlite { conn: Mutex<rusqlite::Connection>, auth: Arc<Mutex<RequestAuth>> },
-    Postgres(store::PgPool),
+    Postgres(Box<store::PgPool>),
 }
 
 /// One transaction on an env database.
@@ -773,7 +773,7 @@ impl PgCluster {
         // Env databases are many: each uses at most four connections at once (requests beyond that
         // queue for one, which beats opening a connection per request) and keeps two idle (logged in
         // as the env's owner).
-        Ok(EnvDb::Postgres(store::PgPool::new(config, 4, 2)))
+        Ok(EnvDb::Postgres(Box::new(store::PgPool::new(config, 4, 2))))
     }
 
     /// Whether the env's database exists on the cluster.

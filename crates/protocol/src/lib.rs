@@ -3,8 +3,8 @@
 
 pub mod api;
 pub mod auth;
-pub mod hosting;
 pub mod functions;
+pub mod hosting;
 pub mod ids;
 pub mod meter;
 pub mod sandbox;

@@ -16,10 +16,6 @@ use serde_json::{Value, json};
 
 const ADMIN: &str = "bench-admin-key-0123456789abcdef";
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
@@ -98,15 +94,20 @@ async fn main() {
     println!(
         "cold start (first call after a deploy), {} rounds: p50 {} p95 {}",
         cold.len(),
-        ms(pct(&cold, 0.5)),
-        ms(pct(&cold, 0.95))
+        ms(common::pct(&cold, 0.5)),
+        ms(common::pct(&cold, 0.95))
     );
-    println!("warm invocation (no-op), {} calls: p50 {} p99 {}", warm.len(), ms(pct(&warm, 0.5)), ms(pct(&warm, 0.99)));
-    println!("server floor (GET /healthz): p50 {} p99 {}", ms(pct(&floor, 0.5)), ms(pct(&floor, 0.99)));
+    println!(
+        "warm invocation (no-op), {} calls: p50 {} p99 {}",
+        warm.len(),
+        ms(common::pct(&warm, 0.5)),
+        ms(common::pct(&warm, 0.99))
+    );
+    println!("server floor (GET /healthz): p50 {} p99 {}", ms(common::pct(&floor, 0.5)), ms(common::pct(&floor, 0.99)));
     println!(
         "warm overhead over the floor: p50 {} p99 {}",
-        ms(pct(&warm, 0.5).saturating_sub(pct(&floor, 0.5))),
-        ms(pct(&warm, 0.99).saturating_sub(pct(&floor, 0.99)))
+        ms(common::pct(&warm, 0.5).saturating_sub(common::pct(&floor, 0.5))),
+        ms(common::pct(&warm, 0.99).saturating_sub(common::pct(&floor, 0.99)))
     );
     let _ = child.kill();
     let _ = child.wait();

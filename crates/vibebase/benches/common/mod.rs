@@ -1,4 +1,6 @@
 //! What the benchmarks share: the real `vibebase serve`, started on a free loopback port.
+// Each bench compiles this module and uses part of it.
+#![allow(dead_code)]
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -35,7 +37,6 @@ pub fn pct(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// Creates env `id` as `admin` and returns its record (with the secret key).
-#[allow(dead_code)]
 pub async fn create_env(client: &reqwest::Client, base: &str, admin: &str, id: &str) -> serde_json::Value {
     client
         .post(format!("{base}/v1/envs"))

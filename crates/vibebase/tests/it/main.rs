@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-mod hosting;
 mod functions;
+mod hosting;
 mod sandbox;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vibebase");
