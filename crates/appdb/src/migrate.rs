@@ -539,9 +539,15 @@ fn sqlite_name(t: &TableName) -> String {
 
 fn rewrite_sqlite_expr(x: &mut Expr) -> Result<(), MigrateError> {
     match x {
+        Expr::Value(v) => {
+            // PostgreSQL's `$$…$$` strings: SQLite would read `$…` as a parameter (bound to NULL).
+            if let ast::Value::DollarQuotedString(d) = &v.value {
+                v.value = ast::Value::SingleQuotedString(d.value.clone());
+            }
+            Ok(())
+        }
         Expr::Identifier(_)
         | Expr::CompoundIdentifier(_)
-        | Expr::Value(_)
         | Expr::Nested(_)
         | Expr::IsNull(_)
         | Expr::IsNotNull(_)

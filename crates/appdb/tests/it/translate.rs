@@ -42,6 +42,13 @@ fn supabase_style_schema_translates() {
 }
 
 #[test]
+fn dollar_quoted_strings_become_sqlite_strings() {
+    let out = sqlite_translation("insert into notes (body) values ($$it's here$$), ($tag$x$tag$);").unwrap();
+    assert!(out[0].contains("'it''s here'") && out[0].contains("'x'"), "{}", out[0]);
+    assert!(!out[0].contains('$'), "{}", out[0]);
+}
+
+#[test]
 fn untranslatable_constructs_are_named() {
     let cases = [
         ("create table t (r int4range)", "int4range"),
