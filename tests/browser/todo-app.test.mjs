@@ -1,7 +1,8 @@
 // Issue 6's real-browser test: Debian's Chromium, driven by playwright-core, opens the todo app in app/
 // (Vite + React + supabase-js) deployed with the real CLI at its env's host-form address, where the
 // env's APIs are on the same origin. Sign-up, a todo that survives a reload, a second user who does not
-// see it, a newly published version, and a rollback to the previous one.
+// see it, a newly published version, a rollback to the previous one, and the newer version still
+// working at its own preview address.
 //
 // Needs VB_URL (a running `vibebase serve` with the default apps domain, localhost), VB_ADMIN_KEY and
 // VB_BIN (the vibebase binary, used as the CLI); VB_WORK (optional) holds the builds.
@@ -67,24 +68,25 @@ async function buildAndDeploy(version) {
   });
   const deployment = JSON.parse(stdout);
   assert.equal(deployment.published, true, stdout);
-  deployments[version] = deployment.id;
+  deployments[version] = deployment;
 }
 
-/** A page in a fresh browser context (its own storage: a different visitor). */
-async function visitor() {
+/** A page at `url` (the site by default) in a fresh browser context (its own storage: a different visitor). */
+async function visitor(url = site) {
   const context = await browser.newContext();
   const page = await context.newPage();
   page.setDefaultTimeout(timeout);
   page.on('pageerror', (e) => pageErrors.push(e.message));
   page.on('console', (m) => m.type() === 'error' && pageErrors.push(`${m.text()} (${m.location().url})`));
-  await page.goto(site);
+  await page.goto(url);
   return page;
 }
 
-async function signUp(page, email) {
+/** Signs up (`Sign up`) or in (`Sign in`) through the app's form. */
+async function signUp(page, email, button = 'Sign up') {
   await page.getByPlaceholder('Email').fill(email);
   await page.getByPlaceholder('Password').fill(password);
-  await page.getByRole('button', { name: 'Sign up' }).click();
+  await page.getByRole('button', { name: button }).click();
   await page.getByTestId('user').filter({ hasText: email }).waitFor();
 }
 
@@ -161,7 +163,7 @@ test('a second user in a fresh browser context sees only their own todos', async
 
 test('a newly published version reaches the browser on reload', async () => {
   await buildAndDeploy('v2');
-  assert.notEqual(deployments.v2, deployments.v1);
+  assert.notEqual(deployments.v2.id, deployments.v1.id);
   await alice.reload();
   assert.equal(await shownVersion(alice), 'v2');
   // The session and the data outlive the deploy.
@@ -169,13 +171,27 @@ test('a newly published version reaches the browser on reload', async () => {
 });
 
 test('a rollback with the CLI brings the previous version back', async () => {
-  const { stdout } = await run(cli, ['rollback', '--env', env.id, deployments.v1, '--json'], {
+  const { stdout } = await run(cli, ['rollback', '--env', env.id, deployments.v1.id, '--json'], {
     env: { ...process.env, VIBEBASE_URL: base, VIBEBASE_KEY: env.keys.secret },
   });
-  assert.equal(JSON.parse(stdout).id, deployments.v1, stdout);
+  assert.equal(JSON.parse(stdout).id, deployments.v1.id, stdout);
   await alice.reload();
   assert.equal(await shownVersion(alice), 'v1');
   assert.deepEqual(await shownTodos(alice), ['buy milk']);
+});
+
+test("an unpublished deployment's preview address runs that version against the env's backend", async () => {
+  const preview = deployments.v2.urls.preview;
+  assert.match(preview, new RegExp(`^http://${deployments.v2.id}--${id}\\.localhost:\\d+/$`), preview);
+  const page = await visitor(preview);
+  assert.equal(await shownVersion(page), 'v2');
+  // Another origin, so another session: sign in there.
+  await signUp(page, 'alice@example.com', 'Sign in');
+  assert.deepEqual(await shownTodos(page), ['buy milk']);
+  await page.context().close();
+  // The published site stays on the rolled-back version.
+  await alice.reload();
+  assert.equal(await shownVersion(alice), 'v1');
 });
 
 test('no page raised an uncaught error or logged one', () => {
