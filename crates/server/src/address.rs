@@ -5,7 +5,8 @@
 //! |---------------------------------------------|----------------------------------------------|
 //! | `<env>.<apps>` + `/rest/v1` etc.            | `/env/<env>/rest/v1…`                        |
 //! | `<env>.<apps>` + anything else              | `/env/<env>/site/…`                          |
-//! | `<deployment>--<env>.<apps>`                | `/env/<env>/deployments/<deployment>/…`      |
+//! | `<deployment>--<env>.<apps>` + `/rest/v1` etc. | `/env/<env>/rest/v1…`                     |
+//! | `<deployment>--<env>.<apps>` + anything else | `/env/<env>/deployments/<deployment>/…`     |
 //! | `<app>--<env>.<apps>`                       | `/env/<env>/apps/<app>/…`                    |
 //! | `<port>-<sandbox>--<env>.<apps>`            | `/env/<env>/sandboxes/<sandbox>/ports/<port>/…` |
 
@@ -81,13 +82,16 @@ fn strip_port(host: &str) -> &str {
 /// The path form of `path_and_query` on `target`.
 pub fn path_form(target: &HostTarget, path_and_query: &str) -> String {
     let path = if path_and_query.starts_with('/') { path_and_query.to_owned() } else { format!("/{path_and_query}") };
+    let is_api = || {
+        SAME_ORIGIN_API_PREFIXES
+            .iter()
+            .any(|p| path.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?'])))
+    };
     match target {
-        HostTarget::Env(env) => {
-            let is_api = SAME_ORIGIN_API_PREFIXES
-                .iter()
-                .any(|p| path.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?'])));
-            if is_api { format!("/env/{env}{path}") } else { format!("/env/{env}/site{path}") }
-        }
+        HostTarget::Env(env) if is_api() => format!("/env/{env}{path}"),
+        HostTarget::Env(env) => format!("/env/{env}/site{path}"),
+        // A preview runs the same app as the published site, so it reaches the env's APIs the same way.
+        HostTarget::Deployment { env, .. } if is_api() => format!("/env/{env}{path}"),
         HostTarget::Deployment { env, deployment } => format!("/env/{env}/deployments/{deployment}{path}"),
         HostTarget::App { env, app } => format!("/env/{env}/apps/{app}{path}"),
         HostTarget::SandboxPort { env, sandbox, port } => format!("/env/{env}/sandboxes/{sandbox}/ports/{port}{path}"),
@@ -115,6 +119,9 @@ mod tests {
             ("shop.apps.example.com", "/functions/v1/hello", "/env/shop/functions/v1/hello"),
             ("shop.apps.example.com", "/rest/v1x", "/env/shop/site/rest/v1x"),
             ("dpl0123456789--shop.apps.example.com", "/index.html", "/env/shop/deployments/dpl0123456789/index.html"),
+            ("dpl0123456789--shop.apps.example.com", "/auth/v1/token", "/env/shop/auth/v1/token"),
+            ("dpl0123456789--shop.apps.example.com", "/rest/v1/todos", "/env/shop/rest/v1/todos"),
+            ("dpl0123456789--shop.apps.example.com", "/rest/v1x", "/env/shop/deployments/dpl0123456789/rest/v1x"),
             ("api--shop.apps.example.com", "/", "/env/shop/apps/api/"),
             ("5173-sbx1--shop.apps.example.com", "/src/main.ts", "/env/shop/sandboxes/sbx1/ports/5173/src/main.ts"),
         ];

@@ -207,6 +207,11 @@ async fn deploy_publish_serve_redeploy_and_roll_back() {
     assert_eq!(site(&h, host, "/", &[]).await.text(), "<h1>home v1</h1>");
     let preview_host = format!("{v2_id}--shop.localhost:8787");
     assert_eq!(site(&h, &preview_host, "/", &[]).await.text(), "<h1>home v2</h1>");
+    // A preview reaches the env's APIs on its own origin too (a same-origin app works there).
+    // (Not the SPA fallback, which would answer 200 with index.html.)
+    let api = site(&h, &preview_host, "/auth/v1/health", &[("apikey", env.publishable())]).await;
+    assert_eq!(api.status, StatusCode::OK, "{}", api.text());
+    assert!(api.text().contains("\"GoTrue\""), "{}", api.text());
     let preview_path = format!("/env/shop/deployments/{v2_id}/about");
     assert_eq!(raw(&h, "GET", &preview_path, &[], vec![]).await.text(), "<h1>about</h1>");
 
