@@ -1,6 +1,7 @@
 //! Wire types of the vibebase platform API. No tokio, no axum, no database: everything here is data that
 //! crosses the wire, shared by the server, the CLI and tests.
 
+pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod functions;

@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod preview;
 pub mod routes;
 pub mod sandboxes;
+pub mod sessions;
 pub mod sites;
 pub mod storage_api;
 pub mod surface;
@@ -60,10 +61,12 @@ pub struct AppState {
     pub hosting: hosting::Hosting,
     /// File storage (Supabase Storage) of every env.
     pub storage: storage::Storage,
-    /// Open env databases (part of the `auth_api::env_db` seam until appdb lands).
     /// Cloud functions (they run in sandboxes: none without them).
     pub functions: Result<functions::Functions, String>,
     functions_config: functions::FunctionsConfig,
+    /// The agent runtime (sessions); rebuilt when the gateway or the sandboxes change.
+    pub agent: agent::Agent,
+    agent_config: agent::AgentConfig,
 }
 
 impl AppState {
@@ -77,6 +80,8 @@ impl AppState {
         }
         let openapi = openapi::document().to_json().unwrap_or_else(|_| "{}".to_owned());
         let gateway = gateway::Gateway::empty(platform.clone());
+        let agent_config = agent::AgentConfig::default();
+        let agent = agent::Agent::new(platform.clone(), gateway.clone(), None, agent_config.clone());
         let appdb = appdb::AppDbs::new(platform.clone());
         appdb.register_delete_hook();
         // Every env database holds its auth tables, so migrations can reference `auth.users`.
@@ -101,7 +106,26 @@ impl AppState {
             storage,
             functions: Err("functions need sandboxes, which this instance does not have".to_owned()),
             functions_config: functions::FunctionsConfig::default(),
+            agent,
+            agent_config,
         }
+    }
+
+    /// Settings of the agent runtime (default model, limits). Call it before [`Self::with_gateway`] and
+    /// [`Self::with_sandboxes`], which rebuild the runtime with what they bring.
+    pub fn with_agent_config(mut self, config: agent::AgentConfig) -> Self {
+        self.agent_config = config;
+        self.rebuild_agent();
+        self
+    }
+
+    fn rebuild_agent(&mut self) {
+        self.agent = agent::Agent::new(
+            self.platform.clone(),
+            self.gateway.clone(),
+            self.sandboxes.as_ref().ok().cloned(),
+            self.agent_config.clone(),
+        );
     }
 
     /// Process-wide settings of cloud functions (master key, idle timeout). Call it before
@@ -115,6 +139,7 @@ impl AppState {
     /// sandboxes' egress proxy serves their model calls with the state it is given.
     pub fn with_gateway(mut self, gateway: gateway::Gateway) -> Self {
         self.gateway = gateway;
+        self.rebuild_agent();
         self
     }
 
@@ -122,16 +147,18 @@ impl AppState {
     /// egress proxy (which dispatches their API calls through this state's router).
     pub fn with_sandboxes(mut self, sandboxes: Result<sandbox::Sandboxes, String>) -> Self {
         self.sandboxes = sandboxes;
+        self.rebuild_agent();
         if let Ok(s) = &self.sandboxes {
             self.functions =
                 Ok(functions::Functions::new(self.platform.clone(), s.clone(), self.functions_config.clone()));
             // The proxy serves data-plane surfaces only, none of which needs the registry; leaving it
             // (and the functions, which hold it) out of the proxy's state also keeps registry → proxy →
             // state → registry from being a cycle that would never free the platform (and its database
-            // connections).
+            // connections). The same holds for the agent runtime, which holds the registry too.
             let mut proxied = self.clone();
             proxied.sandboxes = Err("sandboxes are not reachable through the egress proxy".to_owned());
             proxied.functions = Err("functions cannot invoke functions".to_owned());
+            proxied.rebuild_agent();
             s.set_egress(egress::handler(proxied));
         }
         self

@@ -6,7 +6,7 @@ use axum::routing::{MethodRouter, any, delete, get, post, put};
 use tenancy::{Access, EnvKeyAccess, Plane};
 
 use crate::surface::Surface;
-use crate::{AppState, auth_api, functions_api, handlers, sandboxes, sites};
+use crate::{AppState, auth_api, functions_api, handlers, sandboxes, sessions, sites};
 
 /// How the gate scopes a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -751,6 +751,7 @@ fn table() -> Vec<R> {
         ),
     ];
     routes.extend(sandbox_routes());
+    routes.extend(session_routes());
     routes.extend(function_routes());
     routes.extend(auth_routes());
     routes.extend(deployment_routes());
@@ -831,9 +832,18 @@ fn table() -> Vec<R> {
         R {
             spec: RouteSpec {
                 method: "POST",
-                ..surface("/v1/envs/{env}/agent", Surface::Platform, "agent:Run", Secret, "AG-UI entry point.").spec
+                built: true,
+                response: (200, None),
+                ..surface(
+                    "/v1/envs/{env}/agent",
+                    Surface::Platform,
+                    "agent:Run",
+                    Secret,
+                    "AG-UI entry point: RunAgentInput in (threadId = session), the run's AG-UI events out (SSE).",
+                )
+                .spec
             },
-            handler: post(handlers::surface_not_built),
+            handler: post(sessions::ag_ui),
         },
         built(
             surface("/env/{env}/site/{*rest}", Surface::Hosting, "site:Get", Any, "The published site."),
@@ -1067,6 +1077,84 @@ const LIST_QUERY: &[(&str, QueryType, &str)] = &[
     ("path", QueryType::String, "Absolute, or relative to /home/user."),
     ("depth", QueryType::Integer(1, 32), "Levels to descend (default 1)."),
 ];
+
+const SESSION_LIST_QUERY: &[(&str, QueryType, &str)] =
+    &[("limit", QueryType::Integer(1, MAX_PAGE), "At most this many, newest first (default 100).")];
+const SESSION_EVENTS_QUERY: &[(&str, QueryType, &str)] = &[
+    ("after", QueryType::Integer(0, i64::MAX), "Start after this sequence number (Last-Event-ID wins)."),
+    ("follow", QueryType::OneOf(&["true", "false"]), "false: end at the log's current end (default: follow)."),
+];
+
+/// The session API of the agent runtime (env secret key or platform keys).
+fn session_routes() -> Vec<R> {
+    use EnvKeyAccess::Secret;
+    use Scope::Env;
+    const S: &str = "/v1/envs/{env}/sessions/{session}";
+    vec![
+        r(
+            "POST",
+            "/v1/envs/{env}/sessions",
+            control("sessions:Create", Secret),
+            Env,
+            "Create a session.",
+            Some("CreateSessionRequest"),
+            (201, Some("SessionRecord")),
+            post(sessions::create),
+        ),
+        r(
+            "GET",
+            "/v1/envs/{env}/sessions",
+            control("sessions:List", Secret),
+            Env,
+            "List the env's sessions, newest first.",
+            None,
+            (200, Some("SessionList")),
+            get(sessions::list),
+        )
+        .query(SESSION_LIST_QUERY),
+        r(
+            "GET",
+            S,
+            control("sessions:Get", Secret),
+            Env,
+            "Get a session.",
+            None,
+            (200, Some("SessionRecord")),
+            get(sessions::get),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/sessions/{session}/messages",
+            control("sessions:Send", Secret),
+            Env,
+            "Send a user message: starts a run, which goes on without any client connected.",
+            Some("SendMessageRequest"),
+            (202, Some("RunStarted")),
+            post(sessions::send),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/sessions/{session}/interrupt",
+            control("sessions:Interrupt", Secret),
+            Env,
+            "Ask the session's run to stop.",
+            None,
+            (200, Some("InterruptResult")),
+            post(sessions::interrupt),
+        ),
+        r(
+            "GET",
+            "/v1/envs/{env}/sessions/{session}/events",
+            control("sessions:Get", Secret),
+            Env,
+            "The session's AG-UI events as SSE (id = sequence number); resumes after Last-Event-ID.",
+            None,
+            (200, None),
+            get(sessions::events),
+        )
+        .query(SESSION_EVENTS_QUERY),
+    ]
+}
 
 /// The sandbox API: lifecycle, exec and files of an env's sandboxes (secret key or platform keys), and
 /// the platform's workspace templates.

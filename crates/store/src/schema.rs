@@ -188,6 +188,37 @@ CREATE TABLE function_logs (
 CREATE INDEX function_logs_by_time ON function_logs (env_id, name, started_at);
 "#,
     ),
+    (
+        4,
+        r#"
+CREATE TABLE agent_sessions (
+    env_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    title TEXT,
+    model TEXT,
+    status TEXT NOT NULL,
+    last_seq BIGINT NOT NULL,
+    run_id TEXT,
+    lease_holder TEXT,
+    lease_until BIGINT,
+    interrupt_requested BIGINT NOT NULL,
+    sandbox_id TEXT,
+    workspace_snapshot TEXT,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (env_id, id)
+);
+CREATE INDEX agent_sessions_by_lease ON agent_sessions (status, lease_until);
+CREATE TABLE agent_events (
+    env_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    at BIGINT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (env_id, session_id, seq)
+);
+"#,
+    ),
 ];
 
 /// The schema version this binary writes.

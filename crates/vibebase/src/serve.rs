@@ -51,6 +51,9 @@ pub struct ServeArgs {
     /// Models file (JSON) of the model gateway: providers, models, routes, prices, budgets.
     #[arg(long, env = "VIBEBASE_MODELS")]
     models: Option<PathBuf>,
+    /// The model of agent sessions that name none (a model of the models file).
+    #[arg(long, env = "VIBEBASE_AGENT_MODEL")]
+    agent_model: Option<String>,
     /// SMTP relay for end-user auth mail (smtp://host[:port]); without it mail goes to each env's outbox.
     #[arg(long, env = "VIBEBASE_SMTP_URL")]
     smtp_url: Option<String>,
@@ -148,7 +151,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => gateway::Gateway::empty(platform.clone()),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let background = platform.spawn_background(stop_rx);
+    let background = platform.spawn_background(stop_rx.clone());
     tracing::info!(
         listen = %local, %public_url, data_dir = %data_dir.display(), schema_version = version,
         metadata = if args.database_url.is_some() { "postgres" } else { "sqlite" },
@@ -163,7 +166,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_gateway(gateway.clone())
         .with_auth_config(auth::AuthConfig { smtp, hash_cost: auth::HashCost::OWASP })
         .with_functions_config(functions_config)
+        .with_agent_config(agent::AgentConfig { default_model: args.agent_model.clone(), ..Default::default() })
         .with_sandboxes(sandboxes.clone());
+    // Resumes sessions whose driver died (here before a restart, or on another instance).
+    let sweeper = state.agent.spawn_background(stop_rx.clone());
     server::serve(listener, state, shutdown_signal()).await.context("serve")?;
     if let Ok(s) = &sandboxes {
         tracing::info!("shutting down: killing sandboxes");
@@ -175,6 +181,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down: flushing meters");
     let _ = stop_tx.send(true);
+    let _ = sweeper.await;
     for task in background {
         let _ = task.await;
     }

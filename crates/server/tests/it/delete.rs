@@ -136,6 +136,15 @@ async fn delete_leaves_only_ledger_and_audit_rows() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let r = h.call("GET", &format!("/env/{id}/rest/v1/t"), Some(a.publishable()), None).await;
     assert_eq!(r.json, json!([{"id": 1, "v": "x"}]), "{}", r.text);
+    // An agent session with an event in its log.
+    let r = h.call("POST", &format!("/v1/envs/{id}/sessions"), Some(&s), Some(json!({"id": "chat"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let log = agent::Log::new(h.platform.db().clone());
+    let env = protocol::EnvId::parse(id).unwrap();
+    assert!(log.acquire(&env, "chat", "test", 0, i64::MAX, Some("r1")).await.unwrap());
+    let started = agent::event::Event::RunStarted { thread_id: "chat".into(), run_id: "r1".into() };
+    log.append(&env, "chat", "test", vec![started], 0).await.unwrap();
+    assert!(rows(&h).await.iter().any(|(t, r)| t == "agent_events" && r.starts_with(id)));
     h.platform.flush_meters().await.unwrap();
     // What later capabilities keep per env lives under the names its layout derives.
     std::fs::create_dir_all(layout.data_dir.join("workspace")).unwrap();

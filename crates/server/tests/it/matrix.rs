@@ -158,6 +158,8 @@ async fn world() -> World {
         .call("POST", "/v1/principals", Some(&admin), Some(json!({"name": "target", "policy": owner_policy.json})))
         .await;
     let (deployment, pending) = deployments(&h, &admin).await;
+    let session = h.call("POST", "/v1/envs/tenant-a/sessions", Some(&admin), Some(json!({"id": "s-fixture"}))).await;
+    assert_eq!(session.status, StatusCode::CREATED, "{}", session.text);
     let creds = vec![
         Some(admin),
         Some(a_secret),
@@ -471,7 +473,29 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
         }),
         ("ANY", "/env/{env}/llm/v1/{*rest}") => f("data_hands", 200, "/env/tenant-a/llm/v1/models".into(), None),
         ("ANY", "/env/{env}/mcp") => f("data_secret", 501, "/env/tenant-a/mcp".into(), None),
-        ("POST", "/v1/envs/{env}/agent") => f("data_secret", 501, "/v1/envs/tenant-a/agent".into(), Some(json!({}))),
+        // No model is configured in the matrix: the run is refused after the gate, and nothing is written.
+        ("POST", "/v1/envs/{env}/agent") => f(
+            "data_secret",
+            400,
+            "/v1/envs/tenant-a/agent".into(),
+            Some(json!({"threadId": "s-fixture", "messages": [{"role": "user", "content": "hi"}]})),
+        ),
+        ("POST", "/v1/envs/{env}/sessions") => {
+            f("env_tenant", 400, "/v1/envs/tenant-a/sessions".into(), Some(json!({"model": "no-such-model"})))
+        }
+        ("GET", "/v1/envs/{env}/sessions") => f("env_tenant", 200, "/v1/envs/tenant-a/sessions".into(), None),
+        ("GET", "/v1/envs/{env}/sessions/{session}") => {
+            f("env_tenant", 200, "/v1/envs/tenant-a/sessions/s-fixture".into(), None)
+        }
+        ("GET", "/v1/envs/{env}/sessions/{session}/events") => {
+            f("env_tenant", 200, "/v1/envs/tenant-a/sessions/s-fixture/events?follow=false".into(), None)
+        }
+        ("POST", "/v1/envs/{env}/sessions/{session}/messages") => {
+            f("env_tenant", 400, "/v1/envs/tenant-a/sessions/s-fixture/messages".into(), Some(json!({"content": "hi"})))
+        }
+        ("POST", "/v1/envs/{env}/sessions/{session}/interrupt") => {
+            f("env_tenant", 404, "/v1/envs/tenant-a/sessions/no-such-session/interrupt".into(), None)
+        }
         ("ANY", "/env/{env}/site/{*rest}") => f("public", 200, "/env/tenant-a/site/index.html".into(), None),
         ("ANY", "/env/{env}/deployments/{deployment}/{*rest}") => {
             f("public", 200, format!("/env/tenant-a/deployments/{}/index.html", w.deployment), None)

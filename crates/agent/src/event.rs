@@ -1,0 +1,117 @@
+//! The events of a session's log. The log *is* an AG-UI event stream: every row is one AG-UI event
+//! (RUN_STARTED, TEXT_MESSAGE_*, TOOL_CALL_*, RUN_FINISHED / RUN_ERROR, STATE_SNAPSHOT, …), so a client
+//! resuming with `Last-Event-ID` gets exactly the rows after that sequence number, and replaying a
+//! session is reading its rows. What AG-UI has no event for (the user's message, the model request,
+//! sandbox attach and detach) is a `CUSTOM` event named `vibebase.*`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `CUSTOM` event names written by the loop.
+pub mod custom {
+    /// A user's message: `{messageId, content, model?}`.
+    pub const USER_MESSAGE: &str = "vibebase.user_message";
+    /// The loop is about to call the model: `{model, turn}`.
+    pub const MODEL_REQUEST: &str = "vibebase.model_request";
+    /// The model's answer is complete: `{usage: {input_tokens, output_tokens}, finish}`.
+    pub const MODEL_RESPONSE: &str = "vibebase.model_response";
+    /// A sandbox was attached to the session: `{sandbox}`.
+    pub const SANDBOX_ATTACH: &str = "vibebase.sandbox_attach";
+    /// A sandbox left the session: `{sandbox, reason}`.
+    pub const SANDBOX_DETACH: &str = "vibebase.sandbox_detach";
+    /// The workspace was snapshotted at the end of a run that changed it: `{snapshot}`.
+    pub const CHECKPOINT: &str = "vibebase.checkpoint";
+    /// Another instance took the session over after its driver stopped: `{holder}`.
+    pub const RESUMED: &str = "vibebase.resumed";
+}
+
+/// One AG-UI event as the log keeps it and the stream sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE", rename_all_fields = "camelCase")]
+pub enum Event {
+    RunStarted {
+        thread_id: String,
+        run_id: String,
+    },
+    RunFinished {
+        thread_id: String,
+        run_id: String,
+    },
+    RunError {
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
+    },
+    TextMessageStart {
+        message_id: String,
+        role: String,
+    },
+    TextMessageContent {
+        message_id: String,
+        delta: String,
+    },
+    TextMessageEnd {
+        message_id: String,
+    },
+    ToolCallStart {
+        tool_call_id: String,
+        tool_call_name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent_message_id: Option<String>,
+    },
+    ToolCallArgs {
+        tool_call_id: String,
+        delta: String,
+    },
+    /// The call is complete: from here on it is an intent the loop will act on (or report as
+    /// interrupted after a crash, never run twice).
+    ToolCallEnd {
+        tool_call_id: String,
+    },
+    ToolCallResult {
+        message_id: String,
+        tool_call_id: String,
+        content: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<String>,
+        /// vibebase's addition: the tool failed (AG-UI clients ignore unknown fields).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        is_error: bool,
+    },
+    StateSnapshot {
+        snapshot: Value,
+    },
+    Custom {
+        name: String,
+        value: Value,
+    },
+}
+
+impl Event {
+    pub fn custom(name: &str, value: Value) -> Self {
+        Self::Custom { name: name.to_owned(), value }
+    }
+
+    /// True for the events that end a run.
+    pub fn ends_run(&self) -> bool {
+        matches!(self, Self::RunFinished { .. } | Self::RunError { .. })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_use_ag_ui_names() {
+        let e =
+            Event::ToolCallStart { tool_call_id: "c1".into(), tool_call_name: "bash".into(), parent_message_id: None };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v, serde_json::json!({"type": "TOOL_CALL_START", "toolCallId": "c1", "toolCallName": "bash"}));
+        let e = Event::RunStarted { thread_id: "t".into(), run_id: "r".into() };
+        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"type":"RUN_STARTED","threadId":"t","runId":"r"}"#);
+        let back: Event = serde_json::from_value(v).unwrap();
+        assert!(matches!(back, Event::ToolCallStart { .. }));
+    }
+}

@@ -1,0 +1,189 @@
+//! Folding a session's log back into what the loop needs: the conversation in the gateway's neutral
+//! form, and what a crashed driver left open (a text message never ended, tool calls whose outcome is
+//! unknown, a run never finished).
+
+use gateway::ir::{Message, Part, Role};
+
+use crate::event::{Event, custom};
+
+/// A session's log, folded.
+#[derive(Debug, Default)]
+pub struct History {
+    pub messages: Vec<Message>,
+    /// The run that started and has not ended.
+    pub open_run: Option<String>,
+    /// A text message that started and has not ended.
+    pub open_text: Option<String>,
+    /// Tool calls (id, name) recorded as complete intents with no result: their outcome is unknown.
+    pub unanswered: Vec<(String, String)>,
+    /// Tool calls (id, name) whose arguments never finished: they were never run.
+    pub unfinished: Vec<(String, String)>,
+    /// Model requests of the open run (turns taken).
+    pub turns_in_run: u32,
+}
+
+impl History {
+    pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
+        let mut h = History::default();
+        let mut assistant: Option<Message> = None;
+        let mut results: Vec<Part> = Vec::new();
+        // Tool calls seen: id → (name, ended, answered), in order.
+        let mut calls: Vec<(String, String, bool, bool)> = Vec::new();
+
+        fn flush(msgs: &mut Vec<Message>, assistant: &mut Option<Message>, results: &mut Vec<Part>) {
+            if let Some(a) = assistant.take()
+                && !a.content.is_empty()
+            {
+                msgs.push(a);
+            }
+            if !results.is_empty() {
+                msgs.push(Message { role: Role::User, content: std::mem::take(results) });
+            }
+        }
+
+        for e in events {
+            match e {
+                Event::Custom { name, value } if name == custom::USER_MESSAGE => {
+                    flush(&mut h.messages, &mut assistant, &mut results);
+                    let text = value["content"].as_str().unwrap_or_default().to_owned();
+                    h.messages.push(Message { role: Role::User, content: vec![Part::Text { text }] });
+                }
+                Event::Custom { name, .. } if name == custom::MODEL_REQUEST => {
+                    flush(&mut h.messages, &mut assistant, &mut results);
+                    assistant = Some(Message { role: Role::Assistant, content: Vec::new() });
+                    h.turns_in_run += 1;
+                }
+                Event::RunStarted { run_id, .. } => {
+                    h.open_run = Some(run_id.clone());
+                    h.turns_in_run = 0;
+                }
+                Event::RunFinished { .. } | Event::RunError { .. } => h.open_run = None,
+                Event::TextMessageStart { message_id, .. } => h.open_text = Some(message_id.clone()),
+                Event::TextMessageEnd { .. } => h.open_text = None,
+                Event::TextMessageContent { delta, .. } => {
+                    let a = assistant.get_or_insert_with(|| Message { role: Role::Assistant, content: Vec::new() });
+                    match a.content.last_mut() {
+                        Some(Part::Text { text }) => text.push_str(delta),
+                        _ => a.content.push(Part::Text { text: delta.clone() }),
+                    }
+                }
+                Event::ToolCallStart { tool_call_id, tool_call_name, .. } => {
+                    let a = assistant.get_or_insert_with(|| Message { role: Role::Assistant, content: Vec::new() });
+                    a.content.push(Part::ToolCall {
+                        id: tool_call_id.clone(),
+                        name: tool_call_name.clone(),
+                        arguments: String::new(),
+                    });
+                    calls.push((tool_call_id.clone(), tool_call_name.clone(), false, false));
+                }
+                Event::ToolCallArgs { tool_call_id, delta } => {
+                    if let Some(a) = assistant.as_mut()
+                        && let Some(Part::ToolCall { arguments, .. }) = a
+                            .content
+                            .iter_mut()
+                            .rev()
+                            .find(|p| matches!(p, Part::ToolCall { id, .. } if id == tool_call_id))
+                    {
+                        arguments.push_str(delta);
+                    }
+                }
+                Event::ToolCallEnd { tool_call_id } => {
+                    if let Some(c) = calls.iter_mut().find(|c| &c.0 == tool_call_id) {
+                        c.2 = true;
+                    }
+                }
+                Event::ToolCallResult { tool_call_id, content, is_error, .. } => {
+                    if let Some(a) = assistant.take()
+                        && !a.content.is_empty()
+                    {
+                        h.messages.push(a);
+                    }
+                    results.push(Part::ToolResult {
+                        call_id: tool_call_id.clone(),
+                        content: content.clone(),
+                        is_error: *is_error,
+                    });
+                    if let Some(c) = calls.iter_mut().find(|c| &c.0 == tool_call_id) {
+                        c.3 = true;
+                    }
+                }
+                Event::StateSnapshot { .. } | Event::Custom { .. } => {}
+            }
+        }
+        flush(&mut h.messages, &mut assistant, &mut results);
+        for (id, name, ended, answered) in calls {
+            match (ended, answered) {
+                (true, false) => h.unanswered.push((id, name)),
+                (false, false) => h.unfinished.push((id, name)),
+                _ => {}
+            }
+        }
+        h
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn user(text: &str) -> Event {
+        Event::custom(custom::USER_MESSAGE, json!({"messageId": "u", "content": text}))
+    }
+
+    #[test]
+    fn a_tool_round_folds_into_assistant_call_then_result() {
+        let events = vec![
+            Event::RunStarted { thread_id: "t".into(), run_id: "r".into() },
+            user("hi"),
+            Event::custom(custom::MODEL_REQUEST, json!({"model": "m", "turn": 0})),
+            Event::TextMessageStart { message_id: "m1".into(), role: "assistant".into() },
+            Event::TextMessageContent { message_id: "m1".into(), delta: "let me ".into() },
+            Event::TextMessageContent { message_id: "m1".into(), delta: "look".into() },
+            Event::TextMessageEnd { message_id: "m1".into() },
+            Event::ToolCallStart { tool_call_id: "c1".into(), tool_call_name: "bash".into(), parent_message_id: None },
+            Event::ToolCallArgs { tool_call_id: "c1".into(), delta: "{\"command\":".into() },
+            Event::ToolCallArgs { tool_call_id: "c1".into(), delta: "\"ls\"}".into() },
+            Event::ToolCallEnd { tool_call_id: "c1".into() },
+            Event::ToolCallResult {
+                message_id: "t1".into(),
+                tool_call_id: "c1".into(),
+                content: "a.txt".into(),
+                role: Some("tool".into()),
+                is_error: false,
+            },
+            Event::custom(custom::MODEL_REQUEST, json!({"model": "m", "turn": 1})),
+        ];
+        let h = History::fold(&events);
+        assert_eq!(h.messages.len(), 3, "{:#?}", h.messages);
+        assert_eq!(h.messages[1].content[0], Part::Text { text: "let me look".into() });
+        assert_eq!(
+            h.messages[1].content[1],
+            Part::ToolCall { id: "c1".into(), name: "bash".into(), arguments: "{\"command\":\"ls\"}".into() }
+        );
+        assert!(matches!(&h.messages[2].content[0], Part::ToolResult { call_id, .. } if call_id == "c1"));
+        assert_eq!(h.open_run.as_deref(), Some("r"));
+        assert_eq!(h.turns_in_run, 2);
+        assert!(h.unanswered.is_empty() && h.unfinished.is_empty());
+    }
+
+    #[test]
+    fn a_crash_leaves_unknown_outcomes_and_unfinished_calls() {
+        let events = vec![
+            Event::RunStarted { thread_id: "t".into(), run_id: "r".into() },
+            user("build"),
+            Event::custom(custom::MODEL_REQUEST, json!({})),
+            Event::ToolCallStart { tool_call_id: "c1".into(), tool_call_name: "bash".into(), parent_message_id: None },
+            Event::ToolCallEnd { tool_call_id: "c1".into() },
+            Event::ToolCallStart { tool_call_id: "c2".into(), tool_call_name: "bash".into(), parent_message_id: None },
+            Event::TextMessageStart { message_id: "m".into(), role: "assistant".into() },
+        ];
+        let h = History::fold(&events);
+        assert_eq!(h.unanswered, vec![("c1".to_owned(), "bash".to_owned())]);
+        assert_eq!(h.unfinished, vec![("c2".to_owned(), "bash".to_owned())]);
+        assert_eq!(h.open_text.as_deref(), Some("m"));
+        assert!(h.open_run.is_some());
+    }
+}

@@ -1,0 +1,346 @@
+//! The agent runtime: sessions that turn a prompt into work, driven by a trusted loop.
+//!
+//! A session is an append-only log of AG-UI events in the platform store ([`log`]). A run starts when a
+//! user message arrives: the instance that takes the session's lease appends the message and drives the
+//! loop ([`run`]): fold the log into a conversation ([`history`]), ask the model through the gateway,
+//! write the answer's events as they stream, run the tool calls the answer asked for ([`tools`]) and
+//! write their results, until the model answers without tools. Everything is written before it is acted
+//! on, so any instance can wake a session from its log: when a driver dies its lease expires and the
+//! sweeper of another instance resumes the run, reporting tools whose outcome is unknown as interrupted.
+//!
+//! The loop holds the credentials; the model sees none; the sandbox holds only the token minted for it.
+
+pub mod event;
+pub mod history;
+pub mod log;
+mod run;
+pub mod tools;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gateway::Gateway;
+use platform::Platform;
+use protocol::EnvId;
+use sandbox::Sandboxes;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::event::{Event, custom};
+pub use crate::log::{Log, Session, valid_session_id};
+pub use protocol::agent::{CreateSessionRequest, RunStarted, SendMessageRequest, SessionRecord};
+
+/// Why an agent operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No session with this id in this env.
+    #[error("session not found")]
+    NotFound,
+    /// A session with this id exists already.
+    #[error("a session with this id exists")]
+    Exists,
+    /// The session is running a run; wait for it or interrupt it.
+    #[error("the session is running; interrupt it or wait for the run to finish")]
+    Busy,
+    /// The request is malformed.
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    /// No model was named and no default is configured.
+    #[error("no model: name one in the message or configure a default")]
+    NoModel,
+    /// This instance no longer holds the session's lease (another instance resumed it).
+    #[error("the session's lease was lost")]
+    LeaseLost,
+    /// A stored event could not be read or written.
+    #[error("corrupt session log: {0}")]
+    Corrupt(String),
+    /// The platform store failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+impl AgentError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound => "session_not_found",
+            Self::Exists => "session_exists",
+            Self::Busy => "session_busy",
+            Self::Invalid { code, .. } => code,
+            Self::NoModel => "no_model",
+            Self::LeaseLost => "lease_lost",
+            Self::Corrupt(_) => "internal",
+            Self::Store(_) => "internal",
+        }
+    }
+
+    /// HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::NotFound => 404,
+            Self::Exists | Self::Busy | Self::LeaseLost => 409,
+            Self::Invalid { .. } | Self::NoModel => 400,
+            Self::Corrupt(_) | Self::Store(_) => 500,
+        }
+    }
+
+    fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid { code, message: message.into() }
+    }
+}
+
+/// Settings of the runtime.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The model of a message that names none and whose session has none.
+    pub default_model: Option<String>,
+    /// Model calls a run may make before it stops with `turn_limit`.
+    pub max_turns: u32,
+    /// How long a lease lasts without a heartbeat; a dead driver's session is resumed after it.
+    pub lease_ttl: Duration,
+    /// How often the sweeper looks for sessions whose driver died.
+    pub sweep_every: Duration,
+    /// Sandbox settings of a session's sandbox.
+    pub sandbox_timeout: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            default_model: None,
+            max_turns: 50,
+            lease_ttl: Duration::from_secs(15),
+            sweep_every: Duration::from_secs(2),
+            sandbox_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The agent runtime of this instance.
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    platform: Platform,
+    gateway: Gateway,
+    sandboxes: Option<Sandboxes>,
+    log: Log,
+    config: AgentConfig,
+    /// This instance's name as a lease holder.
+    holder: String,
+    /// Per-session wake-ups for streams waiting on this instance's writes (other instances' writes are
+    /// found by polling).
+    notify: Mutex<HashMap<(String, String), Arc<Notify>>>,
+    /// The runs this instance drives, so an interrupt received here reaches its driver at once (one
+    /// received by another instance arrives with the driver's next heartbeat).
+    drivers: Mutex<Drivers>,
+}
+
+/// (env, session) → the signal channel of the run this instance drives.
+type Drivers = HashMap<(String, String), Arc<tokio::sync::watch::Sender<run::Signal>>>;
+
+/// Longest user message.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+impl Agent {
+    pub fn new(platform: Platform, gateway: Gateway, sandboxes: Option<Sandboxes>, config: AgentConfig) -> Self {
+        let log = Log::new(platform.db().clone());
+        let holder = format!("i_{}", platform.random_id(16));
+        let agent = Self {
+            inner: Arc::new(Inner {
+                platform,
+                gateway,
+                sandboxes,
+                log,
+                config,
+                holder,
+                notify: Mutex::default(),
+                drivers: Mutex::default(),
+            }),
+        };
+        agent.register_delete_hook();
+        agent
+    }
+
+    pub fn log(&self) -> &Log {
+        &self.inner.log
+    }
+
+    fn now(&self) -> i64 {
+        self.inner.platform.clock().now_ms()
+    }
+
+    fn lease_until(&self) -> i64 {
+        self.now() + self.inner.config.lease_ttl.as_millis() as i64
+    }
+
+    fn register_delete_hook(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        self.inner.platform.on_env_delete(Arc::new(move |env| {
+            let inner = weak.upgrade();
+            Box::pin(async move {
+                let Some(inner) = inner else { return Ok(()) };
+                inner.log.delete_env(&env).await.map_err(|e| e.to_string())
+            })
+        }));
+    }
+
+    pub async fn create_session(&self, env: &EnvId, req: CreateSessionRequest) -> Result<Session, AgentError> {
+        let id = match req.id {
+            Some(id) if valid_session_id(&id) => id,
+            Some(_) => {
+                return Err(AgentError::invalid(
+                    "invalid_session_id",
+                    "session ids are 1..=128 of A-Z a-z 0-9 - _ . :",
+                ));
+            }
+            None => format!("ses_{}", self.inner.platform.random_id(20)),
+        };
+        if req.title.as_ref().is_some_and(|t| t.len() > 200 || t.contains('\0')) {
+            return Err(AgentError::invalid("invalid_title", "titles are at most 200 bytes, without NUL"));
+        }
+        if let Some(m) = &req.model {
+            self.check_model(m)?;
+        }
+        self.inner.log.create(env, &id, req.title, req.model, self.now()).await?.ok_or(AgentError::Exists)
+    }
+
+    pub async fn session(&self, env: &EnvId, id: &str) -> Result<Session, AgentError> {
+        if !valid_session_id(id) {
+            return Err(AgentError::NotFound);
+        }
+        self.inner.log.get(env, id).await?.ok_or(AgentError::NotFound)
+    }
+
+    pub async fn sessions(&self, env: &EnvId, limit: i64) -> Result<Vec<Session>, AgentError> {
+        self.inner.log.list(env, limit).await
+    }
+
+    /// The model of messages and sessions that name none.
+    pub fn default_model(&self) -> Option<&str> {
+        self.inner.config.default_model.as_deref()
+    }
+
+    fn check_model(&self, model: &str) -> Result<(), AgentError> {
+        if self.inner.gateway.models().iter().any(|m| m.id == model) {
+            Ok(())
+        } else {
+            Err(AgentError::invalid("model_not_found", format!("the gateway knows no model {model:?}")))
+        }
+    }
+
+    /// Appends a user message and starts a run on this instance. The run goes on when every client
+    /// disconnects; [`Agent::wait`] and [`Log::read`] follow it.
+    pub async fn send(&self, env: &EnvId, id: &str, msg: SendMessageRequest) -> Result<RunStarted, AgentError> {
+        if msg.content.is_empty() || msg.content.len() > MAX_MESSAGE_BYTES || msg.content.contains('\0') {
+            return Err(AgentError::invalid("invalid_message", "a message is 1..=262144 bytes of text without NUL"));
+        }
+        if let Some(r) = &msg.run_id
+            && !valid_session_id(r)
+        {
+            return Err(AgentError::invalid("invalid_run_id", "run ids are 1..=128 of A-Z a-z 0-9 - _ . :"));
+        }
+        let session = self.session(env, id).await?;
+        if let Some(m) = &msg.model {
+            self.check_model(m)?;
+        }
+        let model = msg.model.clone().or(session.model.clone()).or(self.inner.config.default_model.clone());
+        let Some(model) = model else { return Err(AgentError::NoModel) };
+        let run_id = msg.run_id.clone().unwrap_or_else(|| format!("run_{}", self.inner.platform.random_id(20)));
+        let holder = &self.inner.holder;
+        if !self.inner.log.acquire(env, id, holder, self.now(), self.lease_until(), Some(&run_id)).await? {
+            return Err(AgentError::Busy);
+        }
+        if session.model.as_deref() != Some(model.as_str()) {
+            self.inner.log.set_model(env, id, &model).await?;
+        }
+        let message_id = format!("msg_{}", self.inner.platform.random_id(20));
+        let events = vec![
+            Event::RunStarted { thread_id: id.to_owned(), run_id: run_id.clone() },
+            Event::custom(
+                custom::USER_MESSAGE,
+                json!({"messageId": message_id, "content": msg.content, "model": model}),
+            ),
+        ];
+        let after_seq = session.last_seq;
+        if let Err(e) = self.append(env, id, events).await {
+            let _ = self.inner.log.release(env, id, holder, self.now()).await;
+            return Err(e);
+        }
+        self.spawn_driver(env.clone(), id.to_owned(), run_id.clone());
+        Ok(RunStarted { session: id.to_owned(), run_id, after_seq })
+    }
+
+    /// Asks the session's run to stop at its next step; false when no run is in progress.
+    pub async fn interrupt(&self, env: &EnvId, id: &str) -> Result<bool, AgentError> {
+        self.session(env, id).await?;
+        let asked = self.inner.log.request_interrupt(env, id).await?;
+        if asked && let Some(driver) = self.drivers().get(&(env.to_string(), id.to_owned())) {
+            let _ = driver.send(run::Signal::Interrupt);
+        }
+        Ok(asked)
+    }
+
+    fn drivers(&self) -> std::sync::MutexGuard<'_, Drivers> {
+        self.inner.drivers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The wake-up of a session's streams: notified after each append by this instance (other
+    /// instances' appends are found by polling the log).
+    pub fn notifier(&self, env: &EnvId, id: &str) -> Arc<Notify> {
+        let mut map = self.inner.notify.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 10_000 {
+            map.retain(|_, n| Arc::strong_count(n) > 1);
+        }
+        map.entry((env.to_string(), id.to_owned())).or_default().clone()
+    }
+
+    /// Appends as this instance's lease and wakes the session's streams.
+    async fn append(&self, env: &EnvId, id: &str, events: Vec<Event>) -> Result<i64, AgentError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let seq = self.inner.log.append(env, id, &self.inner.holder, events, self.now()).await?;
+        self.notifier(env, id).notify_waiters();
+        Ok(seq)
+    }
+
+    /// Starts the sweeper that resumes sessions whose driver died (their lease expired).
+    pub fn spawn_background(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        let agent = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(agent.inner.config.sweep_every) => {}
+                    _ = shutdown.changed() => return,
+                }
+                if *shutdown.borrow() {
+                    return;
+                }
+                if let Err(e) = agent.sweep().await {
+                    tracing::warn!(error = %e, "agent sweep failed");
+                }
+            }
+        })
+    }
+
+    /// Resumes every orphaned session this instance can take.
+    pub async fn sweep(&self) -> Result<usize, AgentError> {
+        let mut resumed = 0;
+        for (env, id) in self.inner.log.orphaned(self.now()).await? {
+            let Ok(env) = EnvId::parse(&env) else { continue };
+            if self.inner.log.acquire(&env, &id, &self.inner.holder, self.now(), self.lease_until(), None).await? {
+                tracing::info!(env = %env, session = %id, "resuming a session whose driver stopped");
+                let run_id = self.session(&env, &id).await?.run_id.unwrap_or_default();
+                self.append(&env, &id, vec![Event::custom(custom::RESUMED, json!({"holder": self.inner.holder}))])
+                    .await?;
+                self.spawn_driver(env, id, run_id);
+                resumed += 1;
+            }
+        }
+        Ok(resumed)
+    }
+}

@@ -1,0 +1,400 @@
+//! The driver of one run: the loop of model calls and tool calls, under a lease kept alive by a
+//! heartbeat. Every step is written to the log before the next one acts on it.
+
+use std::time::{Duration, Instant};
+
+use gateway::ir::{ChatRequest, Event as ModelEvent};
+use protocol::EnvId;
+use protocol::sandbox::CreateSandboxRequest;
+use sandbox::AgentClient;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::event::{Event, custom};
+use crate::history::History;
+use crate::tools::{self, Outcome, Placement};
+use crate::{Agent, AgentError};
+
+/// The system prompt of every session.
+pub const SYSTEM_PROMPT: &str = include_str!("system_prompt.md");
+
+/// Streamed text and arguments are written in batches at most this far apart.
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+/// Why a run stopped before the model was done.
+#[derive(Debug)]
+enum Stop {
+    /// The user asked it to.
+    Interrupted,
+    /// Another instance holds the session now: this driver must write nothing more.
+    LeaseLost,
+    /// The run failed (model error, turn limit, store error).
+    Failed { code: String, message: String },
+}
+
+impl From<AgentError> for Stop {
+    fn from(e: AgentError) -> Self {
+        match e {
+            AgentError::LeaseLost => Stop::LeaseLost,
+            other => Stop::Failed { code: other.code().to_owned(), message: other.to_string() },
+        }
+    }
+}
+
+/// What the heartbeat (or an interrupt on this instance) tells the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    Go,
+    Interrupt,
+    LeaseLost,
+}
+
+impl Agent {
+    pub(crate) fn spawn_driver(&self, env: EnvId, id: String, run_id: String) {
+        let agent = self.clone();
+        tokio::spawn(async move { agent.drive(env, id, run_id).await });
+    }
+
+    async fn drive(&self, env: EnvId, id: String, run_id: String) {
+        let (tx, rx) = watch::channel(Signal::Go);
+        let tx = std::sync::Arc::new(tx);
+        let key = (env.to_string(), id.clone());
+        self.drivers().insert(key.clone(), tx.clone());
+        let beat = {
+            let agent = self.clone();
+            let (env, id) = (env.clone(), id.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(agent.inner.config.lease_ttl / 3).await;
+                    match agent.inner.log.heartbeat(&env, &id, &agent.inner.holder, agent.lease_until()).await {
+                        Ok(Some(true)) => {
+                            let _ = tx.send(Signal::Interrupt);
+                        }
+                        Ok(Some(false)) => {}
+                        Ok(None) => {
+                            let _ = tx.send(Signal::LeaseLost);
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "session heartbeat failed"),
+                    }
+                }
+            })
+        };
+        let outcome = self.turns(&env, &id, rx).await;
+        beat.abort();
+        self.drivers().remove(&key);
+        let end = match outcome {
+            Ok(()) => Event::RunFinished { thread_id: id.clone(), run_id },
+            Err(Stop::LeaseLost) => {
+                tracing::warn!(env = %env, session = %id, "lost a session's lease; another instance drives it");
+                return;
+            }
+            Err(Stop::Interrupted) => {
+                Event::RunError { message: "the run was interrupted".to_owned(), code: Some("interrupted".to_owned()) }
+            }
+            Err(Stop::Failed { code, message }) => Event::RunError { message, code: Some(code) },
+        };
+        if let Err(e) = self.append(&env, &id, vec![end]).await {
+            tracing::error!(error = %e, env = %env, session = %id, "could not end a run");
+            return;
+        }
+        if let Err(e) = self.inner.log.release(&env, &id, &self.inner.holder, self.now()).await {
+            tracing::error!(error = %e, env = %env, session = %id, "could not release a session");
+        }
+    }
+
+    /// Model call after model call until the model answers without tools.
+    async fn turns(&self, env: &EnvId, id: &str, mut signal: watch::Receiver<Signal>) -> Result<(), Stop> {
+        let mut changed_workspace = false;
+        loop {
+            check(&signal)?;
+            let history = self.close_open(env, id).await?;
+            if history.turns_in_run >= self.inner.config.max_turns {
+                return Err(Stop::Failed {
+                    code: "turn_limit".to_owned(),
+                    message: format!("the run reached its limit of {} model calls", self.inner.config.max_turns),
+                });
+            }
+            let session = self.session(env, id).await?;
+            let model = session.model.clone().or(self.inner.config.default_model.clone()).ok_or(AgentError::NoModel)?;
+            self.append(
+                env,
+                id,
+                vec![Event::custom(custom::MODEL_REQUEST, json!({"model": model, "turn": history.turns_in_run}))],
+            )
+            .await?;
+            let req = ChatRequest {
+                model,
+                system: Some(SYSTEM_PROMPT.to_owned()),
+                messages: history.messages,
+                tools: tools::specs(),
+                tool_choice: None,
+                max_tokens: None,
+                temperature: None,
+                top_p: None,
+                stop: Vec::new(),
+                extra: Default::default(),
+            };
+            let calls = self.stream_answer(env, id, req, &mut signal).await?;
+            if calls.is_empty() {
+                break;
+            }
+            for (i, (call_id, name, arguments)) in calls.iter().enumerate() {
+                if *signal.borrow() != Signal::Go {
+                    // Recorded intents that will not run get a result saying so, then the run stops.
+                    let rest = calls[i..]
+                        .iter()
+                        .map(|(c, _, _)| result(c, Outcome::error("not run: the run was interrupted")));
+                    self.append(env, id, rest.collect()).await?;
+                    check(&signal)?;
+                }
+                let outcome = self.run_tool(env, id, name, arguments).await?;
+                changed_workspace |= tools::mutates_workspace(name);
+                self.append(env, id, vec![result(call_id, outcome)]).await?;
+            }
+        }
+        if changed_workspace {
+            self.checkpoint(env, id).await?;
+        }
+        Ok(())
+    }
+
+    /// Folds the log and closes what a stopped driver left open: a text message never ended, tool calls
+    /// cut off mid-arguments (never run), and intents with no result (outcome unknown: reported to the
+    /// model as interrupted, never run again).
+    async fn close_open(&self, env: &EnvId, id: &str) -> Result<History, AgentError> {
+        let events = self.inner.log.read_all(env, id).await?;
+        let history = History::fold(events.iter().map(|(_, e)| e));
+        let mut fix = Vec::new();
+        if let Some(m) = &history.open_text {
+            fix.push(Event::TextMessageEnd { message_id: m.clone() });
+        }
+        for (call, _) in &history.unfinished {
+            fix.push(Event::ToolCallEnd { tool_call_id: call.clone() });
+            fix.push(result(
+                call,
+                Outcome::error("not run: the model's answer was cut off before this call was complete"),
+            ));
+        }
+        for (call, _) in &history.unanswered {
+            fix.push(result(
+                call,
+                Outcome::error(
+                    "interrupted: the platform stopped while this tool ran, so its outcome is unknown. \
+                     Check the workspace before running it again.",
+                ),
+            ));
+        }
+        if fix.is_empty() {
+            return Ok(history);
+        }
+        self.append(env, id, fix).await?;
+        let events = self.inner.log.read_all(env, id).await?;
+        Ok(History::fold(events.iter().map(|(_, e)| e)))
+    }
+
+    /// Calls the model and writes its answer as it streams; returns the complete tool calls (id, name,
+    /// arguments), each recorded as an intent (TOOL_CALL_END) before this returns.
+    async fn stream_answer(
+        &self,
+        env: &EnvId,
+        id: &str,
+        req: ChatRequest,
+        signal: &mut watch::Receiver<Signal>,
+    ) -> Result<Vec<(String, String, String)>, Stop> {
+        let mut answer = match self.inner.gateway.chat(env, Some(id), req).await {
+            Ok(a) => a,
+            Err(e) => return Err(Stop::Failed { code: e.code, message: e.message }),
+        };
+        let message_id = format!("msg_{}", self.inner.platform.random_id(20));
+        let mut text_open = false;
+        let mut call_ids: Vec<String> = Vec::new();
+        let mut batch: Vec<Event> = Vec::new();
+        // When the unwritten batch got its first event.
+        let mut pending_since: Option<Instant> = None;
+        let failure = loop {
+            let next = tokio::select! {
+                e = answer.next() => e,
+                _ = signal.changed() => {
+                    if *signal.borrow() == Signal::Go { continue }
+                    break None;
+                }
+            };
+            match next {
+                None => break None,
+                Some(Err(e)) => break Some(Stop::Failed { code: e.code, message: e.message }),
+                Some(Ok(event)) => match event {
+                    ModelEvent::TextDelta { text } if !text.is_empty() => {
+                        if !text_open {
+                            text_open = true;
+                            batch.push(Event::TextMessageStart {
+                                message_id: message_id.clone(),
+                                role: "assistant".into(),
+                            });
+                        }
+                        match batch.last_mut() {
+                            Some(Event::TextMessageContent { delta, .. }) => delta.push_str(&text),
+                            _ => batch.push(Event::TextMessageContent { message_id: message_id.clone(), delta: text }),
+                        }
+                    }
+                    ModelEvent::ToolCallStart { index, id: call, name } => {
+                        let call =
+                            if call.is_empty() { format!("call_{}", self.inner.platform.random_id(20)) } else { call };
+                        while call_ids.len() <= index {
+                            call_ids.push(String::new());
+                        }
+                        call_ids[index].clone_from(&call);
+                        batch.push(Event::ToolCallStart {
+                            tool_call_id: call,
+                            tool_call_name: name,
+                            parent_message_id: Some(message_id.clone()),
+                        });
+                    }
+                    ModelEvent::ToolCallDelta { index, arguments } if !arguments.is_empty() => {
+                        let Some(call) = call_ids.get(index).cloned() else { continue };
+                        match batch.last_mut() {
+                            Some(Event::ToolCallArgs { tool_call_id, delta }) if *tool_call_id == call => {
+                                delta.push_str(&arguments)
+                            }
+                            _ => batch.push(Event::ToolCallArgs { tool_call_id: call, delta: arguments }),
+                        }
+                    }
+                    _ => {}
+                },
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let since = *pending_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= FLUSH_EVERY {
+                self.append(env, id, std::mem::take(&mut batch)).await?;
+                pending_since = None;
+            }
+        };
+        let stopped = failure.is_some() || *signal.borrow() != Signal::Go;
+        if stopped {
+            // What streamed so far stays in the log; close_open ends it before anything else runs.
+            drop(answer);
+            self.append(env, id, batch).await?;
+            self.close_open(env, id).await?;
+            check(signal)?;
+            return Err(failure.unwrap_or(Stop::Interrupted));
+        }
+        let completion = answer.completion().clone();
+        if text_open {
+            batch.push(Event::TextMessageEnd { message_id });
+        }
+        let mut calls = Vec::new();
+        for (i, call) in completion.tool_calls.iter().enumerate() {
+            let Some(call_id) = call_ids.get(i).filter(|c| !c.is_empty()).cloned() else { continue };
+            batch.push(Event::ToolCallEnd { tool_call_id: call_id.clone() });
+            calls.push((call_id, call.name.clone(), call.arguments.clone()));
+        }
+        batch.push(Event::custom(
+            custom::MODEL_RESPONSE,
+            json!({"usage": completion.usage, "finish": completion.finish}),
+        ));
+        self.append(env, id, batch).await?;
+        Ok(calls)
+    }
+
+    async fn run_tool(&self, env: &EnvId, id: &str, name: &str, arguments: &str) -> Result<Outcome, Stop> {
+        match tools::placement(name) {
+            None => Ok(Outcome::error(format!("there is no tool named {name:?}"))),
+            Some(Placement::Sandbox) => {
+                let client = match self.session_sandbox(env, id).await? {
+                    Ok(c) => c,
+                    Err(o) => return Ok(o),
+                };
+                match tools::run_in_sandbox(&client, name, arguments).await {
+                    Ok(o) => Ok(o),
+                    Err(tools::SandboxLost(why)) => {
+                        self.detach(env, id, "died").await?;
+                        Ok(Outcome::error(format!(
+                            "the sandbox died while this tool ran ({why}). The next sandbox call gets a fresh \
+                             sandbox restored from the session's last checkpoint."
+                        )))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The session's sandbox, started on the first call that needs one (restored from the last
+    /// checkpoint). `Ok(Err(outcome))`: no sandbox could be had, which the model is told.
+    async fn session_sandbox(&self, env: &EnvId, id: &str) -> Result<Result<AgentClient, Outcome>, Stop> {
+        let Some(sandboxes) = &self.inner.sandboxes else {
+            return Ok(Err(Outcome::error("this platform instance cannot run sandboxes")));
+        };
+        let session = self.session(env, id).await?;
+        if let Some(sb) = &session.sandbox_id {
+            if let Ok(client) = sandboxes.agent(env, sb) {
+                return Ok(Ok(client));
+            }
+            self.detach(env, id, "gone").await?;
+        }
+        let actor = platform::Actor { name: format!("agent:{id}"), request_id: format!("agent-{id}") };
+        let req = CreateSandboxRequest {
+            session: Some(id.to_owned()),
+            timeout_seconds: Some(self.inner.config.sandbox_timeout.as_secs()),
+            allow_egress: vec!["registry.npmjs.org".to_owned()],
+            ..Default::default()
+        };
+        let record = match sandboxes.create(&actor, env, req).await {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(Outcome::error(format!("could not start a sandbox: {e}")))),
+        };
+        if let Some(snap) = &session.workspace_snapshot
+            && let Err(e) = sandboxes.restore(env, &record.id, snap).await
+        {
+            let _ = sandboxes.kill(env, &record.id).await;
+            return Ok(Err(Outcome::error(format!("could not restore the workspace: {e}"))));
+        }
+        self.inner.log.set_sandbox(env, id, Some(&record.id), None).await?;
+        self.append(env, id, vec![Event::custom(custom::SANDBOX_ATTACH, json!({"sandbox": record.id}))]).await?;
+        Ok(sandboxes.agent(env, &record.id).map_err(|e| Outcome::error(format!("the new sandbox is unreachable: {e}"))))
+    }
+
+    async fn detach(&self, env: &EnvId, id: &str, reason: &str) -> Result<(), AgentError> {
+        let session = self.session(env, id).await?;
+        if let Some(sb) = session.sandbox_id {
+            self.inner.log.set_sandbox(env, id, None, None).await?;
+            self.append(env, id, vec![Event::custom(custom::SANDBOX_DETACH, json!({"sandbox": sb, "reason": reason}))])
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Snapshots the workspace so a fresh sandbox (after a crash, or a revert) starts from it.
+    async fn checkpoint(&self, env: &EnvId, id: &str) -> Result<(), AgentError> {
+        let (Some(sandboxes), Some(sb)) = (&self.inner.sandboxes, self.session(env, id).await?.sandbox_id) else {
+            return Ok(());
+        };
+        match sandboxes.snapshot(env, &sb).await {
+            Ok(snap) => {
+                self.inner.log.set_sandbox(env, id, Some(&sb), Some(&snap.id)).await?;
+                self.append(env, id, vec![Event::custom(custom::CHECKPOINT, json!({"snapshot": snap.id}))]).await?;
+            }
+            Err(e) => tracing::warn!(error = %e, env = %env, session = %id, "workspace checkpoint failed"),
+        }
+        Ok(())
+    }
+}
+
+fn result(call_id: &str, outcome: Outcome) -> Event {
+    Event::ToolCallResult {
+        message_id: format!("res_{call_id}"),
+        tool_call_id: call_id.to_owned(),
+        content: outcome.content,
+        role: Some("tool".to_owned()),
+        is_error: outcome.is_error,
+    }
+}
+
+fn check(signal: &watch::Receiver<Signal>) -> Result<(), Stop> {
+    match *signal.borrow() {
+        Signal::Go => Ok(()),
+        Signal::Interrupt => Err(Stop::Interrupted),
+        Signal::LeaseLost => Err(Stop::LeaseLost),
+    }
+}

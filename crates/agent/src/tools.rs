@@ -1,0 +1,305 @@
+//! The tool registry: what the model may ask for, and how each request is carried out. Sandbox tools run
+//! in the session's sandbox (the hands); the loop only relays them. Every tool answers with text for the
+//! model; a failure is an error result, never a crash of the loop.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use gateway::ir::Tool;
+use sandbox::client::{AgentClient, OutputLimit};
+use sandbox::proto::ExecSpec;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// What a tool answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub content: String,
+    pub is_error: bool,
+}
+
+impl Outcome {
+    pub fn ok(content: impl Into<String>) -> Self {
+        Self { content: content.into(), is_error: false }
+    }
+    pub fn error(content: impl Into<String>) -> Self {
+        Self { content: content.into(), is_error: true }
+    }
+}
+
+/// Where a tool runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// In the session's sandbox, provisioned on the first call that needs one.
+    Sandbox,
+}
+
+/// The most a tool answer carries back to the model (longer output is cut, saying so).
+pub const MAX_OUTPUT: usize = 64 * 1024;
+/// Longest a `bash` call may run.
+const MAX_BASH_SECONDS: u64 = 600;
+
+/// The tool of `name`, if there is one.
+pub fn placement(name: &str) -> Option<Placement> {
+    specs().iter().any(|t| t.name == name).then_some(Placement::Sandbox)
+}
+
+/// The registry, as the model sees it.
+pub fn specs() -> Vec<Tool> {
+    fn tool(name: &str, description: &str, parameters: Value) -> Tool {
+        Tool { name: name.to_owned(), description: Some(description.to_owned()), parameters }
+    }
+    vec![
+        tool(
+            "bash",
+            "Run a bash command in the workspace (/home/user) of the session's sandbox. Returns exit code, stdout and stderr.",
+            json!({"type": "object", "properties": {
+                "command": {"type": "string"},
+                "timeout_seconds": {"type": "integer", "minimum": 1, "maximum": MAX_BASH_SECONDS}
+            }, "required": ["command"]}),
+        ),
+        tool(
+            "read_file",
+            "Read a text file of the workspace.",
+            json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}),
+        ),
+        tool(
+            "write_file",
+            "Create or replace a file of the workspace (parent directories are created).",
+            json!({"type": "object", "properties": {
+                "path": {"type": "string"}, "content": {"type": "string"}
+            }, "required": ["path", "content"]}),
+        ),
+        tool(
+            "edit_file",
+            "Replace an exact string in a file. old_string must occur exactly once unless replace_all is true.",
+            json!({"type": "object", "properties": {
+                "path": {"type": "string"}, "old_string": {"type": "string"}, "new_string": {"type": "string"},
+                "replace_all": {"type": "boolean"}
+            }, "required": ["path", "old_string", "new_string"]}),
+        ),
+        tool(
+            "glob",
+            "List the files of the workspace matching a glob pattern (** matches directories).",
+            json!({"type": "object", "properties": {"pattern": {"type": "string"}}, "required": ["pattern"]}),
+        ),
+        tool(
+            "grep",
+            "Search file contents with an extended regular expression; prints file:line:text.",
+            json!({"type": "object", "properties": {
+                "pattern": {"type": "string"}, "path": {"type": "string"}
+            }, "required": ["pattern"]}),
+        ),
+    ]
+}
+
+/// True when the tool can change the workspace (the turn then ends with a checkpoint).
+pub fn mutates_workspace(name: &str) -> bool {
+    matches!(name, "bash" | "write_file" | "edit_file")
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(arguments: &str) -> Result<T, Outcome> {
+    let args = if arguments.trim().is_empty() { "{}" } else { arguments };
+    serde_json::from_str(args).map_err(|e| Outcome::error(format!("invalid arguments: {e}")))
+}
+
+#[derive(Deserialize)]
+struct BashArgs {
+    command: String,
+    timeout_seconds: Option<u64>,
+}
+#[derive(Deserialize)]
+struct PathArgs {
+    path: String,
+}
+#[derive(Deserialize)]
+struct WriteArgs {
+    path: String,
+    content: String,
+}
+#[derive(Deserialize)]
+struct EditArgs {
+    path: String,
+    old_string: String,
+    new_string: String,
+    #[serde(default)]
+    replace_all: bool,
+}
+#[derive(Deserialize)]
+struct GlobArgs {
+    pattern: String,
+}
+#[derive(Deserialize)]
+struct GrepArgs {
+    pattern: String,
+    path: Option<String>,
+}
+
+/// A sandbox that went away while a tool used it: the caller detaches it, and the next call gets a
+/// fresh one.
+#[derive(Debug)]
+pub struct SandboxLost(pub String);
+
+/// Runs a sandbox tool. `Err` only when the sandbox itself is gone.
+pub async fn run_in_sandbox(client: &AgentClient, name: &str, arguments: &str) -> Result<Outcome, SandboxLost> {
+    let outcome = match name {
+        "bash" => match parse::<BashArgs>(arguments) {
+            Ok(a) => {
+                let secs = a.timeout_seconds.unwrap_or(120).clamp(1, MAX_BASH_SECONDS);
+                exec(client, vec!["bash".into(), "-lc".into(), a.command], secs).await?
+            }
+            Err(o) => o,
+        },
+        "read_file" => match parse::<PathArgs>(arguments) {
+            Ok(a) => match client.read_file(&a.path, MAX_OUTPUT + 1).await {
+                Ok(bytes) => Outcome::ok(text_of(&bytes)),
+                Err(e) => agent_error(e)?,
+            },
+            Err(o) => o,
+        },
+        "write_file" => match parse::<WriteArgs>(arguments) {
+            Ok(a) => write(client, &a.path, a.content.as_bytes()).await?,
+            Err(o) => o,
+        },
+        "edit_file" => match parse::<EditArgs>(arguments) {
+            Ok(a) => edit(client, a).await?,
+            Err(o) => o,
+        },
+        "glob" => match parse::<GlobArgs>(arguments) {
+            Ok(a) => {
+                // The pattern is an argument, never shell text: bash expands `$1` as a glob only.
+                let script = "shopt -s globstar nullglob dotglob; for f in $1; do printf '%s\\n' \"$f\"; done";
+                exec(client, vec!["bash".into(), "-c".into(), script.into(), "glob".into(), a.pattern], 60).await?
+            }
+            Err(o) => o,
+        },
+        "grep" => match parse::<GrepArgs>(arguments) {
+            Ok(a) => {
+                let path = a.path.unwrap_or_else(|| ".".to_owned());
+                let argv = vec![
+                    "grep".into(),
+                    "-rnE".into(),
+                    "--exclude-dir=node_modules".into(),
+                    "--".into(),
+                    a.pattern,
+                    path,
+                ];
+                exec(client, argv, 60).await?
+            }
+            Err(o) => o,
+        },
+        other => Outcome::error(format!("unknown tool {other:?}")),
+    };
+    Ok(outcome)
+}
+
+async fn exec(client: &AgentClient, argv: Vec<String>, timeout_secs: u64) -> Result<Outcome, SandboxLost> {
+    let spec = ExecSpec {
+        argv,
+        env: BTreeMap::new(),
+        cwd: None,
+        stdin: false,
+        timeout_ms: Some(Duration::from_secs(timeout_secs).as_millis() as u64),
+        pty: None,
+        tag: Some("agent".to_owned()),
+    };
+    match client.run(spec, None, OutputLimit(MAX_OUTPUT)).await {
+        Ok(done) => {
+            let mut text = format!("exit code: {}", done.exit_code);
+            if done.timed_out {
+                text.push_str(&format!(" (killed after {timeout_secs} s)"));
+            }
+            if !done.stdout.is_empty() {
+                text.push_str("\nstdout:\n");
+                text.push_str(&String::from_utf8_lossy(&done.stdout));
+            }
+            if !done.stderr.is_empty() {
+                text.push_str("\nstderr:\n");
+                text.push_str(&String::from_utf8_lossy(&done.stderr));
+            }
+            if done.truncated {
+                text.push_str("\n[output truncated]");
+            }
+            let failed = done.exit_code != 0 || done.timed_out;
+            Ok(Outcome { content: text, is_error: failed })
+        }
+        Err(e) => agent_error(e),
+    }
+}
+
+async fn write(client: &AgentClient, path: &str, data: &[u8]) -> Result<Outcome, SandboxLost> {
+    // The agent creates parent directories and renames into place (never a partial file).
+    match client.write_file(path, data, None).await {
+        Ok(_) => Ok(Outcome::ok(format!("wrote {} bytes to {path}", data.len()))),
+        Err(e) => agent_error(e),
+    }
+}
+
+async fn edit(client: &AgentClient, a: EditArgs) -> Result<Outcome, SandboxLost> {
+    if a.old_string.is_empty() {
+        return Ok(Outcome::error("old_string is empty"));
+    }
+    let bytes = match client.read_file(&a.path, 8 * 1024 * 1024).await {
+        Ok(b) => b,
+        Err(e) => return agent_error(e),
+    };
+    let Ok(text) = String::from_utf8(bytes) else {
+        return Ok(Outcome::error(format!("{} is not UTF-8 text", a.path)));
+    };
+    let count = text.matches(&a.old_string).count();
+    let updated = match (count, a.replace_all) {
+        (0, _) => return Ok(Outcome::error(format!("old_string does not occur in {}", a.path))),
+        (1, _) | (_, true) => text.replace(&a.old_string, &a.new_string),
+        (n, false) => {
+            return Ok(Outcome::error(format!(
+                "old_string occurs {n} times in {}; give more context or set replace_all",
+                a.path
+            )));
+        }
+    };
+    match client.write_file(&a.path, updated.as_bytes(), None).await {
+        Ok(_) => Ok(Outcome::ok(format!("replaced {count} occurrence(s) in {}", a.path))),
+        Err(e) => agent_error(e),
+    }
+}
+
+/// A file's text for the model, cut at [`MAX_OUTPUT`].
+fn text_of(bytes: &[u8]) -> String {
+    let cut = bytes.len() > MAX_OUTPUT;
+    let mut s = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_OUTPUT)]).into_owned();
+    if cut {
+        s.push_str("\n[file truncated]");
+    }
+    s
+}
+
+/// An agent error is the model's problem (file not found, …); a lost agent is the sandbox's death.
+fn agent_error(e: sandbox::SandboxError) -> Result<Outcome, SandboxLost> {
+    match e {
+        sandbox::SandboxError::AgentLost(m) => Err(SandboxLost(m)),
+        sandbox::SandboxError::NotFound => Err(SandboxLost("the sandbox is gone".to_owned())),
+        other => Ok(Outcome::error(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tool_has_an_object_schema_and_a_placement() {
+        for t in specs() {
+            assert_eq!(t.parameters["type"], "object", "{}", t.name);
+            assert_eq!(placement(&t.name), Some(Placement::Sandbox));
+        }
+        assert_eq!(placement("rm_rf_everything"), None);
+    }
+
+    #[test]
+    fn bad_arguments_are_an_error_for_the_model() {
+        let e = parse::<BashArgs>("{\"cmd\": 1}").err().unwrap();
+        assert!(e.is_error && e.content.contains("invalid arguments"), "{e:?}");
+        assert!(parse::<GlobArgs>("not json").is_err());
+    }
+}

@@ -1,0 +1,66 @@
+//! Request and response bodies of the session API (`/v1/envs/{env}/sessions`). A session's events are
+//! AG-UI events, streamed as SSE; their shapes are AG-UI's, not described here.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `POST /v1/envs/{env}/sessions`. Every field is optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSessionRequest {
+    /// The session id (AG-UI's `threadId`): 1..=128 of `A-Z a-z 0-9 - _ . :`; generated when absent.
+    pub id: Option<String>,
+    pub title: Option<String>,
+    /// The model (a gateway model name) of its messages unless a message names another.
+    pub model: Option<String>,
+}
+
+/// A session.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SessionRecord {
+    pub id: String,
+    pub env: String,
+    pub title: Option<String>,
+    pub model: Option<String>,
+    /// `idle`, or `running` while a run is in progress.
+    pub status: String,
+    /// Sequence number of the newest event (the SSE id of the last event).
+    pub last_seq: i64,
+    /// The run in progress, or the last one.
+    pub run_id: Option<String>,
+    /// The sandbox attached to the session, if any.
+    pub sandbox_id: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SessionList {
+    pub items: Vec<SessionRecord>,
+}
+
+/// `POST /v1/envs/{env}/sessions/{session}/messages`: a user message, which starts a run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessageRequest {
+    pub content: String,
+    /// Switches the session's model from this message on.
+    pub model: Option<String>,
+    /// The run's id (AG-UI's `runId`); generated when absent.
+    pub run_id: Option<String>,
+}
+
+/// A started run. Its events are the session's events after `after_seq`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunStarted {
+    pub session: String,
+    pub run_id: String,
+    pub after_seq: i64,
+}
+
+/// `POST …/interrupt`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InterruptResult {
+    /// False when no run was in progress.
+    pub interrupted: bool,
+}
