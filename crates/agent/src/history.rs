@@ -20,6 +20,8 @@ pub struct History {
     pub unfinished: Vec<(String, String)>,
     /// Model requests of the open run (turns taken).
     pub turns_in_run: u32,
+    /// Model requests over the session's life.
+    pub turns_total: u64,
 }
 
 impl History {
@@ -52,6 +54,7 @@ impl History {
                     flush(&mut h.messages, &mut assistant, &mut results);
                     assistant = Some(Message { role: Role::Assistant, content: Vec::new() });
                     h.turns_in_run += 1;
+                    h.turns_total += 1;
                 }
                 Event::RunStarted { run_id, .. } => {
                     h.open_run = Some(run_id.clone());

@@ -116,6 +116,14 @@ impl Agent {
                 });
             }
             let session = self.session(env, id).await?;
+            if let Some(cap) = session.caps.max_turns
+                && history.turns_total >= cap as u64
+            {
+                return Err(Stop::Failed {
+                    code: "session_turn_cap".to_owned(),
+                    message: format!("the session reached its cap of {cap} model calls"),
+                });
+            }
             let model = session.model.clone().or(self.inner.config.default_model.clone()).ok_or(AgentError::NoModel)?;
             self.append(
                 env,
@@ -135,7 +143,8 @@ impl Agent {
                 stop: Vec::new(),
                 extra: Default::default(),
             };
-            let calls = self.stream_answer(env, id, req, &mut signal).await?;
+            let caps = gateway::SessionCaps { tokens: session.caps.max_tokens, cost: session.caps.max_cost };
+            let calls = self.stream_answer(env, id, caps, req, &mut signal).await?;
             if calls.is_empty() {
                 break;
             }
@@ -199,10 +208,11 @@ impl Agent {
         &self,
         env: &EnvId,
         id: &str,
+        caps: gateway::SessionCaps,
         req: ChatRequest,
         signal: &mut watch::Receiver<Signal>,
     ) -> Result<Vec<(String, String, String)>, Stop> {
-        let mut answer = match self.inner.gateway.chat(env, Some(id), req).await {
+        let mut answer = match self.inner.gateway.chat_capped(env, Some(id), caps, req).await {
             Ok(a) => a,
             Err(e) => return Err(Stop::Failed { code: e.code, message: e.message }),
         };

@@ -202,6 +202,9 @@ async fn a_run_with_a_tool_call_streams_ag_ui_events_and_resumes_after_last_even
     let text = &all[11].1["delta"];
     assert!(text.as_str().unwrap().starts_with("saw: exit code: 0"), "{text}");
     assert_eq!(mock.calls.load(Ordering::SeqCst), 2);
+    // Turns and tool calls are in the ledger, metered with their log rows.
+    let usage = h.usage_totals("agent-a").await;
+    assert_eq!((usage.get("agent_turns"), usage.get("agent_tool_calls")), (Some(&2), Some(&1)), "{usage:?}");
 
     // A client that saw up to 5 gets exactly the rest.
     let rest = history(&h, &key, &id, Some(5)).await;
@@ -412,4 +415,42 @@ async fn another_instance_resumes_a_run_whose_driver_died_and_never_reruns_its_t
     let late =
         log.append(&env, "s", "dead-instance", vec![Event::TextMessageEnd { message_id: "x".into() }], now).await;
     assert!(matches!(late, Err(agent::AgentError::LeaseLost)), "{late:?}");
+}
+
+#[tokio::test]
+async fn session_caps_end_a_run_with_a_clear_error() {
+    let (h, mock, key) = setup().await;
+    let create = |body: Value| h.call("POST", "/v1/envs/agent-a/sessions", Some(&key), Some(body));
+    assert_eq!(create(json!({"id": "one-turn", "model": "m", "max_turns": 1})).await.status, StatusCode::CREATED);
+    assert_eq!(create(json!({"id": "few-tokens", "model": "m", "max_tokens": 5})).await.status, StatusCode::CREATED);
+    let r = create(json!({"id": "bad", "max_cost": 0})).await;
+    assert_eq!((r.status, r.json["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_caps")));
+    let r = h.call("GET", "/v1/envs/agent-a/sessions/one-turn", Some(&key), None).await;
+    assert_eq!(r.json["max_turns"], 1);
+
+    // The tool round needs two model calls; the cap allows one.
+    let send = |s: &str| {
+        let path = format!("/v1/envs/agent-a/sessions/{s}/messages");
+        let (h, key) = (&h, key.clone());
+        async move { h.call("POST", &path, Some(&key), Some(json!({"content": "use a tool"}))).await }
+    };
+    assert_eq!(send("one-turn").await.status, StatusCode::ACCEPTED);
+    wait_idle(&h, &key, "one-turn").await;
+    let all = history(&h, &key, "one-turn", None).await;
+    let last = &all.last().unwrap().1;
+    assert_eq!(
+        (last["type"].as_str(), last["code"].as_str()),
+        (Some("RUN_ERROR"), Some("session_turn_cap")),
+        "{all:#?}"
+    );
+    assert_eq!(kinds(&all).iter().filter(|k| *k == "vibebase.model_request").count(), 1);
+
+    // The gateway holds the token cap: the prompt alone is over it, so no model call is made.
+    let before = mock.calls.load(Ordering::SeqCst);
+    assert_eq!(send("few-tokens").await.status, StatusCode::ACCEPTED);
+    wait_idle(&h, &key, "few-tokens").await;
+    let all = history(&h, &key, "few-tokens", None).await;
+    let last = &all.last().unwrap().1;
+    assert_eq!(last["code"], "budget_exceeded_session_tokens", "{all:#?}");
+    assert_eq!(mock.calls.load(Ordering::SeqCst), before);
 }
