@@ -137,6 +137,8 @@ struct Inner {
     /// The runs this instance drives, so an interrupt received here reaches its driver at once (one
     /// received by another instance arrives with the driver's next heartbeat).
     drivers: Mutex<Drivers>,
+    /// Runs backend tools; set once by the server ([`Agent::set_backend`]).
+    backend: std::sync::OnceLock<Arc<dyn tools::Backend>>,
 }
 
 /// (env, session) → the signal channel of the run this instance drives.
@@ -159,10 +161,16 @@ impl Agent {
                 holder,
                 notify: Mutex::default(),
                 drivers: Mutex::default(),
+                backend: std::sync::OnceLock::new(),
             }),
         };
         agent.register_delete_hook();
         agent
+    }
+
+    /// Gives the loop its backend tools (once; later calls are ignored).
+    pub fn set_backend(&self, backend: Arc<dyn tools::Backend>) {
+        let _ = self.inner.backend.set(backend);
     }
 
     pub fn log(&self) -> &Log {

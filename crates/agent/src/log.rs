@@ -208,6 +208,24 @@ impl Log {
         events: Vec<Event>,
         now: i64,
     ) -> Result<i64, AgentError> {
+        self.write(env, id, holder, events, now, false).await
+    }
+
+    /// Appends the event that ends a run and releases the lease in one transaction, so a client that
+    /// saw the run end can start the next one at once.
+    pub async fn finish(&self, env: &EnvId, id: &str, holder: &str, end: Event, now: i64) -> Result<i64, AgentError> {
+        self.write(env, id, holder, vec![end], now, true).await
+    }
+
+    async fn write(
+        &self,
+        env: &EnvId,
+        id: &str,
+        holder: &str,
+        events: Vec<Event>,
+        now: i64,
+        release: bool,
+    ) -> Result<i64, AgentError> {
         let (env, id, holder) = (env.to_string(), id.to_owned(), holder.to_owned());
         let bodies = events
             .iter()
@@ -246,6 +264,9 @@ impl Log {
                         };
                         platform::ledger::record_in(c, &usage).map_err(|e| AgentError::Corrupt(e.to_string()))?;
                     }
+                }
+                if release {
+                    release_in(c, &env, &id, &holder, now)?;
                 }
                 Ok(last)
             })
@@ -309,15 +330,7 @@ impl Log {
     /// Ends `holder`'s run and lease: the session is idle again.
     pub async fn release(&self, env: &EnvId, id: &str, holder: &str, now: i64) -> Result<(), AgentError> {
         let (env, id, holder) = (env.to_string(), id.to_owned(), holder.to_owned());
-        self.db
-            .tx(move |c: &mut dyn Conn| {
-                c.execute(
-                    "UPDATE agent_sessions SET lease_holder = NULL, lease_until = NULL, status = 'idle', \
-                     interrupt_requested = 0, updated_at = $4 WHERE env_id = $1 AND id = $2 AND lease_holder = $3",
-                    &[env.as_str().into(), id.as_str().into(), holder.as_str().into(), now.into()],
-                )
-            })
-            .await?;
+        self.db.tx(move |c: &mut dyn Conn| release_in(c, &env, &id, &holder, now)).await?;
         Ok(())
     }
 
@@ -400,6 +413,15 @@ impl Log {
             .await?;
         Ok(())
     }
+}
+
+fn release_in(c: &mut dyn Conn, env: &str, id: &str, holder: &str, now: i64) -> Result<(), StoreError> {
+    c.execute(
+        "UPDATE agent_sessions SET lease_holder = NULL, lease_until = NULL, status = 'idle', \
+         interrupt_requested = 0, updated_at = $4 WHERE env_id = $1 AND id = $2 AND lease_holder = $3",
+        &[env.into(), id.into(), holder.into(), now.into()],
+    )?;
+    Ok(())
 }
 
 fn get_in(c: &mut dyn Conn, env: &str, id: &str) -> Result<Option<Session>, StoreError> {

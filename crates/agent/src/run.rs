@@ -94,12 +94,9 @@ impl Agent {
             }
             Err(Stop::Failed { code, message }) => Event::RunError { message, code: Some(code) },
         };
-        if let Err(e) = self.append(&env, &id, vec![end]).await {
-            tracing::error!(error = %e, env = %env, session = %id, "could not end a run");
-            return;
-        }
-        if let Err(e) = self.inner.log.release(&env, &id, &self.inner.holder, self.now()).await {
-            tracing::error!(error = %e, env = %env, session = %id, "could not release a session");
+        match self.inner.log.finish(&env, &id, &self.inner.holder, end, self.now()).await {
+            Ok(_) => self.notifier(&env, &id).notify_waiters(),
+            Err(e) => tracing::error!(error = %e, env = %env, session = %id, "could not end a run"),
         }
     }
 
@@ -311,6 +308,21 @@ impl Agent {
     async fn run_tool(&self, env: &EnvId, id: &str, name: &str, arguments: &str) -> Result<Outcome, Stop> {
         match tools::placement(name) {
             None => Ok(Outcome::error(format!("there is no tool named {name:?}"))),
+            Some(Placement::Backend { needs_sandbox }) => {
+                let Some(backend) = self.inner.backend.get() else {
+                    return Ok(Outcome::error("backend tools are not available on this platform instance"));
+                };
+                let sandbox = if needs_sandbox {
+                    if let Err(o) = self.session_sandbox(env, id).await? {
+                        return Ok(o);
+                    }
+                    self.session(env, id).await?.sandbox_id
+                } else {
+                    None
+                };
+                let call = tools::BackendCall { env, session: id, sandbox: sandbox.as_deref(), tool: name, arguments };
+                Ok(backend.call(call).await)
+            }
             Some(Placement::Sandbox) => {
                 let client = match self.session_sandbox(env, id).await? {
                     Ok(c) => c,
