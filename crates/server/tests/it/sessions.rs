@@ -487,7 +487,7 @@ async fn backend_tools_refuse_tables_without_rls_apply_safe_migrations_and_deplo
     let r = h.call("POST", "/v1/envs/agent-a/sessions", Some(&key), Some(json!({"id": "b", "model": "m"}))).await;
     assert_eq!(r.status, StatusCode::CREATED);
     let mut seen = 0;
-    let mut run = |text: &'static str| {
+    let run = |text: &'static str| {
         let h = &h;
         let key = key.clone();
         async move {
