@@ -92,6 +92,15 @@ impl Event {
         Self::Custom { name: name.to_owned(), value }
     }
 
+    /// The usage meter this event counts toward: a model request is a turn, a tool result a tool call.
+    pub fn meter(&self) -> Option<protocol::Meter> {
+        match self {
+            Self::Custom { name, .. } if name == custom::MODEL_REQUEST => Some(protocol::Meter::AgentTurns),
+            Self::ToolCallResult { .. } => Some(protocol::Meter::AgentToolCalls),
+            _ => None,
+        }
+    }
+
     /// True for the events that end a run.
     pub fn ends_run(&self) -> bool {
         matches!(self, Self::RunFinished { .. } | Self::RunError { .. })

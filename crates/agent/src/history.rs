@@ -20,6 +20,8 @@ pub struct History {
     pub unfinished: Vec<(String, String)>,
     /// Model requests of the open run (turns taken).
     pub turns_in_run: u32,
+    /// Model requests over the session's life.
+    pub turns_total: u64,
 }
 
 impl History {
@@ -52,6 +54,7 @@ impl History {
                     flush(&mut h.messages, &mut assistant, &mut results);
                     assistant = Some(Message { role: Role::Assistant, content: Vec::new() });
                     h.turns_in_run += 1;
+                    h.turns_total += 1;
                 }
                 Event::RunStarted { run_id, .. } => {
                     h.open_run = Some(run_id.clone());
@@ -88,7 +91,8 @@ impl History {
                     }
                 }
                 Event::ToolCallEnd { tool_call_id } => {
-                    if let Some(c) = calls.iter_mut().find(|c| &c.0 == tool_call_id) {
+                    // The latest call of that id: upstreams (and replays) may reuse ids across answers.
+                    if let Some(c) = calls.iter_mut().rev().find(|c| &c.0 == tool_call_id) {
                         c.2 = true;
                     }
                 }
@@ -103,7 +107,8 @@ impl History {
                         content: content.clone(),
                         is_error: *is_error,
                     });
-                    if let Some(c) = calls.iter_mut().find(|c| &c.0 == tool_call_id) {
+                    // The latest call of that id: upstreams (and replays) may reuse ids across answers.
+                    if let Some(c) = calls.iter_mut().rev().find(|c| &c.0 == tool_call_id) {
                         c.3 = true;
                     }
                 }
@@ -185,5 +190,37 @@ mod tests {
         assert_eq!(h.unfinished, vec![("c2".to_owned(), "bash".to_owned())]);
         assert_eq!(h.open_text.as_deref(), Some("m"));
         assert!(h.open_run.is_some());
+    }
+
+    #[test]
+    fn a_reused_call_id_matches_the_latest_call() {
+        let round = |result: bool| {
+            let mut v = vec![
+                Event::custom(custom::MODEL_REQUEST, json!({})),
+                Event::ToolCallStart {
+                    tool_call_id: "c1".into(),
+                    tool_call_name: "bash".into(),
+                    parent_message_id: None,
+                },
+                Event::ToolCallEnd { tool_call_id: "c1".into() },
+            ];
+            if result {
+                v.push(Event::ToolCallResult {
+                    message_id: "r".into(),
+                    tool_call_id: "c1".into(),
+                    content: "ok".into(),
+                    role: None,
+                    is_error: false,
+                });
+            }
+            v
+        };
+        let mut events = vec![user("a")];
+        events.extend(round(true));
+        events.push(user("b"));
+        events.extend(round(false));
+        let h = History::fold(&events);
+        assert_eq!(h.unanswered, vec![("c1".to_owned(), "bash".to_owned())]);
+        assert!(h.unfinished.is_empty());
     }
 }

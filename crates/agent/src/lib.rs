@@ -28,7 +28,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::event::{Event, custom};
-pub use crate::log::{Log, Session, valid_session_id};
+pub use crate::log::{Caps, Log, Session, valid_session_id};
 pub use protocol::agent::{CreateSessionRequest, RunStarted, SendMessageRequest, SessionRecord};
 
 /// Why an agent operation failed.
@@ -137,6 +137,8 @@ struct Inner {
     /// The runs this instance drives, so an interrupt received here reaches its driver at once (one
     /// received by another instance arrives with the driver's next heartbeat).
     drivers: Mutex<Drivers>,
+    /// Runs backend tools; set once by the server ([`Agent::set_backend`]).
+    backend: std::sync::OnceLock<Arc<dyn tools::Backend>>,
 }
 
 /// (env, session) → the signal channel of the run this instance drives.
@@ -159,10 +161,16 @@ impl Agent {
                 holder,
                 notify: Mutex::default(),
                 drivers: Mutex::default(),
+                backend: std::sync::OnceLock::new(),
             }),
         };
         agent.register_delete_hook();
         agent
+    }
+
+    /// Gives the loop its backend tools (once; later calls are ignored).
+    pub fn set_backend(&self, backend: Arc<dyn tools::Backend>) {
+        let _ = self.inner.backend.set(backend);
     }
 
     pub fn log(&self) -> &Log {
@@ -205,7 +213,17 @@ impl Agent {
         if let Some(m) = &req.model {
             self.check_model(m)?;
         }
-        self.inner.log.create(env, &id, req.title, req.model, self.now()).await?.ok_or(AgentError::Exists)
+        let cap = |v: Option<u64>, what: &str| match v {
+            None => Ok(None),
+            Some(n) if (1..=i64::MAX as u64).contains(&n) => Ok(Some(n as i64)),
+            Some(_) => Err(AgentError::invalid("invalid_caps", format!("{what} must be at least 1"))),
+        };
+        let caps = Caps {
+            max_turns: cap(req.max_turns, "max_turns")?,
+            max_tokens: cap(req.max_tokens, "max_tokens")?,
+            max_cost: cap(req.max_cost, "max_cost")?,
+        };
+        self.inner.log.create(env, &id, req.title, req.model, caps, self.now()).await?.ok_or(AgentError::Exists)
     }
 
     pub async fn session(&self, env: &EnvId, id: &str) -> Result<Session, AgentError> {

@@ -9,6 +9,14 @@ use store::{Conn, Db, Row, StoreError, Value};
 use crate::AgentError;
 use crate::event::Event;
 
+/// Caps over a session's life: model calls, tokens (in + out), cost (micro-USD).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Caps {
+    pub max_turns: Option<i64>,
+    pub max_tokens: Option<i64>,
+    pub max_cost: Option<i64>,
+}
+
 /// A session as stored.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -27,12 +35,13 @@ pub struct Session {
     pub sandbox_id: Option<String>,
     /// The workspace snapshot a fresh sandbox is restored from.
     pub workspace_snapshot: Option<String>,
+    pub caps: Caps,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
-const COLUMNS: &str =
-    "id, env_id, title, model, status, last_seq, run_id, sandbox_id, workspace_snapshot, created_at, updated_at";
+const COLUMNS: &str = "id, env_id, title, model, status, last_seq, run_id, sandbox_id, workspace_snapshot, \
+                       created_at, updated_at, max_turns, max_tokens, max_cost";
 
 impl Session {
     /// The API's view (times as RFC 3339).
@@ -46,6 +55,9 @@ impl Session {
             last_seq: self.last_seq,
             run_id: self.run_id.clone(),
             sandbox_id: self.sandbox_id.clone(),
+            max_turns: self.caps.max_turns.map(|n| n as u64),
+            max_tokens: self.caps.max_tokens.map(|n| n as u64),
+            max_cost: self.caps.max_cost.map(|n| n as u64),
             created_at: platform::runtime::rfc3339(self.created_at),
             updated_at: platform::runtime::rfc3339(self.updated_at),
         }
@@ -65,6 +77,7 @@ fn record(r: &Row) -> Result<Session, StoreError> {
         workspace_snapshot: r.opt_text(8)?,
         created_at: r.int(9)?,
         updated_at: r.int(10)?,
+        caps: Caps { max_turns: r.opt_int(11)?, max_tokens: r.opt_int(12)?, max_cost: r.opt_int(13)? },
     })
 }
 
@@ -93,6 +106,7 @@ impl Log {
         id: &str,
         title: Option<String>,
         model: Option<String>,
+        caps: Caps,
         now: i64,
     ) -> Result<Option<Session>, AgentError> {
         let (env, id) = (env.to_string(), id.to_owned());
@@ -101,8 +115,18 @@ impl Log {
             .tx(move |c: &mut dyn Conn| {
                 let n = c.execute(
                     "INSERT INTO agent_sessions (env_id, id, title, model, status, last_seq, interrupt_requested, \
-                     created_at, updated_at) VALUES ($1, $2, $3, $4, 'idle', 0, 0, $5, $5) ON CONFLICT DO NOTHING",
-                    &[env.as_str().into(), id.as_str().into(), title.into(), model.into(), now.into()],
+                     created_at, updated_at, max_turns, max_tokens, max_cost) \
+                     VALUES ($1, $2, $3, $4, 'idle', 0, 0, $5, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                    &[
+                        env.as_str().into(),
+                        id.as_str().into(),
+                        title.into(),
+                        model.into(),
+                        now.into(),
+                        caps.max_turns.into(),
+                        caps.max_tokens.into(),
+                        caps.max_cost.into(),
+                    ],
                 )?;
                 if n == 0 {
                     return Ok(None);
@@ -184,6 +208,24 @@ impl Log {
         events: Vec<Event>,
         now: i64,
     ) -> Result<i64, AgentError> {
+        self.write(env, id, holder, events, now, false).await
+    }
+
+    /// Appends the event that ends a run and releases the lease in one transaction, so a client that
+    /// saw the run end can start the next one at once.
+    pub async fn finish(&self, env: &EnvId, id: &str, holder: &str, end: Event, now: i64) -> Result<i64, AgentError> {
+        self.write(env, id, holder, vec![end], now, true).await
+    }
+
+    async fn write(
+        &self,
+        env: &EnvId,
+        id: &str,
+        holder: &str,
+        events: Vec<Event>,
+        now: i64,
+        release: bool,
+    ) -> Result<i64, AgentError> {
         let (env, id, holder) = (env.to_string(), id.to_owned(), holder.to_owned());
         let bodies = events
             .iter()
@@ -191,6 +233,7 @@ impl Log {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| AgentError::Corrupt(e.to_string()))?;
         let n = bodies.len() as i64;
+        let meters: Vec<Option<protocol::Meter>> = events.iter().map(Event::meter).collect();
         self.db
             .tx(move |c: &mut dyn Conn| {
                 let Some(row) = c.query_opt(
@@ -202,17 +245,28 @@ impl Log {
                     return Err(AgentError::LeaseLost);
                 };
                 let last = row.int(0)?;
-                for (i, body) in bodies.into_iter().enumerate() {
+                for (i, (body, meter)) in bodies.into_iter().zip(meters.iter()).enumerate() {
+                    let seq = last - n + 1 + i as i64;
                     c.execute(
                         "INSERT INTO agent_events (env_id, session_id, seq, at, body) VALUES ($1, $2, $3, $4, $5)",
-                        &[
-                            env.as_str().into(),
-                            id.as_str().into(),
-                            (last - n + 1 + i as i64).into(),
-                            now.into(),
-                            body.into(),
-                        ],
+                        &[env.as_str().into(), id.as_str().into(), seq.into(), now.into(), body.into()],
                     )?;
+                    // Metered with the event, in its transaction: exactly once, keyed by its place in the log.
+                    if let Some(meter) = meter {
+                        let usage = platform::ledger::UsageEvent {
+                            env: env.clone(),
+                            meter: *meter,
+                            quantity: 1,
+                            source: "agent".to_owned(),
+                            event_id: format!("{id}:{seq}"),
+                            at_ms: now,
+                            dimensions: std::collections::BTreeMap::from([("session".to_owned(), id.clone())]),
+                        };
+                        platform::ledger::record_in(c, &usage).map_err(|e| AgentError::Corrupt(e.to_string()))?;
+                    }
+                }
+                if release {
+                    release_in(c, &env, &id, &holder, now)?;
                 }
                 Ok(last)
             })
@@ -276,15 +330,7 @@ impl Log {
     /// Ends `holder`'s run and lease: the session is idle again.
     pub async fn release(&self, env: &EnvId, id: &str, holder: &str, now: i64) -> Result<(), AgentError> {
         let (env, id, holder) = (env.to_string(), id.to_owned(), holder.to_owned());
-        self.db
-            .tx(move |c: &mut dyn Conn| {
-                c.execute(
-                    "UPDATE agent_sessions SET lease_holder = NULL, lease_until = NULL, status = 'idle', \
-                     interrupt_requested = 0, updated_at = $4 WHERE env_id = $1 AND id = $2 AND lease_holder = $3",
-                    &[env.as_str().into(), id.as_str().into(), holder.as_str().into(), now.into()],
-                )
-            })
-            .await?;
+        self.db.tx(move |c: &mut dyn Conn| release_in(c, &env, &id, &holder, now)).await?;
         Ok(())
     }
 
@@ -367,6 +413,15 @@ impl Log {
             .await?;
         Ok(())
     }
+}
+
+fn release_in(c: &mut dyn Conn, env: &str, id: &str, holder: &str, now: i64) -> Result<(), StoreError> {
+    c.execute(
+        "UPDATE agent_sessions SET lease_holder = NULL, lease_until = NULL, status = 'idle', \
+         interrupt_requested = 0, updated_at = $4 WHERE env_id = $1 AND id = $2 AND lease_holder = $3",
+        &[env.into(), id.into(), holder.into(), now.into()],
+    )?;
+    Ok(())
 }
 
 fn get_in(c: &mut dyn Conn, env: &str, id: &str) -> Result<Option<Session>, StoreError> {

@@ -94,12 +94,9 @@ impl Agent {
             }
             Err(Stop::Failed { code, message }) => Event::RunError { message, code: Some(code) },
         };
-        if let Err(e) = self.append(&env, &id, vec![end]).await {
-            tracing::error!(error = %e, env = %env, session = %id, "could not end a run");
-            return;
-        }
-        if let Err(e) = self.inner.log.release(&env, &id, &self.inner.holder, self.now()).await {
-            tracing::error!(error = %e, env = %env, session = %id, "could not release a session");
+        match self.inner.log.finish(&env, &id, &self.inner.holder, end, self.now()).await {
+            Ok(_) => self.notifier(&env, &id).notify_waiters(),
+            Err(e) => tracing::error!(error = %e, env = %env, session = %id, "could not end a run"),
         }
     }
 
@@ -116,6 +113,14 @@ impl Agent {
                 });
             }
             let session = self.session(env, id).await?;
+            if let Some(cap) = session.caps.max_turns
+                && history.turns_total >= cap as u64
+            {
+                return Err(Stop::Failed {
+                    code: "session_turn_cap".to_owned(),
+                    message: format!("the session reached its cap of {cap} model calls"),
+                });
+            }
             let model = session.model.clone().or(self.inner.config.default_model.clone()).ok_or(AgentError::NoModel)?;
             self.append(
                 env,
@@ -135,7 +140,8 @@ impl Agent {
                 stop: Vec::new(),
                 extra: Default::default(),
             };
-            let calls = self.stream_answer(env, id, req, &mut signal).await?;
+            let caps = gateway::SessionCaps { tokens: session.caps.max_tokens, cost: session.caps.max_cost };
+            let calls = self.stream_answer(env, id, caps, req, &mut signal).await?;
             if calls.is_empty() {
                 break;
             }
@@ -199,10 +205,11 @@ impl Agent {
         &self,
         env: &EnvId,
         id: &str,
+        caps: gateway::SessionCaps,
         req: ChatRequest,
         signal: &mut watch::Receiver<Signal>,
     ) -> Result<Vec<(String, String, String)>, Stop> {
-        let mut answer = match self.inner.gateway.chat(env, Some(id), req).await {
+        let mut answer = match self.inner.gateway.chat_capped(env, Some(id), caps, req).await {
             Ok(a) => a,
             Err(e) => return Err(Stop::Failed { code: e.code, message: e.message }),
         };
@@ -301,6 +308,21 @@ impl Agent {
     async fn run_tool(&self, env: &EnvId, id: &str, name: &str, arguments: &str) -> Result<Outcome, Stop> {
         match tools::placement(name) {
             None => Ok(Outcome::error(format!("there is no tool named {name:?}"))),
+            Some(Placement::Backend { needs_sandbox }) => {
+                let Some(backend) = self.inner.backend.get() else {
+                    return Ok(Outcome::error("backend tools are not available on this platform instance"));
+                };
+                let sandbox = if needs_sandbox {
+                    if let Err(o) = self.session_sandbox(env, id).await? {
+                        return Ok(o);
+                    }
+                    self.session(env, id).await?.sandbox_id
+                } else {
+                    None
+                };
+                let call = tools::BackendCall { env, session: id, sandbox: sandbox.as_deref(), tool: name, arguments };
+                Ok(backend.call(call).await)
+            }
             Some(Placement::Sandbox) => {
                 let client = match self.session_sandbox(env, id).await? {
                     Ok(c) => c,

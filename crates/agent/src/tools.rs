@@ -32,7 +32,30 @@ impl Outcome {
 pub enum Placement {
     /// In the session's sandbox, provisioned on the first call that needs one.
     Sandbox,
+    /// In the loop, through the env's services with the loop's own authority ([`Backend`]);
+    /// `needs_sandbox` when it reads the session's workspace (deploys).
+    Backend { needs_sandbox: bool },
 }
+
+/// A backend tool call: the env and session come from the loop, never from the model.
+pub struct BackendCall<'a> {
+    pub env: &'a protocol::EnvId,
+    pub session: &'a str,
+    /// The session's sandbox, for tools that read its workspace.
+    pub sandbox: Option<&'a str>,
+    pub tool: &'a str,
+    pub arguments: &'a str,
+}
+
+/// Runs backend tools (migrations, deploys, the env's facts) against the env's services. The server
+/// implements it over the same services its API handlers use.
+pub trait Backend: Send + Sync {
+    fn call<'a>(&'a self, call: BackendCall<'a>) -> std::pin::Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
+}
+
+/// Backend tools: (name, needs the sandbox).
+const BACKEND_TOOLS: [(&str, bool); 4] =
+    [("env_info", false), ("apply_migration", false), ("deploy_site", true), ("deploy_function", true)];
 
 /// The most a tool answer carries back to the model (longer output is cut, saying so).
 pub const MAX_OUTPUT: usize = 64 * 1024;
@@ -41,6 +64,9 @@ const MAX_BASH_SECONDS: u64 = 600;
 
 /// The tool of `name`, if there is one.
 pub fn placement(name: &str) -> Option<Placement> {
+    if let Some((_, needs_sandbox)) = BACKEND_TOOLS.iter().find(|(n, _)| *n == name) {
+        return Some(Placement::Backend { needs_sandbox: *needs_sandbox });
+    }
     specs().iter().any(|t| t.name == name).then_some(Placement::Sandbox)
 }
 
@@ -90,7 +116,41 @@ pub fn specs() -> Vec<Tool> {
                 "pattern": {"type": "string"}, "path": {"type": "string"}
             }, "required": ["pattern"]}),
         ),
+        tool(
+            "env_info",
+            "The environment's facts: the API URL (for supabase-js), the publishable key (safe in a browser), \
+             the site URL, and the database's migration history.",
+            json!({"type": "object", "properties": {}}),
+        ),
+        tool(
+            "apply_migration",
+            "Apply a SQL migration (PostgreSQL dialect) to the environment's database, in one transaction. \
+             Refused, with nothing applied, when a table the anon or authenticated roles can reach is left \
+             without row-level security.",
+            json!({"type": "object", "properties": {"sql": {"type": "string"}}, "required": ["sql"]}),
+        ),
+        tool(
+            "deploy_site",
+            "Deploy a directory of the workspace (for example dist after a build) as an immutable static \
+             deployment; publish (default true) makes it the live site.",
+            json!({"type": "object", "properties": {
+                "dir": {"type": "string"}, "publish": {"type": "boolean"}
+            }, "required": ["dir"]}),
+        ),
+        tool(
+            "deploy_function",
+            "Deploy a directory of the workspace as a new version of a cloud function (Node.js; dependencies \
+             of its package.json are installed), invoked at /functions/v1/<name>.",
+            json!({"type": "object", "properties": {
+                "name": {"type": "string"}, "dir": {"type": "string"}
+            }, "required": ["name", "dir"]}),
+        ),
     ]
+}
+
+/// True for the tools whose effect a checkpoint records beyond the workspace (schema, deployments).
+pub fn changes_backend(name: &str) -> bool {
+    matches!(name, "apply_migration" | "deploy_site" | "deploy_function")
 }
 
 /// True when the tool can change the workspace (the turn then ends with a checkpoint).
@@ -291,8 +351,11 @@ mod tests {
     fn every_tool_has_an_object_schema_and_a_placement() {
         for t in specs() {
             assert_eq!(t.parameters["type"], "object", "{}", t.name);
-            assert_eq!(placement(&t.name), Some(Placement::Sandbox));
+            assert!(placement(&t.name).is_some(), "{}", t.name);
         }
+        assert_eq!(placement("bash"), Some(Placement::Sandbox));
+        assert_eq!(placement("deploy_site"), Some(Placement::Backend { needs_sandbox: true }));
+        assert_eq!(placement("apply_migration"), Some(Placement::Backend { needs_sandbox: false }));
         assert_eq!(placement("rm_rf_everything"), None);
     }
 

@@ -39,9 +39,25 @@ pub enum MigrateError {
     /// The database refused a statement (SQLSTATE in `code`).
     #[error("statement {index}: {error}")]
     Database { index: usize, error: SqlError },
+    /// The migration would leave tables reachable by `anon` or `authenticated` without row-level
+    /// security (asked for with [`MigrateOptions::require_rls`]); nothing was applied.
+    #[error(
+        "row-level security is off on {}: enable it (ALTER TABLE … ENABLE ROW LEVEL SECURITY) and add policies \
+         in the same migration",
+        .0.join(", ")
+    )]
+    RlsRequired(Vec<String>),
     /// The env database could not be reached.
     #[error(transparent)]
     AppDb(#[from] AppDbError),
+}
+
+/// How a migration is applied.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MigrateOptions {
+    /// Refuse (and roll back) a migration after which a table the data API's `anon` or `authenticated`
+    /// roles can reach has row-level security off. The agent loop applies its migrations this way.
+    pub require_rls: bool,
 }
 
 impl MigrateError {
@@ -52,6 +68,7 @@ impl MigrateError {
             Self::Unsupported(_) => "sql_unsupported",
             Self::Forbidden(_) => "sql_forbidden",
             Self::Database { .. } => "sql_error",
+            Self::RlsRequired(_) => "rls_required",
             Self::AppDb(_) => "internal",
         }
     }
@@ -339,6 +356,16 @@ fn check_statement(stmt: &Statement) -> Result<(), MigrateError> {
 impl AppDbs {
     /// Applies a migration to the env's database in one transaction and records it in the history.
     pub async fn migrate(&self, env: &protocol::EnvId, sql: String) -> Result<Applied, MigrateError> {
+        self.migrate_with(env, sql, MigrateOptions::default()).await
+    }
+
+    /// [`Self::migrate`] with options.
+    pub async fn migrate_with(
+        &self,
+        env: &protocol::EnvId,
+        sql: String,
+        options: MigrateOptions,
+    ) -> Result<Applied, MigrateError> {
         let statements = match self.dialect() {
             // PostgreSQL runs the original text; the parser only checks it, and it does not know
             // `RETURNS SETOF t`, which changes nothing the checks look at.
@@ -363,6 +390,13 @@ impl AppDbs {
                         }
                     }
                 }
+                if options.require_rls {
+                    let exposed =
+                        exposed_without_rls(tx).map_err(|error| MigrateError::Database { index: 0, error })?;
+                    if !exposed.is_empty() {
+                        return Err(MigrateError::RlsRequired(exposed));
+                    }
+                }
                 record(tx, &sql)
                     .map(|version| Applied { version, statements: count })
                     .map_err(|error| MigrateError::Database { index: 0, error })
@@ -385,6 +419,25 @@ pub fn sqlite_translation(sql: &str) -> Result<Vec<String>, MigrateError> {
         }
     }
     Ok(out)
+}
+
+/// Tables of the env's own schema that the data API's `anon` or `authenticated` roles can reach while
+/// row-level security is off on them. On SQLite every user table is reachable (grants are not modelled).
+fn exposed_without_rls(tx: &mut Tx<'_>) -> Result<Vec<String>, SqlError> {
+    let sql = match tx.dialect() {
+        Dialect::Postgres => {
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relrowsecurity \
+             AND (has_table_privilege('anon', c.oid, 'SELECT,INSERT,UPDATE,DELETE') \
+               OR has_table_privilege('authenticated', c.oid, 'SELECT,INSERT,UPDATE,DELETE')) ORDER BY 1"
+        }
+        Dialect::Sqlite => {
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
+             AND name NOT LIKE '\\_vb\\_%' ESCAPE '\\' AND name NOT LIKE 'auth.%' AND name NOT LIKE 'storage.%' \
+             AND name NOT IN (SELECT table_name FROM _vb_rls) ORDER BY 1"
+        }
+    };
+    Ok(tx.rows(sql, &[])?.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect())
 }
 
 fn record(tx: &mut Tx<'_>, sql: &str) -> Result<i64, SqlError> {

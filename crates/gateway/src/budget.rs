@@ -27,6 +27,23 @@ pub struct Bill {
     pub env: EnvId,
     /// The session of a minted token (or the agent loop's session).
     pub session: Option<String>,
+    /// The session's own caps, on top of the models file's per-session budgets (the lower one holds).
+    pub caps: SessionCaps,
+}
+
+/// Caps of one session: tokens (in + out) and cost (micro-USD) over the session's whole life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionCaps {
+    pub tokens: Option<i64>,
+    pub cost: Option<i64>,
+}
+
+/// The lower of two optional limits.
+fn lower(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Amounts held for calls in flight.
@@ -125,8 +142,9 @@ impl Budgets {
                     .then_some((meter, q.period, limit))
             })
             .collect();
-        let session_limits =
-            bill.session.is_some() && (self.config.session_tokens.is_some() || self.config.session_cost.is_some());
+        let session_tokens = lower(self.config.session_tokens, bill.caps.tokens);
+        let session_cost = lower(self.config.session_cost, bill.caps.cost);
+        let session_limits = bill.session.is_some() && (session_tokens.is_some() || session_cost.is_some());
         let input_i = i64::try_from(input).unwrap_or(i64::MAX);
         let in_cost = model.cost(input, 0);
         let per_out = model.output_price;
@@ -184,14 +202,14 @@ impl Budgets {
             }
             let sessions = lock(&self.sessions);
             let s = sessions.get(&key).map_or((0, 0, 0, 0), |s| (s.tokens, s.cost, s.held_tokens, s.held_cost));
-            if let Some(limit) = self.config.session_tokens {
+            if let Some(limit) = session_tokens {
                 let left = limit - s.0 - s.2 - input_i;
                 if left < 1 {
                     return Err(over("session_tokens"));
                 }
                 out = out.min(left as u64);
             }
-            if let Some(limit) = self.config.session_cost {
+            if let Some(limit) = session_cost {
                 let left = limit - s.1 - s.3 - in_cost;
                 if left < 0 || (left < 1 && per_out > 0.0) {
                     return Err(over("session_cost"));

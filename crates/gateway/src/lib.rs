@@ -24,7 +24,7 @@ use platform::Platform;
 use protocol::EnvId;
 use rand::Rng as _;
 
-pub use budget::Bill;
+pub use budget::{Bill, SessionCaps};
 pub use config::Config;
 use config::{ModelConfig, ProviderConfig, ProviderKind};
 pub use error::GatewayError;
@@ -164,6 +164,17 @@ impl Gateway {
     /// In-process entry (the agent loop): the same path as HTTP, with the env's rate limit applied here
     /// because no gate stands in front.
     pub async fn chat(&self, env: &EnvId, session: Option<&str>, req: ChatRequest) -> Result<Answer, GatewayError> {
+        self.chat_capped(env, session, SessionCaps::default(), req).await
+    }
+
+    /// [`Self::chat`] for a session with caps of its own (tokens and cost over its life).
+    pub async fn chat_capped(
+        &self,
+        env: &EnvId,
+        session: Option<&str>,
+        caps: SessionCaps,
+        req: ChatRequest,
+    ) -> Result<Answer, GatewayError> {
         self.inner.platform.check_rate(env).await.map_err(GatewayError::from_platform)?;
         let status = self.inner.platform.env_status(env).await.map_err(GatewayError::from_platform)?;
         match status {
@@ -175,7 +186,7 @@ impl Gateway {
                 return Err(GatewayError::new(404, "env_not_found", "environment not found"));
             }
         }
-        self.start(Bill { env: env.clone(), session: session.map(str::to_owned) }, req).await
+        self.start(Bill { env: env.clone(), session: session.map(str::to_owned), caps }, req).await
     }
 
     /// Starts a call for an already admitted caller: resolves the model, reserves budget, and returns

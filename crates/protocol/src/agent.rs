@@ -13,6 +13,15 @@ pub struct CreateSessionRequest {
     pub title: Option<String>,
     /// The model (a gateway model name) of its messages unless a message names another.
     pub model: Option<String>,
+    /// Cap on model calls over the session's life (a run that reaches it ends with `session_turn_cap`).
+    #[schema(minimum = 1)]
+    pub max_turns: Option<u64>,
+    /// Cap on model tokens, input and output together, over the session's life.
+    #[schema(minimum = 1)]
+    pub max_tokens: Option<u64>,
+    /// Cap on model cost in micro-USD (the unit of the `llm_cost` meter) over the session's life.
+    #[schema(minimum = 1)]
+    pub max_cost: Option<u64>,
 }
 
 /// A session.
@@ -30,6 +39,9 @@ pub struct SessionRecord {
     pub run_id: Option<String>,
     /// The sandbox attached to the session, if any.
     pub sandbox_id: Option<String>,
+    pub max_turns: Option<u64>,
+    pub max_tokens: Option<u64>,
+    pub max_cost: Option<u64>,
     pub created_at: String,
     pub updated_at: String,
 }

@@ -21,6 +21,8 @@ pub enum Meter {
     LlmCost,
     HostingBytesServed,
     ContainerCpuMs,
+    AgentTurns,
+    AgentToolCalls,
 }
 
 /// How a meter's events combine.
@@ -33,7 +35,7 @@ pub enum MeterKind {
 }
 
 impl Meter {
-    pub const ALL: [Meter; 18] = [
+    pub const ALL: [Meter; 20] = [
         Self::ApiRequests,
         Self::DbRowsRead,
         Self::DbRowsWritten,
@@ -52,6 +54,8 @@ impl Meter {
         Self::LlmCost,
         Self::HostingBytesServed,
         Self::ContainerCpuMs,
+        Self::AgentTurns,
+        Self::AgentToolCalls,
     ];
 
     pub fn name(self) -> &'static str {
@@ -74,6 +78,8 @@ impl Meter {
             Self::LlmCost => "llm_cost",
             Self::HostingBytesServed => "hosting_bytes_served",
             Self::ContainerCpuMs => "container_cpu_ms",
+            Self::AgentTurns => "agent_turns",
+            Self::AgentToolCalls => "agent_tool_calls",
         }
     }
 
@@ -89,7 +95,9 @@ impl Meter {
             | Self::DbRowsWritten
             | Self::AuthEvents
             | Self::StorageOps
-            | Self::FunctionInvocations => "count",
+            | Self::FunctionInvocations
+            | Self::AgentTurns
+            | Self::AgentToolCalls => "count",
             Self::DbBytes
             | Self::StorageBytes
             | Self::EgressBytes
@@ -121,6 +129,7 @@ impl Meter {
             Self::SandboxCpuMs | Self::SandboxMemMbS | Self::SandboxEgressBytes => "sandboxes",
             Self::LlmTokensIn | Self::LlmTokensOut | Self::LlmCost => "model gateway",
             Self::HostingBytesServed | Self::ContainerCpuMs => "hosting",
+            Self::AgentTurns | Self::AgentToolCalls => "agent runtime",
         }
     }
 
@@ -130,6 +139,7 @@ impl Meter {
             Self::AuthEvents => &["env", "kind"],
             Self::FunctionInvocations | Self::FunctionGbMs => &["env", "function"],
             Self::SandboxCpuMs | Self::SandboxMemMbS | Self::SandboxEgressBytes => &["env", "session"],
+            Self::AgentTurns | Self::AgentToolCalls => &["env", "session"],
             Self::LlmTokensIn | Self::LlmTokensOut | Self::LlmCost => &["env", "session", "model"],
             _ => &["env"],
         }

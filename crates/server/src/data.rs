@@ -26,6 +26,36 @@ pub const MAX_SQL_CHARS: usize = 100_000;
 /// Largest data-API request body.
 pub const MAX_REST_BODY: usize = 1024 * 1024;
 
+/// The audit row of a migration that committed in the env's database (it goes to the platform's).
+pub(crate) async fn audit_migration(
+    platform: &platform::Platform,
+    actor: &platform::Actor,
+    env: &protocol::EnvId,
+    version: i64,
+) {
+    let (actor, at, env_id) = (actor.clone(), platform.clock().now_ms(), env.to_string());
+    let target = format!("migration {version}");
+    let audited = platform
+        .db()
+        .tx(move |conn| {
+            platform::audit::write(
+                conn,
+                at,
+                &platform::audit::Record {
+                    actor: &actor,
+                    action: "db:Migrate",
+                    env: Some(&env_id),
+                    target: Some(&target),
+                    result: "ok",
+                },
+            )
+        })
+        .await;
+    if let Err(e) = audited {
+        tracing::error!(error = %e, "could not write the audit row of a migration");
+    }
+}
+
 pub async fn sql(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -38,40 +68,21 @@ pub async fn sql(
     }
     match state.appdb.migrate(&env, req.query).await {
         Ok(applied) => {
-            // The migration committed in the env's database; its audit row goes to the platform's.
-            let (actor, at, env_id) = (caller.actor.clone(), state.platform.clock().now_ms(), env.to_string());
-            let target = format!("migration {}", applied.version);
-            let audited = state
-                .platform
-                .db()
-                .tx(move |conn| {
-                    platform::audit::write(
-                        conn,
-                        at,
-                        &platform::audit::Record {
-                            actor: &actor,
-                            action: "db:Migrate",
-                            env: Some(&env_id),
-                            target: Some(&target),
-                            result: "ok",
-                        },
-                    )
-                })
-                .await;
-            if let Err(e) = audited {
-                tracing::error!(error = %e, "could not write the audit row of a migration");
-            }
+            audit_migration(&state.platform, &caller.actor, &env, applied.version).await;
             Ok(Json(SqlResult { version: applied.version, statements: applied.statements as u64 }))
         }
-        Err(MigrateError::AppDb(e)) => {
+        Err(e) => Err(migrate_error(e)),
+    }
+}
+
+/// A refused or failed migration as the API answers it.
+pub(crate) fn migrate_error(e: MigrateError) -> ApiError {
+    match e {
+        MigrateError::AppDb(e) => {
             tracing::error!(error = %e, "env database unavailable");
-            Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database_unavailable",
-                "the env database is unavailable",
-            ))
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "the env database is unavailable")
         }
-        Err(e) => {
+        e => {
             let message = match &e {
                 MigrateError::Database { index, error } if *index > 0 => {
                     format!("statement {index}: {} (SQLSTATE {})", error.message, error.code)
@@ -79,7 +90,7 @@ pub async fn sql(
                 MigrateError::Database { error, .. } => format!("{} (SQLSTATE {})", error.message, error.code),
                 other => other.to_string(),
             };
-            Err(ApiError::bad_request(e.code(), message))
+            ApiError::bad_request(e.code(), message)
         }
     }
 }

@@ -63,7 +63,7 @@ pub async fn llm(
     };
     let path = parts.uri.path();
     let rest = path.split_once("/llm/v1").map_or("", |(_, r)| r);
-    let bill = gateway::Bill { env, session };
+    let bill = gateway::Bill { env, session, caps: gateway::SessionCaps::default() };
     match gateway::http::handle(&state.gateway, bill, &parts.method, rest, &parts.headers, body).await {
         Ok(r) => r,
         Err(e) => {

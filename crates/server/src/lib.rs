@@ -2,6 +2,7 @@
 //! authorization path ([`gate`]), and the mapping of errors to each surface's wire shape.
 
 pub mod address;
+pub mod agent_backend;
 pub mod auth_api;
 pub mod data;
 pub mod e2b;
@@ -92,7 +93,7 @@ impl AppState {
         let auth = auth::Auth::new(platform.clone(), auth::AuthConfig::default());
         let hosting = hosting::Hosting::new(platform.clone());
         hosting.register_delete_hook();
-        Self {
+        let mut state = Self {
             platform,
             specs: Arc::new(specs),
             metrics: Arc::default(),
@@ -108,7 +109,9 @@ impl AppState {
             functions_config: functions::FunctionsConfig::default(),
             agent,
             agent_config,
-        }
+        };
+        state.rebuild_agent();
+        state
     }
 
     /// Settings of the agent runtime (default model, limits). Call it before [`Self::with_gateway`] and
@@ -126,6 +129,13 @@ impl AppState {
             self.sandboxes.as_ref().ok().cloned(),
             self.agent_config.clone(),
         );
+        self.agent.set_backend(Arc::new(agent_backend::AgentBackend {
+            platform: self.platform.clone(),
+            appdb: self.appdb.clone(),
+            hosting: self.hosting.clone(),
+            sandboxes: self.sandboxes.as_ref().ok().cloned(),
+            functions: self.functions.as_ref().ok().cloned(),
+        }));
     }
 
     /// Process-wide settings of cloud functions (master key, idle timeout). Call it before
@@ -147,10 +157,12 @@ impl AppState {
     /// egress proxy (which dispatches their API calls through this state's router).
     pub fn with_sandboxes(mut self, sandboxes: Result<sandbox::Sandboxes, String>) -> Self {
         self.sandboxes = sandboxes;
-        self.rebuild_agent();
         if let Ok(s) = &self.sandboxes {
             self.functions =
                 Ok(functions::Functions::new(self.platform.clone(), s.clone(), self.functions_config.clone()));
+        }
+        self.rebuild_agent();
+        if let Ok(s) = &self.sandboxes {
             // The proxy serves data-plane surfaces only, none of which needs the registry; leaving it
             // (and the functions, which hold it) out of the proxy's state also keeps registry → proxy →
             // state → registry from being a cycle that would never free the platform (and its database

@@ -180,7 +180,8 @@ pub async fn ag_ui(
         if model.is_none() && state.agent.default_model().is_none() {
             return Err(AgentError::NoModel.into());
         }
-        let req = CreateSessionRequest { id: Some(input.thread_id.clone()), title: None, model: model.clone() };
+        let req =
+            CreateSessionRequest { id: Some(input.thread_id.clone()), model: model.clone(), ..Default::default() };
         match state.agent.create_session(env, req).await {
             Ok(_) | Err(AgentError::Exists) => audit(&state, &caller, "sessions:Create", env, &input.thread_id).await,
             Err(e) => return Err(e.into()),

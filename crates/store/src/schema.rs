@@ -204,6 +204,9 @@ CREATE TABLE agent_sessions (
     interrupt_requested BIGINT NOT NULL,
     sandbox_id TEXT,
     workspace_snapshot TEXT,
+    max_turns BIGINT,
+    max_tokens BIGINT,
+    max_cost BIGINT,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL,
     PRIMARY KEY (env_id, id)

@@ -26,34 +26,60 @@ fn chunk(delta: Value, finish: Option<&str>) -> String {
     format!("data: {c}\n\n")
 }
 
-/// The scripted model: a tool result → "saw: <result>"; "tool" in the user's message → a `bash` call;
-/// "slow" → text trickling out for seconds; anything else → an echo with the message count.
+/// The tool calls the scripted model makes for a user message containing the key, in order.
+fn script(user_text: &str) -> Vec<(&'static str, Value)> {
+    let open = "create table notes (id bigint primary key, body text);";
+    let safe = "create table notes (id bigint primary key, body text, owner uuid default auth.uid()); \
+                alter table notes enable row level security; \
+                create policy own on notes for all using (owner = auth.uid());";
+    let scripts: [(&str, Vec<(&str, Value)>); 5] = [
+        ("tool", vec![("bash", json!({"command": "echo hello-from-sandbox > out.txt && cat out.txt"}))]),
+        ("rls", vec![("apply_migration", json!({"sql": open}))]),
+        ("safe", vec![("apply_migration", json!({"sql": safe}))]),
+        (
+            "site",
+            vec![
+                ("write_file", json!({"path": "dist/index.html", "content": "<h1>agent site</h1>"})),
+                ("deploy_site", json!({"dir": "dist"})),
+            ],
+        ),
+        ("info", vec![("env_info", json!({}))]),
+    ];
+    scripts.into_iter().find(|(k, _)| user_text.contains(k)).map(|(_, s)| s).unwrap_or_default()
+}
+
+/// The scripted model: the user's message picks a script of tool calls ([`script`]), made one per
+/// answer; after the last, "saw: <the last tool result>". "slow" → text trickling out for seconds;
+/// anything else → an echo with the message count.
 async fn completions(State(m): State<Mock>, body: String) -> Response {
     m.calls.fetch_add(1, Ordering::SeqCst);
     let body: Value = serde_json::from_str(&body).unwrap();
     let messages = body["messages"].as_array().unwrap().clone();
     let last = messages.last().unwrap().clone();
-    let user_text = last["content"].as_str().unwrap_or_default().to_owned();
-    let frames: Vec<(String, u64)> = if last["role"] == "tool" {
-        let seen: String = last["content"].as_str().unwrap_or_default().chars().take(60).collect();
-        vec![
-            (chunk(json!({"role": "assistant", "content": format!("saw: {seen}")}), None), 0),
-            (chunk(json!({}), Some("stop")), 0),
-        ]
-    } else if user_text.contains("tool") {
-        let args = json!({"command": "echo hello-from-sandbox > out.txt && cat out.txt"}).to_string();
-        let (a, b) = args.split_at(10);
+    let user_at = messages.iter().rposition(|m| m["role"] == "user").unwrap();
+    let user_text = messages[user_at]["content"].as_str().unwrap_or_default().to_owned();
+    let step = messages[user_at..].iter().filter(|m| m["role"] == "tool").count();
+    let script = script(&user_text);
+    let frames: Vec<(String, u64)> = if let Some((name, args)) = script.get(step) {
+        let args = args.to_string();
+        let (a, b) = args.split_at(args.len() / 2);
         vec![
             (
                 chunk(
-                    json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_x1", "type": "function",
-                        "function": {"name": "bash", "arguments": a}}]}),
+                    json!({"role": "assistant", "tool_calls": [{"index": 0, "id": format!("call_x{}", step + 1), "type": "function",
+                        "function": {"name": name, "arguments": a}}]}),
                     None,
                 ),
                 0,
             ),
             (chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": b}}]}), None), 0),
             (chunk(json!({}), Some("tool_calls")), 0),
+        ]
+    } else if last["role"] == "tool" {
+        let seen: String = last["content"].as_str().unwrap_or_default().chars().take(200).collect();
+        vec![
+            (chunk(json!({"role": "assistant", "content": format!("saw: {seen}")}), None), 0),
+            (chunk(json!({}), Some("stop")), 0),
         ]
     } else if user_text.contains("slow") {
         let mut f: Vec<(String, u64)> =
@@ -202,6 +228,9 @@ async fn a_run_with_a_tool_call_streams_ag_ui_events_and_resumes_after_last_even
     let text = &all[11].1["delta"];
     assert!(text.as_str().unwrap().starts_with("saw: exit code: 0"), "{text}");
     assert_eq!(mock.calls.load(Ordering::SeqCst), 2);
+    // Turns and tool calls are in the ledger, metered with their log rows.
+    let usage = h.usage_totals("agent-a").await;
+    assert_eq!((usage.get("agent_turns"), usage.get("agent_tool_calls")), (Some(&2), Some(&1)), "{usage:?}");
 
     // A client that saw up to 5 gets exactly the rest.
     let rest = history(&h, &key, &id, Some(5)).await;
@@ -412,4 +441,112 @@ async fn another_instance_resumes_a_run_whose_driver_died_and_never_reruns_its_t
     let late =
         log.append(&env, "s", "dead-instance", vec![Event::TextMessageEnd { message_id: "x".into() }], now).await;
     assert!(matches!(late, Err(agent::AgentError::LeaseLost)), "{late:?}");
+}
+
+#[tokio::test]
+async fn session_caps_end_a_run_with_a_clear_error() {
+    let (h, mock, key) = setup().await;
+    let create = |body: Value| h.call("POST", "/v1/envs/agent-a/sessions", Some(&key), Some(body));
+    assert_eq!(create(json!({"id": "one-turn", "model": "m", "max_turns": 1})).await.status, StatusCode::CREATED);
+    assert_eq!(create(json!({"id": "few-tokens", "model": "m", "max_tokens": 5})).await.status, StatusCode::CREATED);
+    let r = create(json!({"id": "bad", "max_cost": 0})).await;
+    assert_eq!((r.status, r.json["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_caps")));
+    let r = h.call("GET", "/v1/envs/agent-a/sessions/one-turn", Some(&key), None).await;
+    assert_eq!(r.json["max_turns"], 1);
+
+    // The tool round needs two model calls; the cap allows one.
+    let send = |s: &str| {
+        let path = format!("/v1/envs/agent-a/sessions/{s}/messages");
+        let (h, key) = (&h, key.clone());
+        async move { h.call("POST", &path, Some(&key), Some(json!({"content": "use a tool"}))).await }
+    };
+    assert_eq!(send("one-turn").await.status, StatusCode::ACCEPTED);
+    wait_idle(&h, &key, "one-turn").await;
+    let all = history(&h, &key, "one-turn", None).await;
+    let last = &all.last().unwrap().1;
+    assert_eq!(
+        (last["type"].as_str(), last["code"].as_str()),
+        (Some("RUN_ERROR"), Some("session_turn_cap")),
+        "{all:#?}"
+    );
+    assert_eq!(kinds(&all).iter().filter(|k| *k == "vibebase.model_request").count(), 1);
+
+    // The gateway holds the token cap: the prompt alone is over it, so no model call is made.
+    let before = mock.calls.load(Ordering::SeqCst);
+    assert_eq!(send("few-tokens").await.status, StatusCode::ACCEPTED);
+    wait_idle(&h, &key, "few-tokens").await;
+    let all = history(&h, &key, "few-tokens", None).await;
+    let last = &all.last().unwrap().1;
+    assert_eq!(last["code"], "budget_exceeded_session_tokens", "{all:#?}");
+    assert_eq!(mock.calls.load(Ordering::SeqCst), before);
+}
+
+#[tokio::test]
+async fn backend_tools_refuse_tables_without_rls_apply_safe_migrations_and_deploy_the_site() {
+    let (h, _mock, key) = setup().await;
+    let r = h.call("POST", "/v1/envs/agent-a/sessions", Some(&key), Some(json!({"id": "b", "model": "m"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let mut seen = 0;
+    let run = |text: &'static str| {
+        let h = &h;
+        let key = key.clone();
+        async move {
+            let r = h
+                .call("POST", "/v1/envs/agent-a/sessions/b/messages", Some(&key), Some(json!({"content": text})))
+                .await;
+            assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+            wait_idle(h, &key, "b").await;
+            let events = history(h, &key, "b", None).await;
+            let results: Vec<Value> =
+                events.iter().filter(|(_, e)| e["type"] == "TOOL_CALL_RESULT").map(|(_, e)| e.clone()).collect();
+            (events, results)
+        }
+    };
+    let anon = |path: &str| {
+        let h = &h;
+        let path = path.to_owned();
+        async move {
+            let record = h.call("GET", "/v1/envs/agent-a", Some(&h.admin), None).await;
+            let pk = record.json["keys"]["publishable"].as_str().unwrap().to_owned();
+            h.send("GET", &path, &[("apikey", pk.clone()), ("authorization", format!("Bearer {pk}"))], None).await
+        }
+    };
+
+    // A table left open to anon/authenticated is refused, and nothing of it is applied.
+    let (_, results) = run("rls").await;
+    let r = &results[seen];
+    seen += 1;
+    assert_eq!(r["isError"], true, "{r}");
+    let text = r["content"].as_str().unwrap();
+    assert!(text.contains("rls_required") && text.contains("notes"), "{text}");
+    assert_ne!(anon("/env/agent-a/rest/v1/notes").await.status, StatusCode::OK);
+
+    // With row-level security and a policy, it is applied.
+    let (_, results) = run("safe").await;
+    let r = &results[seen];
+    seen += 1;
+    assert!(r["content"].as_str().unwrap().starts_with("applied migration"), "{r}");
+    let notes = anon("/env/agent-a/rest/v1/notes").await;
+    assert_eq!((notes.status, notes.json.clone()), (StatusCode::OK, json!([])), "{}", notes.text);
+
+    // Files written in the sandbox, deployed and published as the env's site.
+    let (events, results) = run("site").await;
+    assert!(results[seen]["content"].as_str().unwrap().starts_with("wrote"), "{}", results[seen]);
+    let deployed = results[seen + 1]["content"].as_str().unwrap();
+    seen += 2;
+    assert!(deployed.starts_with("deployment ") && deployed.contains("live at"), "{deployed}");
+    assert!(kinds(&events).contains(&"vibebase.checkpoint".to_owned()));
+    let site = h.send("GET", "/env/agent-a/site/index.html", &[], None).await;
+    assert_eq!((site.status, site.text.as_str()), (StatusCode::OK, "<h1>agent site</h1>"));
+
+    // The env's facts carry the publishable key, never a secret.
+    let (_, results) = run("info").await;
+    let info: Value = serde_json::from_str(results[seen]["content"].as_str().unwrap()).unwrap();
+    assert!(info["publishable_key"].as_str().unwrap().starts_with("vb_pk_"), "{info}");
+    assert!(!info.to_string().contains("vb_sk_"), "{info}");
+    let audit = h.call("GET", "/v1/envs/agent-a/audit", Some(&h.admin), None).await;
+    assert!(audit.text.contains("agent:b"), "backend tools are audited as the session: {}", audit.text);
+    if let Ok(s) = &h.sandboxes {
+        s.kill_all().await;
+    }
 }

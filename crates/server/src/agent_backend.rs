@@ -1,0 +1,143 @@
+//! The agent loop's backend tools, run with the loop's own authority over the same services the API
+//! handlers use: the env and session come from the loop, never from the model, and errors read as the
+//! API would answer them (code and message).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use agent::tools::{Backend, BackendCall, Outcome};
+use bytes::Bytes;
+use platform::{Actor, Platform};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::ApiError;
+
+/// The services backend tools reach.
+pub struct AgentBackend {
+    pub platform: Platform,
+    pub appdb: appdb::AppDbs,
+    pub hosting: hosting::Hosting,
+    pub sandboxes: Option<sandbox::Sandboxes>,
+    pub functions: Option<functions::Functions>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrationArgs {
+    sql: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SiteArgs {
+    dir: String,
+    publish: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FunctionArgs {
+    name: String,
+    dir: String,
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(arguments: &str) -> Result<T, Outcome> {
+    let args = if arguments.trim().is_empty() { "{}" } else { arguments };
+    serde_json::from_str(args).map_err(|e| Outcome::error(format!("invalid arguments: {e}")))
+}
+
+/// An API error as the model reads it.
+fn refused(e: impl Into<ApiError>) -> Outcome {
+    let e = e.into();
+    Outcome::error(format!("error {}: {}", e.code, e.message))
+}
+
+impl Backend for AgentBackend {
+    fn call<'a>(&'a self, call: BackendCall<'a>) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> {
+        Box::pin(async move { self.run(call).await.unwrap_or_else(|o| o) })
+    }
+}
+
+impl AgentBackend {
+    async fn run(&self, call: BackendCall<'_>) -> Result<Outcome, Outcome> {
+        let actor = Actor { name: format!("agent:{}", call.session), request_id: format!("agent-{}", call.session) };
+        let env = call.env;
+        match call.tool {
+            "env_info" => {
+                let record = self.platform.get_env(env).await.map_err(refused)?;
+                let info = json!({
+                    "api_url": record.urls.api,
+                    "publishable_key": record.keys.publishable,
+                    "site_url": record.urls.site,
+                });
+                Ok(Outcome::ok(info.to_string()))
+            }
+            "apply_migration" => {
+                let a: MigrationArgs = parse(call.arguments)?;
+                if a.sql.chars().count() > crate::data::MAX_SQL_CHARS {
+                    return Err(Outcome::error(format!(
+                        "the migration is longer than {} characters",
+                        crate::data::MAX_SQL_CHARS
+                    )));
+                }
+                let options = appdb::migrate::MigrateOptions { require_rls: true };
+                let applied = self
+                    .appdb
+                    .migrate_with(env, a.sql, options)
+                    .await
+                    .map_err(|e| refused(crate::data::migrate_error(e)))?;
+                crate::data::audit_migration(&self.platform, &actor, env, applied.version).await;
+                Ok(Outcome::ok(format!("applied migration {} ({} statements)", applied.version, applied.statements)))
+            }
+            "deploy_site" => {
+                let a: SiteArgs = parse(call.arguments)?;
+                let archive = self.archive(&call, &a.dir, crate::sites::MAX_ARCHIVE_BYTES).await?;
+                let unpacked = tokio::task::spawn_blocking(move || {
+                    hosting::archive::unpack(&archive, hosting::archive::Limits::default())
+                })
+                .await
+                .map_err(|_| Outcome::error("the deployment could not be unpacked"))?
+                .map_err(refused)?;
+                if unpacked.files.is_empty() {
+                    return Err(Outcome::error(format!("{} holds no deployable files", a.dir)));
+                }
+                let publish = a.publish.unwrap_or(true);
+                let d = self.hosting.deploy_files(&actor, env, unpacked.files, publish).await.map_err(refused)?;
+                let live = if d.published { format!("; live at {}", d.urls.site) } else { String::new() };
+                Ok(Outcome::ok(format!(
+                    "deployment {} ({} files, {:?}); preview at {}{live}",
+                    d.id, d.file_count, d.status, d.urls.preview
+                )))
+            }
+            "deploy_function" => {
+                let a: FunctionArgs = parse(call.arguments)?;
+                let Some(functions) = &self.functions else {
+                    return Err(Outcome::error("functions are not available on this platform instance"));
+                };
+                let archive = self.archive(&call, &a.dir, crate::functions_api::MAX_ARCHIVE_BYTES).await?;
+                let v = functions
+                    .deploy(&actor, env, &a.name, archive, functions::DeployOptions::default())
+                    .await
+                    .map_err(refused)?;
+                Ok(Outcome::ok(format!(
+                    "deployed function {} version {} (invoke at /functions/v1/{})",
+                    a.name, v.version, a.name
+                )))
+            }
+            other => Err(Outcome::error(format!("there is no backend tool named {other:?}"))),
+        }
+    }
+
+    /// A tar.gz of a directory of the session's sandbox, made inside the sandbox.
+    async fn archive(&self, call: &BackendCall<'_>, dir: &str, limit: usize) -> Result<Bytes, Outcome> {
+        if dir.is_empty() || dir.len() > 1024 || dir.starts_with('-') {
+            return Err(Outcome::error("dir must be a directory of the workspace"));
+        }
+        let (Some(sandboxes), Some(sandbox)) = (&self.sandboxes, call.sandbox) else {
+            return Err(Outcome::error("this platform instance cannot run sandboxes"));
+        };
+        let bytes = sandboxes.archive_dir(call.env, sandbox, dir, limit).await.map_err(refused)?;
+        Ok(Bytes::from(bytes))
+    }
+}
