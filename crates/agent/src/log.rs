@@ -208,13 +208,21 @@ impl Log {
         events: Vec<Event>,
         now: i64,
     ) -> Result<i64, AgentError> {
-        self.write(env, id, holder, events, now, false).await
+        self.write(env, id, holder, events, now, None).await
     }
 
-    /// Appends the event that ends a run and releases the lease in one transaction, so a client that
-    /// saw the run end can start the next one at once.
-    pub async fn finish(&self, env: &EnvId, id: &str, holder: &str, end: Event, now: i64) -> Result<i64, AgentError> {
-        self.write(env, id, holder, vec![end], now, true).await
+    /// Appends the event that ends a run, releases the lease and queues the run's webhook in one
+    /// transaction, so a client that saw the run end can start the next one at once.
+    pub async fn finish(
+        &self,
+        env: &EnvId,
+        id: &str,
+        holder: &str,
+        end: Event,
+        hook: platform::webhooks::Event,
+        now: i64,
+    ) -> Result<i64, AgentError> {
+        self.write(env, id, holder, vec![end], now, Some(hook)).await
     }
 
     async fn write(
@@ -224,7 +232,7 @@ impl Log {
         holder: &str,
         events: Vec<Event>,
         now: i64,
-        release: bool,
+        finish: Option<platform::webhooks::Event>,
     ) -> Result<i64, AgentError> {
         let (env, id, holder) = (env.to_string(), id.to_owned(), holder.to_owned());
         let bodies = events
@@ -265,8 +273,9 @@ impl Log {
                         platform::ledger::record_in(c, &usage).map_err(|e| AgentError::Corrupt(e.to_string()))?;
                     }
                 }
-                if release {
+                if let Some(hook) = &finish {
                     release_in(c, &env, &id, &holder, now)?;
+                    platform::webhooks::enqueue(c, now, hook).map_err(|e| AgentError::Corrupt(e.to_string()))?;
                 }
                 Ok(last)
             })

@@ -80,6 +80,7 @@ impl Agent {
                 }
             })
         };
+        let run_id_of_failed = run_id.clone();
         let outcome = self.turns(&env, &id, rx).await;
         beat.abort();
         self.drivers().remove(&key);
@@ -94,7 +95,18 @@ impl Agent {
             }
             Err(Stop::Failed { code, message }) => Event::RunError { message, code: Some(code) },
         };
-        match self.inner.log.finish(&env, &id, &self.inner.holder, end, self.now()).await {
+        let hook = match &end {
+            Event::RunFinished { run_id, .. } => {
+                self.inner.platform.event("session.run_finished", Some(&env), json!({"session": id, "run_id": run_id}))
+            }
+            Event::RunError { code, message } => self.inner.platform.event(
+                "session.run_failed",
+                Some(&env),
+                json!({"session": id, "run_id": run_id_of_failed, "code": code, "message": message}),
+            ),
+            _ => return,
+        };
+        match self.inner.log.finish(&env, &id, &self.inner.holder, end, hook, self.now()).await {
             Ok(_) => self.notifier(&env, &id).notify_waiters(),
             Err(e) => tracing::error!(error = %e, env = %env, session = %id, "could not end a run"),
         }

@@ -263,6 +263,9 @@ async fn a_run_with_a_tool_call_streams_ag_ui_events_and_resumes_after_last_even
 #[tokio::test]
 async fn ag_ui_entry_starts_and_continues_a_thread() {
     let (h, _mock, key) = setup().await;
+    let hook = json!({"url": "http://127.0.0.1:9/hook", "events": ["session.run_finished", "session.run_failed"], "env": "agent-a"});
+    let hook = h.call("POST", "/v1/webhooks", Some(&h.admin), Some(hook)).await;
+    assert_eq!(hook.status, StatusCode::CREATED, "{}", hook.text);
     let input = |text: &str| {
         json!({"threadId": "thread-1", "runId": format!("run-{}", text.len()), "state": {}, "tools": [], "context": [],
             "forwardedProps": {"model": "m"},
@@ -297,6 +300,12 @@ async fn ag_ui_entry_starts_and_continues_a_thread() {
     let r = h.call("GET", "/v1/envs/agent-a/sessions", Some(&key), None).await;
     assert_eq!(r.json["items"].as_array().unwrap().len(), 1);
     assert_eq!(r.json["items"][0]["id"], "thread-1");
+    // Each finished run queued its webhook, with the session and run.
+    let log = format!("/v1/webhooks/{}/deliveries", hook.json["id"].as_str().unwrap());
+    let log = h.call("GET", &log, Some(&h.admin), None).await;
+    let items = log.json["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{}", log.text);
+    assert!(items.iter().all(|d| d["event_type"] == "session.run_finished"), "{}", log.text);
 
     // Another env's key cannot post on this env's thread (the gate refuses before anything is read).
     let b = h.create_env("agent-b").await;
