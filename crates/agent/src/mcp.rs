@@ -239,10 +239,17 @@ impl Agent {
     }
 
     /// Starts an MCP session: `Ok((session id, response))`, or the error response to send.
-    pub async fn mcp_initialize(&self, env: &EnvId, id: &Value, params: Option<&Value>) -> Result<(String, Value), Value> {
+    pub async fn mcp_initialize(
+        &self,
+        env: &EnvId,
+        id: &Value,
+        params: Option<&Value>,
+    ) -> Result<(String, Value), Value> {
         let params = match params {
             Some(Value::Object(p)) => p,
-            _ => return Err(RpcError::new(ErrorKind::InvalidParams, "initialize takes an object of params").response(id)),
+            _ => {
+                return Err(RpcError::new(ErrorKind::InvalidParams, "initialize takes an object of params").response(id));
+            }
         };
         let Some(requested) = params.get("protocolVersion").and_then(Value::as_str) else {
             return Err(RpcError::new(ErrorKind::InvalidParams, "params.protocolVersion must be a string").response(id));
