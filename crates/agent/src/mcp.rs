@@ -248,7 +248,9 @@ impl Agent {
         let params = match params {
             Some(Value::Object(p)) => p,
             _ => {
-                return Err(RpcError::new(ErrorKind::InvalidParams, "initialize takes an object of params").response(id));
+                return Err(
+                    RpcError::new(ErrorKind::InvalidParams, "initialize takes an object of params").response(id)
+                );
             }
         };
         let Some(requested) = params.get("protocolVersion").and_then(Value::as_str) else {
