@@ -12,6 +12,7 @@ pub mod extract;
 pub mod functions_api;
 pub mod gate;
 pub mod handlers;
+pub mod mcp;
 pub mod metrics;
 pub mod openapi;
 pub mod preview;

@@ -828,7 +828,10 @@ fn table() -> Vec<R> {
             ),
             any(crate::e2b::envd),
         ),
-        surface("/env/{env}/mcp", Surface::Mcp, "mcp:Request", Secret, "MCP (streamable HTTP)."),
+        built(
+            surface("/env/{env}/mcp", Surface::Mcp, "mcp:Request", Secret, "MCP (streamable HTTP): the env's tools."),
+            any(crate::mcp::handle),
+        ),
         R {
             spec: RouteSpec {
                 method: "POST",

@@ -70,7 +70,9 @@ impl Surface {
                 json!({"error": {"message": message, "type": openai_error_type(status), "param": Value::Null, "code": code}})
             }
             Self::Mcp => {
-                json!({"jsonrpc": "2.0", "id": Value::Null, "error": {"code": -32001, "message": message, "data": {"code": code}}})
+                json!({"jsonrpc": "2.0", "id": Value::Null, "error": {
+                    "code": agent::mcp::rpc_code(code), "message": message, "data": {"code": code}
+                }})
             }
             Self::Hosting => {
                 return ErrorBody::Text(format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or("")));

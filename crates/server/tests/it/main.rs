@@ -11,6 +11,7 @@ mod hosting;
 mod ledger;
 mod llm;
 mod matrix;
+mod mcp;
 mod sessions;
 mod storage;
 mod surfaces;

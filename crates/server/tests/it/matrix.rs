@@ -472,7 +472,8 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
             headers: vec![("e2b-sandbox-id", w.sandbox.clone())],
         }),
         ("ANY", "/env/{env}/llm/v1/{*rest}") => f("data_hands", 200, "/env/tenant-a/llm/v1/models".into(), None),
-        ("ANY", "/env/{env}/mcp") => f("data_secret", 501, "/env/tenant-a/mcp".into(), None),
+        // GET past the gate: no server-initiated stream is offered (the MCP tests post messages).
+        ("ANY", "/env/{env}/mcp") => f("data_secret", 405, "/env/tenant-a/mcp".into(), None),
         // No model is configured in the matrix: the run is refused after the gate, and nothing is written.
         ("POST", "/v1/envs/{env}/agent") => f(
             "data_secret",
