@@ -51,7 +51,9 @@ pub fn parse_domain(input: &str, apps_domain: &str) -> Result<String> {
             return Err(invalid("each label of a domain is 1 to 63 characters"));
         }
         if !label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-            return Err(invalid("a domain holds only letters, digits, hyphens and dots (use the punycode form of an IDN)"));
+            return Err(invalid(
+                "a domain holds only letters, digits, hyphens and dots (use the punycode form of an IDN)",
+            ));
         }
         if label.starts_with('-') || label.ends_with('-') {
             return Err(invalid("a label of a domain neither starts nor ends with a hyphen"));
@@ -176,7 +178,8 @@ impl StaticResolver {
 
 impl Resolver for StaticResolver {
     fn txt<'a>(&'a self, name: &'a str) -> TxtFuture<'a> {
-        let found = self.records.lock().unwrap_or_else(PoisonError::into_inner).get(&name.to_ascii_lowercase()).cloned();
+        let found =
+            self.records.lock().unwrap_or_else(PoisonError::into_inner).get(&name.to_ascii_lowercase()).cloned();
         Box::pin(async move { found.ok_or(ResolveError::NoSuchName) })
     }
 }
@@ -219,7 +222,11 @@ fn taken() -> HostingError {
     HostingError::conflict("domain_taken", "this domain is already served by another environment")
 }
 
-fn load(conn: &mut dyn store::Conn, env: &str, domain: &str) -> std::result::Result<Option<DomainRow>, store::StoreError> {
+fn load(
+    conn: &mut dyn store::Conn,
+    env: &str,
+    domain: &str,
+) -> std::result::Result<Option<DomainRow>, store::StoreError> {
     conn.query_opt(
         "SELECT domain, token, created_at, verified_at FROM custom_domains WHERE env_id = $1 AND domain = $2",
         &[env.into(), domain.into()],
@@ -560,7 +567,10 @@ impl Domains {
         self.platform
             .db()
             .tx(move |conn| {
-                conn.execute("DELETE FROM acme_challenges WHERE token = $1 OR expires_at < $2", &[t.as_str().into(), now.into()])?;
+                conn.execute(
+                    "DELETE FROM acme_challenges WHERE token = $1 OR expires_at < $2",
+                    &[t.as_str().into(), now.into()],
+                )?;
                 conn.execute(
                     "INSERT INTO acme_challenges (token, key_authorization, expires_at) VALUES ($1, $2, $3)",
                     &[t.as_str().into(), k.as_str().into(), expires.into()],

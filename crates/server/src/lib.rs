@@ -92,10 +92,8 @@ impl AppState {
         let auth = auth::Auth::new(platform.clone(), auth::AuthConfig::default());
         let hosting = hosting::Hosting::new(platform.clone());
         hosting.register_delete_hook();
-        let domains = hosting::domains::Domains::new(
-            platform.clone(),
-            Arc::new(hosting::domains::UdpResolver::system()),
-        );
+        let domains =
+            hosting::domains::Domains::new(platform.clone(), Arc::new(hosting::domains::UdpResolver::system()));
         domains.register_delete_hook();
         Self {
             platform,

@@ -989,7 +989,16 @@ fn domain_routes() -> Vec<R> {
             (200, Some("DomainList")),
             get(domains_api::list),
         ),
-        r("GET", D, control("domains:List", Secret), Env, "Get a custom domain.", None, (200, Some("DomainRecord")), get(domains_api::get)),
+        r(
+            "GET",
+            D,
+            control("domains:List", Secret),
+            Env,
+            "Get a custom domain.",
+            None,
+            (200, Some("DomainRecord")),
+            get(domains_api::get),
+        ),
         r(
             "POST",
             "/v1/envs/{env}/domains/{domain}/verify",

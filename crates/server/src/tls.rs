@@ -300,7 +300,8 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>,
 pub fn not_after_ms(cert_pem: &str) -> Result<i64, TlsError> {
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
         .map_err(|_| TlsError::Certificate("unreadable certificate".to_owned()))?;
-    crate::der::certificate_not_after(&der).ok_or_else(|| TlsError::Certificate("no validity in certificate".to_owned()))
+    crate::der::certificate_not_after(&der)
+        .ok_or_else(|| TlsError::Certificate("no validity in certificate".to_owned()))
 }
 
 /// `GET /.well-known/acme-challenge/{token}`: the key authorization of an order in progress.

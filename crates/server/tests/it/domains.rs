@@ -108,7 +108,12 @@ async fn a_verified_domain_serves_its_env_like_the_apps_domain_and_stops_when_de
     let api = h.call("GET", "/v1/envs", Some(&h.admin), None).await;
     assert_eq!(api.status, StatusCode::OK);
     let on_domain = h
-        .send("GET", "/v1/envs", &[("host", "www.shop.example".to_owned()), ("authorization", format!("Bearer {}", h.admin))], None)
+        .send(
+            "GET",
+            "/v1/envs",
+            &[("host", "www.shop.example".to_owned()), ("authorization", format!("Bearer {}", h.admin))],
+            None,
+        )
         .await;
     assert_ne!(on_domain.json, api.json);
 
@@ -148,7 +153,8 @@ async fn a_verified_domain_serves_its_env_like_the_apps_domain_and_stops_when_de
 
     // Each mutation left its audit row.
     let audit = h.call("GET", "/v1/envs/shop/audit", Some(shop.secret()), None).await;
-    let actions: Vec<&str> = audit.json["items"].as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+    let actions: Vec<&str> =
+        audit.json["items"].as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
     for action in ["domains:Add", "domains:Verify", "domains:Delete"] {
         assert!(actions.contains(&action), "{action} in {actions:?}");
     }

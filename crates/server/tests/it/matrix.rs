@@ -163,7 +163,8 @@ async fn world() -> World {
         .call("POST", "/v1/envs/tenant-a/domains", Some(&admin), Some(json!({"domain": "www.tenant-a.example"})))
         .await;
     assert_eq!(domain.status, StatusCode::CREATED, "{}", domain.text);
-    h.dns.set_txt("_vibebase-challenge.www.tenant-a.example", &[domain.json["verification"]["value"].as_str().unwrap()]);
+    h.dns
+        .set_txt("_vibebase-challenge.www.tenant-a.example", &[domain.json["verification"]["value"].as_str().unwrap()]);
     let creds = vec![
         Some(admin),
         Some(a_secret),
@@ -511,12 +512,9 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
         ("POST", "/v1/envs/{env}/deployments/{deployment}/rollback") => {
             f("env_tenant", 200, format!("/v1/envs/tenant-a/deployments/{}/rollback", w.deployment), None)
         }
-        ("POST", "/v1/envs/{env}/domains") => f(
-            "env_tenant",
-            201,
-            "/v1/envs/tenant-a/domains".into(),
-            Some(json!({"domain": "shop.tenant-a.example"})),
-        ),
+        ("POST", "/v1/envs/{env}/domains") => {
+            f("env_tenant", 201, "/v1/envs/tenant-a/domains".into(), Some(json!({"domain": "shop.tenant-a.example"})))
+        }
         ("GET", "/v1/envs/{env}/domains") => f("env_tenant", 200, "/v1/envs/tenant-a/domains".into(), None),
         ("GET", "/v1/envs/{env}/domains/{domain}") => {
             f("env_tenant", 200, "/v1/envs/tenant-a/domains/www.tenant-a.example".into(), None)

@@ -12,6 +12,7 @@ use serde_json::Value;
 mod functions;
 mod hosting;
 mod sandbox;
+mod tls;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vibebase");
 
