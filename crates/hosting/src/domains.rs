@@ -201,13 +201,15 @@ struct DomainRow {
     verified_at: Option<i64>,
 }
 
+/// Host → the env serving it (`None`: not a verified domain), with when it was read.
+type HostCache = Mutex<HashMap<String, (Option<EnvId>, Instant)>>;
+
 /// The custom-domain service. Cheap to clone.
 #[derive(Clone)]
 pub struct Domains {
     platform: Platform,
     resolver: Arc<dyn Resolver>,
-    /// Host → the env serving it (`None`: not a verified domain), with when it was read.
-    cache: Arc<Mutex<HashMap<String, (Option<EnvId>, Instant)>>>,
+    cache: Arc<HostCache>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
