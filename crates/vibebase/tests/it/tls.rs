@@ -41,6 +41,15 @@ fn wait_port(p: &mut Proc, port: u16, log: &Path) {
     }
 }
 
+/// The plain listener is up first; the HTTPS one a moment later.
+fn wait_listening(port: u16) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A client trusting only `root_pem`, reaching `host` at 127.0.0.1 (the port comes from the URL).
 fn https_client(root_pem: &[u8], host: &str) -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
@@ -50,6 +59,40 @@ fn https_client(root_pem: &[u8], host: &str) -> reqwest::blocking::Client {
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap()
+}
+
+fn issued(pebble_log: &Path) -> usize {
+    std::fs::read_to_string(pebble_log).unwrap().matches("Issued certificate serial").count()
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap()
+}
+
+/// The stored expiry of `domain`'s certificate, first set to `set` (the server must be stopped for
+/// SQLite), read from the server's platform database.
+fn set_expiry(data: &Path, args: &[String], domain: &str, set: Option<i64>) -> i64 {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let db = match args.iter().find_map(|a| a.strip_prefix("--database-url=")) {
+            Some(url) => store::Db::connect_postgres(url).await.unwrap(),
+            None => store::Db::open_sqlite(&data.join("platform.db")).unwrap(),
+        };
+        let domain = domain.to_owned();
+        db.tx(move |c| {
+            if let Some(at) = set {
+                c.execute(
+                    "UPDATE tls_certificates SET not_after = $1 WHERE domain = $2",
+                    &[at.into(), domain.as_str().into()],
+                )?;
+            }
+            c.query_opt("SELECT not_after FROM tls_certificates WHERE domain = $1", &[domain.as_str().into()])?
+                .unwrap()
+                .int(0)
+        })
+        .await
+        .unwrap()
+    })
 }
 
 #[test]
@@ -188,8 +231,33 @@ fn verified_domains_get_acme_certificates_on_demand_and_unknown_names_get_none()
     // Reused, not ordered again: pebble saw one order.
     let again = https_client(&root, domain).get(&url).send().unwrap();
     assert_eq!(again.status().as_u16(), 200);
-    let orders = std::fs::read_to_string(&pebble_log).unwrap().matches("Issued certificate serial").count();
-    assert_eq!(orders, 1, "{}", std::fs::read_to_string(&pebble_log).unwrap());
+    assert_eq!(issued(&pebble_log), 1, "{}", std::fs::read_to_string(&pebble_log).unwrap());
+
+    // A restart serves the stored certificate: no new order.
+    let data = dir.join("data");
+    server.stop();
+    let server = Server::start_on(http_port, &data, &args, Some(admin));
+    wait_listening(tls_port);
+    assert_eq!(https_client(&root, domain).get(&url).send().unwrap().status().as_u16(), 200);
+    assert_eq!(issued(&pebble_log), 1);
+    // Near expiry (as the store says): still served, and renewed in the background.
+    server.stop();
+    let issued_expiry = set_expiry(&data, &args, domain, None);
+    assert!(issued_expiry > now_ms() + 30 * 24 * 3600 * 1000, "pebble's certificates outlive the renewal window");
+    set_expiry(&data, &args, domain, Some(now_ms() + 24 * 3600 * 1000));
+    let server = Server::start_on(http_port, &data, &args, Some(admin));
+    wait_listening(tls_port);
+    assert_eq!(https_client(&root, domain).get(&url).send().unwrap().status().as_u16(), 200);
+    let started = Instant::now();
+    while issued(&pebble_log) < 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no renewal: {}", server.stderr.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let started = Instant::now();
+    while set_expiry(&data, &args, domain, None) < now_ms() + 30 * 24 * 3600 * 1000 {
+        assert!(started.elapsed() < Duration::from_secs(30), "the renewed certificate was not stored");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Unknown and unverified names get no certificate: the handshake fails.
     for name in ["unknown.shop-domain.test", pending_domain] {
