@@ -253,6 +253,15 @@ fn operation(spec: &RouteSpec) -> utoipa::openapi::path::Operation {
                     .build(),
             );
         }
+    } else if spec.path.contains('{') {
+        // A public route naming something (an ACME challenge token) answers 404 when it does not exist.
+        op = op.response(
+            "404",
+            ResponseBuilder::new()
+                .description("Not found.")
+                .content("application/json", json_content(Ref::from_schema_name("ErrorBody").into()))
+                .build(),
+        );
     }
     op.build()
 }
