@@ -34,6 +34,9 @@ const RELOAD_AFTER: Duration = Duration::from_secs(600);
 const MAX_CACHED: usize = 1_000;
 /// Longest a TLS hello waits for an order (the client gives up about then anyway).
 const ORDER_TIMEOUT: Duration = Duration::from_secs(90);
+/// After a failed order, hellos for the domain get no certificate for this long instead of a new
+/// order each (a public CA rate-limits failed validations).
+const RETRY_FAILED_ORDER_AFTER: Duration = Duration::from_secs(300);
 /// How long a published HTTP-01 answer lives.
 const CHALLENGE_TTL: Duration = Duration::from_secs(300);
 
@@ -75,6 +78,8 @@ pub struct TlsManager {
     settings: TlsSettings,
     account: tokio::sync::OnceCell<Account>,
     cache: Mutex<HashMap<String, Cached>>,
+    /// Domains whose last order failed, and when (bounded like the cache).
+    failed: Mutex<HashMap<String, Instant>>,
     /// One order at a time per process: a burst of hellos for a new domain makes one order.
     ordering: tokio::sync::Mutex<()>,
 }
@@ -94,6 +99,7 @@ impl TlsManager {
             settings,
             account: tokio::sync::OnceCell::new(),
             cache: Mutex::default(),
+            failed: Mutex::default(),
             ordering: tokio::sync::Mutex::new(()),
         })
     }
@@ -115,9 +121,22 @@ impl TlsManager {
         }
         let result = match self.load(&sni, &env).await {
             Ok(Some(found)) => Ok(found),
-            Ok(None) => tokio::time::timeout(ORDER_TIMEOUT, self.order(&sni, &env))
-                .await
-                .unwrap_or(Err(TlsError::Timeout(ORDER_TIMEOUT))),
+            Ok(None) => {
+                if self.failed_recently(&sni) {
+                    return None;
+                }
+                let ordered = tokio::time::timeout(ORDER_TIMEOUT, self.order(&sni, &env))
+                    .await
+                    .unwrap_or(Err(TlsError::Timeout(ORDER_TIMEOUT)));
+                if ordered.is_err() {
+                    let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+                    if failed.len() >= MAX_CACHED {
+                        failed.clear();
+                    }
+                    failed.insert(sni.clone(), Instant::now());
+                }
+                ordered
+            }
             Err(e) => Err(e),
         };
         match result {
@@ -130,6 +149,11 @@ impl TlsManager {
                 None
             }
         }
+    }
+
+    fn failed_recently(&self, domain: &str) -> bool {
+        let failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        failed.get(domain).is_some_and(|at| at.elapsed() < RETRY_FAILED_ORDER_AFTER)
     }
 
     /// The stored certificate when it is still valid (renewal is separate), cached.
