@@ -5,6 +5,8 @@ pub mod address;
 pub mod agent_backend;
 pub mod auth_api;
 pub mod data;
+mod der;
+pub mod domains_api;
 pub mod e2b;
 pub mod egress;
 pub mod error;
@@ -22,6 +24,7 @@ pub mod sessions;
 pub mod sites;
 pub mod storage_api;
 pub mod surface;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,6 +66,8 @@ pub struct AppState {
     pub hosting: hosting::Hosting,
     /// File storage (Supabase Storage) of every env.
     pub storage: storage::Storage,
+    /// Custom domains: ownership checks and the Host → env lookup.
+    pub domains: hosting::domains::Domains,
     /// Cloud functions (they run in sandboxes: none without them).
     pub functions: Result<functions::Functions, String>,
     functions_config: functions::FunctionsConfig,
@@ -94,6 +99,9 @@ impl AppState {
         let auth = auth::Auth::new(platform.clone(), auth::AuthConfig::default());
         let hosting = hosting::Hosting::new(platform.clone());
         hosting.register_delete_hook();
+        let domains =
+            hosting::domains::Domains::new(platform.clone(), Arc::new(hosting::domains::UdpResolver::system()));
+        domains.register_delete_hook();
         let mut state = Self {
             platform,
             specs: Arc::new(specs),
@@ -106,6 +114,7 @@ impl AppState {
             auth,
             hosting,
             storage,
+            domains,
             functions: Err("functions need sandboxes, which this instance does not have".to_owned()),
             functions_config: functions::FunctionsConfig::default(),
             agent,
@@ -184,6 +193,12 @@ impl AppState {
         self
     }
 
+    /// Proves domain ownership with this resolver (a test double, or a chosen DNS server).
+    pub fn with_domain_resolver(mut self, resolver: Arc<dyn hosting::domains::Resolver>) -> Self {
+        self.domains = self.domains.with_resolver(resolver);
+        self
+    }
+
     /// The route a matched path and method belong to.
     fn spec(&self, method: &Method, path: &str) -> Option<&RouteSpec> {
         let specs = self.specs.get(path)?;
@@ -229,14 +244,41 @@ pub fn router(state: AppState) -> axum::Router {
             http::header::CONTENT_RANGE,
         ]))
         .max_age(std::time::Duration::from_secs(3600));
-    routes::router()
+    let domains = state.domains.clone();
+    let inner = routes::router()
         .route_layer(from_fn_with_state(state.clone(), gate::gate))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(cors)
         .layer(from_fn_with_state(state.clone(), gate::edge))
-        .with_state(state)
+        .with_state(state);
+    // Custom domains need a (cached) lookup, so their rewrite is async and runs here, in front of the
+    // routes; apps-domain hosts were rewritten before (`rewrite_host`) and are never custom domains.
+    axum::Router::new().fallback_service(tower::service_fn(move |req: Request| {
+        let (inner, domains) = (inner.clone(), domains.clone());
+        async move { inner.oneshot(rewrite_custom_domain(&domains, req).await).await }
+    }))
+}
+
+/// ACME HTTP-01 answers are served on every Host (the CA asks on the domain being certified).
+pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// Rewrites a request whose Host is a verified custom domain to its env's path form, like
+/// `<env>.<apps-domain>`. Any other Host is left as it is (and so gets the platform's own routes, which
+/// say nothing about envs without a credential).
+pub async fn rewrite_custom_domain(domains: &hosting::domains::Domains, mut req: Request) -> Request {
+    let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().host());
+    let Some(host) = host.map(str::to_owned) else { return req };
+    if req.uri().path().starts_with(ACME_CHALLENGE_PREFIX) {
+        return req;
+    }
+    let Some(env) = domains.lookup(&host).await else { return req };
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    if let Ok(uri) = address::path_form(&address::HostTarget::Env(env), pq).parse() {
+        *req.uri_mut() = uri;
+    }
+    req
 }
 
 /// Rewrites host-form requests (`<env>.<apps-domain>`, …) to their path form before routing.

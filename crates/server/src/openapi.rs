@@ -100,6 +100,11 @@ fn components() -> utoipa::openapi::Components {
         .schema_from::<protocol::hosting::DeploymentUrls>()
         .schema_from::<protocol::hosting::DeploymentList>()
         .schema_from::<protocol::hosting::SandboxDeployRequest>()
+        .schema_from::<protocol::hosting::AddDomainRequest>()
+        .schema_from::<protocol::hosting::DomainStatus>()
+        .schema_from::<protocol::hosting::DomainVerification>()
+        .schema_from::<protocol::hosting::DomainRecord>()
+        .schema_from::<protocol::hosting::DomainList>()
         .schema_from::<protocol::auth::AuthSettings>()
         .schema_from::<protocol::auth::AuthSettingsPatch>()
         .schema_from::<protocol::auth::OutboxMail>()
@@ -254,6 +259,15 @@ fn operation(spec: &RouteSpec) -> utoipa::openapi::path::Operation {
                     .build(),
             );
         }
+    } else if spec.path.contains('{') {
+        // A public route naming something (an ACME challenge token) answers 404 when it does not exist.
+        op = op.response(
+            "404",
+            ResponseBuilder::new()
+                .description("Not found.")
+                .content("application/json", json_content(Ref::from_schema_name("ErrorBody").into()))
+                .build(),
+        );
     }
     op.build()
 }

@@ -6,7 +6,7 @@ use axum::routing::{MethodRouter, any, delete, get, post, put};
 use tenancy::{Access, EnvKeyAccess, Plane};
 
 use crate::surface::Surface;
-use crate::{AppState, auth_api, functions_api, handlers, sandboxes, sessions, sites};
+use crate::{AppState, auth_api, domains_api, functions_api, handlers, sandboxes, sessions, sites};
 
 /// How the gate scopes a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -755,6 +755,7 @@ fn table() -> Vec<R> {
     routes.extend(function_routes());
     routes.extend(auth_routes());
     routes.extend(deployment_routes());
+    routes.extend(domain_routes());
     routes.extend([
         R {
             spec: RouteSpec {
@@ -970,6 +971,76 @@ fn deployment_routes() -> Vec<R> {
             None,
             (200, Some("DeploymentRecord")),
             post(sites::rollback),
+        ),
+    ]
+}
+
+/// Custom domains of an env: attach, prove ownership (DNS TXT), detach; and the ACME HTTP-01 answers
+/// the TLS listener's certificate orders need.
+fn domain_routes() -> Vec<R> {
+    use EnvKeyAccess::Secret;
+    use Scope::Env;
+    const D: &str = "/v1/envs/{env}/domains/{domain}";
+    vec![
+        r(
+            "POST",
+            "/v1/envs/{env}/domains",
+            control("domains:Add", Secret),
+            Env,
+            "Attach a custom domain (pending until verified); answers the TXT record that proves ownership.",
+            Some("AddDomainRequest"),
+            (201, Some("DomainRecord")),
+            post(domains_api::add),
+        ),
+        r(
+            "GET",
+            "/v1/envs/{env}/domains",
+            control("domains:List", Secret),
+            Env,
+            "The env's custom domains.",
+            None,
+            (200, Some("DomainList")),
+            get(domains_api::list),
+        ),
+        r(
+            "GET",
+            D,
+            control("domains:List", Secret),
+            Env,
+            "Get a custom domain.",
+            None,
+            (200, Some("DomainRecord")),
+            get(domains_api::get),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/domains/{domain}/verify",
+            control("domains:Verify", Secret),
+            Env,
+            "Look for the TXT record; once it holds the token the domain is served.",
+            None,
+            (200, Some("DomainRecord")),
+            post(domains_api::verify),
+        ),
+        r(
+            "DELETE",
+            D,
+            control("domains:Delete", Secret),
+            Env,
+            "Detach a custom domain; it stops being served at once.",
+            None,
+            (204, None),
+            delete(domains_api::delete),
+        ),
+        r(
+            "GET",
+            "/.well-known/acme-challenge/{token}",
+            PUBLIC,
+            Scope::Public,
+            "ACME HTTP-01 key authorization of a certificate order in progress.",
+            None,
+            (200, None),
+            get(crate::tls::http01),
         ),
     ]
 }

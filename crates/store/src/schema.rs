@@ -191,6 +191,38 @@ CREATE INDEX function_logs_by_time ON function_logs (env_id, name, started_at);
     (
         4,
         r#"
+CREATE TABLE custom_domains (
+    env_id TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    token TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    verified_at BIGINT,
+    PRIMARY KEY (env_id, domain)
+);
+CREATE UNIQUE INDEX custom_domains_verified ON custom_domains (domain) WHERE verified_at IS NOT NULL;
+CREATE TABLE tls_certificates (
+    domain TEXT PRIMARY KEY,
+    env_id TEXT NOT NULL,
+    cert_pem TEXT NOT NULL,
+    key_pem TEXT NOT NULL,
+    not_after BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE acme_accounts (
+    directory TEXT PRIMARY KEY,
+    credentials TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE acme_challenges (
+    token TEXT PRIMARY KEY,
+    key_authorization TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+"#,
+    ),
+    (
+        5,
+        r#"
 CREATE TABLE agent_sessions (
     env_id TEXT NOT NULL,
     id TEXT NOT NULL,

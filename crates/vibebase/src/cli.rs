@@ -91,6 +91,13 @@ pub enum ClientCommand {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Attach custom domains to an env, prove their ownership (DNS TXT) and detach them.
+    Domains {
+        #[command(subcommand)]
+        command: DomainsCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Manage the platform's workspace templates.
     Template {
         #[command(subcommand)]
@@ -176,6 +183,33 @@ pub enum TemplateCommand {
     List,
     /// Delete a template.
     Delete { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DomainsCommand {
+    /// Attach a domain (pending); prints the TXT record that proves ownership.
+    Add {
+        #[arg(long)]
+        env: String,
+        domain: String,
+    },
+    /// List the env's domains.
+    List {
+        #[arg(long)]
+        env: String,
+    },
+    /// Check the TXT record; once it holds the token the domain is served.
+    Verify {
+        #[arg(long)]
+        env: String,
+        domain: String,
+    },
+    /// Detach a domain; it stops being served at once.
+    Delete {
+        #[arg(long)]
+        env: String,
+        domain: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -995,6 +1029,18 @@ fn site_files(root: &std::path::Path) -> Result<Vec<(String, std::path::PathBuf)
     Ok(out)
 }
 
+fn domain_text(v: &Value) -> String {
+    let mut text = format!("{} ({})\nurl: {}\n", s(&v["domain"]), s(&v["status"]), s(&v["url"]));
+    if v["status"] == "pending" {
+        text += &format!(
+            "prove ownership with a DNS TXT record, then run `vibebase domains verify`:\n  {}  TXT  \"{}\"\n",
+            s(&v["verification"]["name"]),
+            s(&v["verification"]["value"]),
+        );
+    }
+    text
+}
+
 fn deployment_text(v: &Value) -> String {
     format!(
         "{}\npreview:      {}\npreview path: {}\nsite:         {}{}\n",
@@ -1067,6 +1113,31 @@ async fn dispatch(command: ClientCommand) -> Result<Option<ExitCode>, Failure> {
         }
         ClientCommand::Sandbox { command, conn } => return sandbox(&Client::new(conn)?, command).await,
         ClientCommand::Functions { command, conn } => return functions(&Client::new(conn)?, command).await,
+        ClientCommand::Domains { command, conn } => {
+            let c = Client::new(conn)?;
+            match command {
+                DomainsCommand::Add { env, domain } => {
+                    let r = c
+                        .call(Method::POST, &format!("/v1/envs/{env}/domains"), Some(json!({"domain": domain})))
+                        .await?;
+                    c.show(r, domain_text);
+                }
+                DomainsCommand::List { env } => {
+                    let r = c.call(Method::GET, &format!("/v1/envs/{env}/domains"), None).await?;
+                    c.show(r, |v| {
+                        table(items(v), &[("domain", "DOMAIN"), ("status", "STATUS"), ("created_at", "CREATED")])
+                    });
+                }
+                DomainsCommand::Verify { env, domain } => {
+                    let r = c.call(Method::POST, &format!("/v1/envs/{env}/domains/{domain}/verify"), None).await?;
+                    c.show(r, domain_text);
+                }
+                DomainsCommand::Delete { env, domain } => {
+                    let r = c.call(Method::DELETE, &format!("/v1/envs/{env}/domains/{domain}"), None).await?;
+                    c.show(r, |_| String::new());
+                }
+            }
+        }
         ClientCommand::Template { command, conn } => {
             let c = Client::new(conn)?;
             let names = |v: &Value| {

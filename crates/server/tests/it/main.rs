@@ -3,6 +3,7 @@
 mod appdb;
 mod blobs;
 mod delete;
+mod domains;
 mod envs;
 mod functions;
 mod gotrue;

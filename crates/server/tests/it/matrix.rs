@@ -160,6 +160,13 @@ async fn world() -> World {
     let (deployment, pending) = deployments(&h, &admin).await;
     let session = h.call("POST", "/v1/envs/tenant-a/sessions", Some(&admin), Some(json!({"id": "s-fixture"}))).await;
     assert_eq!(session.status, StatusCode::CREATED, "{}", session.text);
+    // A pending custom domain of env A whose TXT record holds its token (so verify succeeds).
+    let domain = h
+        .call("POST", "/v1/envs/tenant-a/domains", Some(&admin), Some(json!({"domain": "www.tenant-a.example"})))
+        .await;
+    assert_eq!(domain.status, StatusCode::CREATED, "{}", domain.text);
+    h.dns
+        .set_txt("_vibebase-challenge.www.tenant-a.example", &[domain.json["verification"]["value"].as_str().unwrap()]);
     let creds = vec![
         Some(admin),
         Some(a_secret),
@@ -529,6 +536,23 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
         }
         ("POST", "/v1/envs/{env}/deployments/{deployment}/rollback") => {
             f("env_tenant", 200, format!("/v1/envs/tenant-a/deployments/{}/rollback", w.deployment), None)
+        }
+        ("POST", "/v1/envs/{env}/domains") => {
+            f("env_tenant", 201, "/v1/envs/tenant-a/domains".into(), Some(json!({"domain": "shop.tenant-a.example"})))
+        }
+        ("GET", "/v1/envs/{env}/domains") => f("env_tenant", 200, "/v1/envs/tenant-a/domains".into(), None),
+        ("GET", "/v1/envs/{env}/domains/{domain}") => {
+            f("env_tenant", 200, "/v1/envs/tenant-a/domains/www.tenant-a.example".into(), None)
+        }
+        ("POST", "/v1/envs/{env}/domains/{domain}/verify") => {
+            f("env_tenant", 200, "/v1/envs/tenant-a/domains/www.tenant-a.example/verify".into(), None)
+        }
+        ("DELETE", "/v1/envs/{env}/domains/{domain}") => {
+            f("env_tenant", 204, "/v1/envs/tenant-a/domains/www.tenant-a.example".into(), None)
+        }
+        // No certificate order is in progress: 404 for everyone.
+        ("GET", "/.well-known/acme-challenge/{token}") => {
+            f("public", 404, "/.well-known/acme-challenge/abcdef".into(), None)
         }
         ("ANY", "/env/{env}/apps/{app}/{*rest}") => f("public", 501, "/env/tenant-a/apps/api/health".into(), None),
         // Previews are public (like E2B's port URLs); nothing listens on the port: 502 for everyone.
