@@ -1,0 +1,307 @@
+//! TUS 1.0.0 resumable uploads at `/env/{env}/storage/v1/upload/resumable`, as Supabase Storage
+//! serves them to `tus-js-client`: `OPTIONS` (capabilities), `POST` (create: `Upload-Length`,
+//! `Upload-Metadata` with `bucketName`, `objectName`, `contentType`, `cacheControl`, `metadata`;
+//! `x-upsert`), `HEAD` (offset), `PATCH` (`application/offset+octet-stream` at `Upload-Offset`),
+//! `DELETE` (termination). Every answer carries `Tus-Resumable`; errors are Storage's shape. The
+//! state machine is `storage::tus`.
+
+use axum::Extension;
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use futures_util::TryStreamExt;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use protocol::{EnvId, Meter};
+use serde_json::Value;
+use storage::tus::{NewUpload, Patched, TUS_EXTENSIONS, TUS_VERSION, UploadState};
+use storage::{Access, StorageError};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::gate::Caller;
+use crate::storage_api::{BodyStream, drain, err};
+
+const OFFSET_CONTENT_TYPE: &str = "application/offset+octet-stream";
+
+fn with_tus(mut r: Response) -> Response {
+    r.headers_mut().insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
+    r
+}
+
+fn fail(e: StorageError) -> Response {
+    with_tus(err(e))
+}
+
+fn set(r: &mut Response, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().insert(name, v);
+    }
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// 412 unless the request speaks TUS 1.0.0 (`Tus-Resumable`).
+fn check_version(h: &HeaderMap) -> Result<(), Response> {
+    if header_str(h, "tus-resumable") == Some(TUS_VERSION) {
+        return Ok(());
+    }
+    let mut r = with_tus(
+        ApiError::new(StatusCode::PRECONDITION_FAILED, "InvalidRequest", "Tus-Resumable: 1.0.0 is required")
+            .into_response(),
+    );
+    set(&mut r, "tus-version", TUS_VERSION);
+    Err(r)
+}
+
+/// An HTTP date for `Upload-Expires`.
+fn http_date(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(ms / 1000).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let (wd, mo) = (t.weekday().to_string(), t.month().to_string());
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        &wd[..3.min(wd.len())],
+        t.day(),
+        &mo[..3.min(mo.len())],
+        t.year(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+fn progress(status: StatusCode, s: &UploadState) -> Response {
+    let mut r = with_tus(status.into_response());
+    set(&mut r, "upload-offset", &s.offset.to_string());
+    set(&mut r, "upload-expires", &http_date(s.expires_at_ms));
+    r
+}
+
+async fn env_access(state: &AppState, caller: &Caller, headers: &HeaderMap) -> Result<(EnvId, Access), Response> {
+    let Some(env) = caller.env.clone() else {
+        return Err(fail(StorageError::NoSuchBucket));
+    };
+    let auth = match crate::data::request_auth(state, caller, headers).await {
+        Ok(a) => a,
+        Err(e) => return Err(with_tus(ApiError::new(StatusCode::BAD_REQUEST, "InvalidJWT", e.message).into_response())),
+    };
+    state.platform.meter(&env, Meter::StorageOps, ("surface", "storage"), 1);
+    Ok((env, Access::Request(auth)))
+}
+
+/// `OPTIONS …/upload/resumable`: what this server speaks (no credentials, as on Supabase).
+pub async fn options() -> Response {
+    let mut r = with_tus(StatusCode::NO_CONTENT.into_response());
+    set(&mut r, "tus-version", TUS_VERSION);
+    set(&mut r, "tus-extension", TUS_EXTENSIONS);
+    set(&mut r, "tus-max-size", &storage::MAX_OBJECT_BYTES.to_string());
+    r
+}
+
+/// `Upload-Metadata`: comma-separated `key base64value` pairs (a value may be absent).
+fn parse_metadata(h: &str) -> Result<Vec<(String, String)>, StorageError> {
+    let bad = || StorageError::InvalidRequest("Upload-Metadata is malformed".to_owned());
+    let mut out = Vec::new();
+    for pair in h.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let mut it = pair.split(' ');
+        let key = it.next().filter(|k| !k.is_empty()).ok_or_else(bad)?;
+        let value = match it.next() {
+            None => String::new(),
+            Some(v) => {
+                let bytes = base64::engine::general_purpose::STANDARD.decode(v).map_err(|_| bad())?;
+                String::from_utf8(bytes).map_err(|_| bad())?
+            }
+        };
+        if it.next().is_some() || out.iter().any(|(k, _)| k == key) {
+            return Err(bad());
+        }
+        out.push((key.to_owned(), value));
+    }
+    Ok(out)
+}
+
+/// Where the client continues: absolute, in the address form the request used.
+fn location(state: &AppState, headers: &HeaderMap, env: &EnvId, id: &str) -> String {
+    let host = header_str(headers, "x-forwarded-host").or_else(|| header_str(headers, "host")).unwrap_or("localhost");
+    let proto = header_str(headers, "x-forwarded-proto").filter(|p| *p == "https").unwrap_or("http");
+    let apps_domain = &state.platform.config().apps_domain;
+    let prefix = if crate::address::parse_host(host, apps_domain).is_some() { String::new() } else { format!("/env/{env}") };
+    format!("{proto}://{host}{prefix}/storage/v1/upload/resumable/{id}")
+}
+
+/// `POST …/upload/resumable`: creates an upload (201 with `Location`).
+pub async fn create(State(state): State<AppState>, Extension(caller): Extension<Caller>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let h = &parts.headers;
+    if let Err(r) = check_version(h) {
+        return r;
+    }
+    let (env, access) = match env_access(&state, &caller, h).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if h.contains_key("upload-defer-length") {
+        return fail(StorageError::InvalidRequest("Upload-Defer-Length is not supported: send Upload-Length".into()));
+    }
+    let Some(length) = header_str(h, "upload-length").and_then(|l| l.parse::<u64>().ok()) else {
+        return fail(StorageError::InvalidRequest("Upload-Length must be a non-negative integer".into()));
+    };
+    // Data with the creation request (creation-with-upload) is not offered; nothing may come with it.
+    let mut stream: BodyStream = Box::pin(body.into_data_stream().map_err(|e| e.to_string()));
+    if header_str(h, "content-length").is_some_and(|l| l != "0") {
+        drain(&mut stream).await;
+        return fail(StorageError::InvalidRequest("send the upload's bytes with PATCH".into()));
+    }
+    let meta = match header_str(h, "upload-metadata").map(parse_metadata).transpose() {
+        Ok(m) => m.unwrap_or_default(),
+        Err(e) => return fail(e),
+    };
+    let field = |k: &str| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let (Some(bucket_id), Some(name)) = (field("bucketName"), field("objectName")) else {
+        return fail(StorageError::InvalidRequest("Upload-Metadata must name bucketName and objectName".into()));
+    };
+    let user_metadata = match field("metadata") {
+        None => None,
+        Some(m) => match serde_json::from_str::<Value>(&m) {
+            Ok(v) => Some(v),
+            Err(_) => return fail(StorageError::InvalidRequest("metadata must be JSON".into())),
+        },
+    };
+    // As Supabase: a number of seconds becomes max-age, anything else no-cache.
+    let cache_control = match field("cacheControl") {
+        Some(c) if !c.is_empty() && c.chars().all(|d| d.is_ascii_digit()) => format!("max-age={c}"),
+        _ => "no-cache".to_owned(),
+    };
+    let new = NewUpload {
+        bucket_id,
+        name,
+        length,
+        content_type: field("contentType").filter(|c| !c.is_empty()).unwrap_or_else(|| "application/octet-stream".into()),
+        cache_control,
+        upsert: header_str(h, "x-upsert") == Some("true"),
+        user_metadata,
+    };
+    match state.storage.tus_create(&env, &access, new).await {
+        Ok(s) => {
+            let mut r = progress(StatusCode::CREATED, &s);
+            set(&mut r, "location", &location(&state, h, &env, &s.id));
+            r
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// `HEAD …/upload/resumable/{id}`: where the upload stands.
+pub async fn head(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((_, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = check_version(&headers) {
+        return r;
+    }
+    let (env, access) = match env_access(&state, &caller, &headers).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match state.storage.tus_state(&env, &access, &id).await {
+        Ok(s) => {
+            let mut r = progress(StatusCode::OK, &s);
+            set(&mut r, "upload-length", &s.length.to_string());
+            set(&mut r, "cache-control", "no-store");
+            r
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// `PATCH …/upload/resumable/{id}`: a chunk at `Upload-Offset` (204 with the new offset).
+pub async fn patch(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((_, id)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let h = &parts.headers;
+    let mut stream: BodyStream = Box::pin(body.into_data_stream().map_err(|e| e.to_string()));
+    if let Err(r) = check_version(h) {
+        return refuse(&mut stream, r).await;
+    }
+    let (env, access) = match env_access(&state, &caller, h).await {
+        Ok(x) => x,
+        Err(r) => return refuse(&mut stream, r).await,
+    };
+    let content_type = header_str(h, "content-type").unwrap_or("");
+    if !content_type.eq_ignore_ascii_case(OFFSET_CONTENT_TYPE) {
+        let r = ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "InvalidRequest",
+            format!("Content-Type must be {OFFSET_CONTENT_TYPE}"),
+        );
+        return refuse(&mut stream, with_tus(r.into_response())).await;
+    }
+    let Some(offset) = header_str(h, "upload-offset").and_then(|o| o.parse::<u64>().ok()) else {
+        return refuse(&mut stream, fail(StorageError::InvalidRequest("Upload-Offset must be a non-negative integer".into()))).await;
+    };
+    let content_length = header_str(h, "content-length").and_then(|l| l.parse::<u64>().ok());
+    match state.storage.tus_patch(&env, &access, &id, offset, content_length, &mut stream).await {
+        Ok(Patched::Progress(s)) => progress(StatusCode::NO_CONTENT, &s),
+        Ok(Patched::Complete(s, _)) => {
+            let mut r = progress(StatusCode::NO_CONTENT, &s);
+            set(&mut r, "tus-complete", "1");
+            r
+        }
+        Err(e) => {
+            drain(&mut stream).await;
+            fail(e)
+        }
+    }
+}
+
+/// Reads what is left of a refused PATCH's body (bounded), so the client reads the answer.
+async fn refuse(stream: &mut BodyStream, r: Response) -> Response {
+    drain(stream).await;
+    r
+}
+
+/// `DELETE …/upload/resumable/{id}`: drops the upload and its parts (204).
+pub async fn terminate(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((_, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = check_version(&headers) {
+        return r;
+    }
+    let (env, access) = match env_access(&state, &caller, &headers).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match state.storage.tus_terminate(&env, &access, &id).await {
+        Ok(()) => with_tus(StatusCode::NO_CONTENT.into_response()),
+        Err(e) => fail(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_metadata() {
+        let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let h = format!("bucketName {},objectName {}, empty", b("docs"), b("a/b.txt"));
+        let m = parse_metadata(&h).unwrap();
+        assert_eq!(m[0], ("bucketName".to_owned(), "docs".to_owned()));
+        assert_eq!(m[1], ("objectName".to_owned(), "a/b.txt".to_owned()));
+        assert_eq!(m[2], ("empty".to_owned(), String::new()));
+        assert!(parse_metadata("bucketName !!!").is_err());
+        assert!(parse_metadata(&format!("k {},k {}", b("a"), b("b"))).is_err());
+        assert!(parse_metadata("k a b").is_err());
+        assert!(parse_metadata(&format!("k {}", base64::engine::general_purpose::STANDARD.encode([0xff, 0xfe]))).is_err());
+    }
+}
