@@ -2,7 +2,7 @@
 //! handler runs. The router, the OpenAPI document and the cross-tenant test matrix are all generated from
 //! this one table, so a new route cannot skip authorization, documentation or the matrix.
 
-use axum::routing::{MethodRouter, any, delete, get, head, options, patch, post, put};
+use axum::routing::{MethodRouter, any, delete, get, head, patch, post, put};
 use tenancy::{Access, EnvKeyAccess, Plane};
 
 use crate::surface::Surface;
@@ -810,13 +810,8 @@ fn table() -> Vec<R> {
             put(crate::storage_api::signed_upload),
         ),
         storage_keyed("POST", "/env/{env}/storage/v1/object/upload/sign/{*rest}", "Create a signed upload URL."),
-        // TUS resumable uploads (tus-js-client); OPTIONS is public, as on Supabase.
-        storage_public(
-            "OPTIONS",
-            "/env/{env}/storage/v1/upload/resumable",
-            "TUS: the protocol version, extensions and largest upload served.",
-            options(crate::storage_tus::options),
-        ),
+        // TUS resumable uploads (tus-js-client). OPTIONS is answered by the CORS layer, with TUS's
+        // capability headers added at the edge (`gate::edge`).
         storage_tus(
             "POST",
             "/env/{env}/storage/v1/upload/resumable",

@@ -90,13 +90,19 @@ async fn env_access(state: &AppState, caller: &Caller, headers: &HeaderMap) -> R
     Ok((env, Access::Request(auth)))
 }
 
-/// `OPTIONS …/upload/resumable`: what this server speaks (no credentials, as on Supabase).
-pub async fn options() -> Response {
-    let mut r = with_tus(StatusCode::NO_CONTENT.into_response());
-    set(&mut r, "tus-version", TUS_VERSION);
-    set(&mut r, "tus-extension", TUS_EXTENSIONS);
-    set(&mut r, "tus-max-size", &storage::MAX_OBJECT_BYTES.to_string());
-    r
+/// Whether `path` is the resumable-upload endpoint or an upload under it (path or host form).
+pub fn is_tus_path(path: &str) -> bool {
+    let rest = path.strip_prefix("/env/").and_then(|p| p.split_once('/')).map_or(path, |(_, r)| r);
+    let rest = rest.trim_start_matches('/');
+    rest == "storage/v1/upload/resumable" || rest.starts_with("storage/v1/upload/resumable/")
+}
+
+/// What this server speaks (`OPTIONS`, no credentials needed, as on Supabase).
+pub fn capability_headers(h: &mut HeaderMap) {
+    h.insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
+    h.insert("tus-version", HeaderValue::from_static(TUS_VERSION));
+    h.insert("tus-extension", HeaderValue::from_static(TUS_EXTENSIONS));
+    h.insert("tus-max-size", HeaderValue::from(storage::MAX_OBJECT_BYTES));
 }
 
 /// `Upload-Metadata`: comma-separated `key base64value` pairs (a value may be absent).
@@ -290,6 +296,15 @@ pub async fn terminate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tus_paths() {
+        assert!(is_tus_path("/env/a-b/storage/v1/upload/resumable"));
+        assert!(is_tus_path("/env/a-b/storage/v1/upload/resumable/x"));
+        assert!(is_tus_path("/storage/v1/upload/resumable"));
+        assert!(!is_tus_path("/env/a-b/storage/v1/object/x"));
+        assert!(!is_tus_path("/env/a-b/storage/v1/upload/resumables"));
+    }
 
     #[test]
     fn upload_metadata() {
