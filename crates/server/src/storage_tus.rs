@@ -84,7 +84,9 @@ async fn env_access(state: &AppState, caller: &Caller, headers: &HeaderMap) -> R
     };
     let auth = match crate::data::request_auth(state, caller, headers).await {
         Ok(a) => a,
-        Err(e) => return Err(with_tus(ApiError::new(StatusCode::BAD_REQUEST, "InvalidJWT", e.message).into_response())),
+        Err(e) => {
+            return Err(with_tus(ApiError::new(StatusCode::BAD_REQUEST, "InvalidJWT", e.message).into_response()));
+        }
     };
     state.platform.meter(&env, Meter::StorageOps, ("surface", "storage"), 1);
     Ok((env, Access::Request(auth)))
@@ -132,7 +134,8 @@ fn location(state: &AppState, headers: &HeaderMap, env: &EnvId, id: &str) -> Str
     let host = header_str(headers, "x-forwarded-host").or_else(|| header_str(headers, "host")).unwrap_or("localhost");
     let proto = header_str(headers, "x-forwarded-proto").filter(|p| *p == "https").unwrap_or("http");
     let apps_domain = &state.platform.config().apps_domain;
-    let prefix = if crate::address::parse_host(host, apps_domain).is_some() { String::new() } else { format!("/env/{env}") };
+    let prefix =
+        if crate::address::parse_host(host, apps_domain).is_some() { String::new() } else { format!("/env/{env}") };
     format!("{proto}://{host}{prefix}/storage/v1/upload/resumable/{id}")
 }
 
@@ -150,28 +153,43 @@ pub async fn create(State(state): State<AppState>, Extension(caller): Extension<
     if h.contains_key("upload-defer-length") {
         return fail(StorageError::InvalidRequest("Upload-Defer-Length is not supported: send Upload-Length".into()));
     }
-    let Some(length) = header_str(h, "upload-length").and_then(|l| l.parse::<u64>().ok()) else {
-        return fail(StorageError::InvalidRequest("Upload-Length must be a non-negative integer".into()));
-    };
-    // Data with the creation request (creation-with-upload) is not offered; nothing may come with it.
+    // Bytes may come with the creation request (creation-with-upload, which Supabase's docs turn
+    // on), as the first chunk.
     let mut stream: BodyStream = Box::pin(body.into_data_stream().map_err(|e| e.to_string()));
-    if header_str(h, "content-length").is_some_and(|l| l != "0") {
-        drain(&mut stream).await;
-        return fail(StorageError::InvalidRequest("send the upload's bytes with PATCH".into()));
+    let content_length = header_str(h, "content-length").and_then(|l| l.parse::<u64>().ok());
+    let with_data = header_str(h, "content-type").is_some_and(|c| c.eq_ignore_ascii_case(OFFSET_CONTENT_TYPE));
+    if !with_data && content_length.is_some_and(|l| l > 0) {
+        return refuse(
+            &mut stream,
+            fail(StorageError::InvalidRequest(format!(
+                "a creation request carries data only as {OFFSET_CONTENT_TYPE}"
+            ))),
+        )
+        .await;
     }
+    let Some(length) = header_str(h, "upload-length").and_then(|l| l.parse::<u64>().ok()) else {
+        return refuse(
+            &mut stream,
+            fail(StorageError::InvalidRequest("Upload-Length must be a non-negative integer".into())),
+        )
+        .await;
+    };
     let meta = match header_str(h, "upload-metadata").map(parse_metadata).transpose() {
         Ok(m) => m.unwrap_or_default(),
-        Err(e) => return fail(e),
+        Err(e) => return refuse(&mut stream, fail(e)).await,
     };
     let field = |k: &str| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
     let (Some(bucket_id), Some(name)) = (field("bucketName"), field("objectName")) else {
-        return fail(StorageError::InvalidRequest("Upload-Metadata must name bucketName and objectName".into()));
+        let e = StorageError::InvalidRequest("Upload-Metadata must name bucketName and objectName".into());
+        return refuse(&mut stream, fail(e)).await;
     };
     let user_metadata = match field("metadata") {
         None => None,
         Some(m) => match serde_json::from_str::<Value>(&m) {
             Ok(v) => Some(v),
-            Err(_) => return fail(StorageError::InvalidRequest("metadata must be JSON".into())),
+            Err(_) => {
+                return refuse(&mut stream, fail(StorageError::InvalidRequest("metadata must be JSON".into()))).await;
+            }
         },
     };
     // As Supabase: a number of seconds becomes max-age, anything else no-cache.
@@ -183,19 +201,32 @@ pub async fn create(State(state): State<AppState>, Extension(caller): Extension<
         bucket_id,
         name,
         length,
-        content_type: field("contentType").filter(|c| !c.is_empty()).unwrap_or_else(|| "application/octet-stream".into()),
+        content_type: field("contentType")
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| "application/octet-stream".into()),
         cache_control,
         upsert: header_str(h, "x-upsert") == Some("true"),
         user_metadata,
     };
-    match state.storage.tus_create(&env, &access, new).await {
-        Ok(s) => {
-            let mut r = progress(StatusCode::CREATED, &s);
-            set(&mut r, "location", &location(&state, h, &env, &s.id));
-            r
+    let mut created = match state.storage.tus_create(&env, &access, new).await {
+        Ok(s) => s,
+        Err(e) => return refuse(&mut stream, fail(e)).await,
+    };
+    if with_data && created.length > 0 {
+        match state.storage.tus_patch(&env, &access, &created.id, 0, content_length, &mut stream).await {
+            Ok(Patched::Progress(s) | Patched::Complete(s, _)) => created = s,
+            Err(e) => {
+                // The client starts over with a new upload; this one goes now rather than at expiry.
+                if let Err(t) = state.storage.tus_terminate(&env, &access, &created.id).await {
+                    tracing::debug!(error = %t, "could not drop an upload whose first chunk failed");
+                }
+                return refuse(&mut stream, fail(e)).await;
+            }
         }
-        Err(e) => fail(e),
     }
+    let mut r = progress(StatusCode::CREATED, &created);
+    set(&mut r, "location", &location(&state, h, &env, &created.id));
+    r
 }
 
 /// `HEAD …/upload/resumable/{id}`: where the upload stands.
@@ -250,7 +281,11 @@ pub async fn patch(
         return refuse(&mut stream, with_tus(r.into_response())).await;
     }
     let Some(offset) = header_str(h, "upload-offset").and_then(|o| o.parse::<u64>().ok()) else {
-        return refuse(&mut stream, fail(StorageError::InvalidRequest("Upload-Offset must be a non-negative integer".into()))).await;
+        return refuse(
+            &mut stream,
+            fail(StorageError::InvalidRequest("Upload-Offset must be a non-negative integer".into())),
+        )
+        .await;
     };
     let content_length = header_str(h, "content-length").and_then(|l| l.parse::<u64>().ok());
     match state.storage.tus_patch(&env, &access, &id, offset, content_length, &mut stream).await {
@@ -317,6 +352,8 @@ mod tests {
         assert!(parse_metadata("bucketName !!!").is_err());
         assert!(parse_metadata(&format!("k {},k {}", b("a"), b("b"))).is_err());
         assert!(parse_metadata("k a b").is_err());
-        assert!(parse_metadata(&format!("k {}", base64::engine::general_purpose::STANDARD.encode([0xff, 0xfe]))).is_err());
+        assert!(
+            parse_metadata(&format!("k {}", base64::engine::general_purpose::STANDARD.encode([0xff, 0xfe]))).is_err()
+        );
     }
 }

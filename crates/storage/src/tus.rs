@@ -25,7 +25,7 @@ use crate::{Access, MAX_OBJECT_BYTES, Object, Result, Storage, StorageError, Upl
 /// The protocol version served.
 pub const TUS_VERSION: &str = "1.0.0";
 /// The extensions served.
-pub const TUS_EXTENSIONS: &str = "creation,termination,expiration";
+pub const TUS_EXTENSIONS: &str = "creation,creation-with-upload,termination,expiration";
 /// How long an upload may take from its creation (as on Supabase's hosted platform: 24 hours).
 pub const UPLOAD_TTL_MS: i64 = 24 * 3600 * 1000;
 /// How long a completion may hold an upload before another request may take it back.
@@ -100,7 +100,8 @@ impl Row {
     }
 }
 
-const ROW_COLS: &str = "id, holder, bucket_id, name, upload_length, upload_offset, parts, options, completing_until, expires_at";
+const ROW_COLS: &str =
+    "id, holder, bucket_id, name, upload_length, upload_offset, parts, options, completing_until, expires_at";
 
 fn read_row(r: &store::Row) -> Result<Row> {
     let bad = |e: serde_json::Error| StorageError::Internal(format!("stored upload: {e}"));
@@ -444,18 +445,18 @@ impl Storage {
         // lifetime the handlers' futures need).
         let parts: futures_util::stream::BoxStream<'static, std::result::Result<Bytes, store::BlobError>> =
             futures_util::stream::iter(claimed.parts.clone())
-            .then(move |part| {
-                let blobs = blobs.clone();
-                async move {
-                    match blobs.get_stream(&part.key, None).await {
-                        Ok(Some(read)) => Ok(read.stream),
-                        Ok(None) => Err(store::BlobError::Body("a part of the upload is missing".to_owned())),
-                        Err(e) => Err(e),
+                .then(move |part| {
+                    let blobs = blobs.clone();
+                    async move {
+                        match blobs.get_stream(&part.key, None).await {
+                            Ok(Some(read)) => Ok(read.stream),
+                            Ok(None) => Err(store::BlobError::Body("a part of the upload is missing".to_owned())),
+                            Err(e) => Err(e),
+                        }
                     }
-                }
-            })
-            .try_flatten()
-            .boxed();
+                })
+                .try_flatten()
+                .boxed();
         let opts = UploadOptions {
             content_type: claimed.options.content_type.clone(),
             cache_control: claimed.options.cache_control.clone(),

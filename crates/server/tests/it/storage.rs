@@ -664,6 +664,33 @@ async fn tus_upload_in_chunks_resumes_and_completes_atomically() {
     Env::tus_path(&e.tus_create(&svc, "big", "empty.txt", 0, &[]).await);
     let r = e.get("object/big/empty.txt", &svc).await;
     assert_eq!((r.status, r.text.as_str()), (StatusCode::OK, ""));
+    // Data with the creation request (creation-with-upload, as Supabase's docs configure tus-js-client).
+    let mut with_data = svc.clone();
+    with_data.extend([
+        ("tus-resumable", "1.0.0".to_owned()),
+        ("upload-length", "8".to_owned()),
+        ("upload-metadata", format!("bucketName {},objectName {}", b64("big"), b64("first.txt"))),
+        ("content-type", "application/offset+octet-stream".to_owned()),
+    ]);
+    let r = e.h.send("POST", &e.url("upload/resumable"), &with_data, Some("1234".into())).await;
+    let path = Env::tus_path(&r);
+    assert_eq!(offset_of(&r), 4);
+    assert_eq!(e.tus_patch(&svc, &path, 4, "5678").await.status, StatusCode::NO_CONTENT);
+    assert_eq!(e.get("object/big/first.txt", &svc).await.text, "12345678");
+    let named = |name: &str| {
+        let mut h = with_data.clone();
+        h.retain(|(k, _)| *k != "upload-metadata");
+        h.push(("upload-metadata", format!("bucketName {},objectName {}", b64("big"), b64(name))));
+        h
+    };
+    let r = e.h.send("POST", &e.url("upload/resumable"), &named("over.txt"), Some("123456789".into())).await;
+    assert_storage_error(&r, 413, "EntityTooLarge");
+    assert_storage_error(&e.get("object/big/over.txt", &svc).await, 404, "NoSuchKey");
+    let whole = named("one-shot.txt");
+    let r = e.h.send("POST", &e.url("upload/resumable"), &whole, Some("abcdefgh".into())).await;
+    assert_eq!((r.status, offset_of(&r)), (StatusCode::CREATED, 8), "{}", r.text);
+    assert_eq!(e.get("object/big/one-shot.txt", &svc).await.text, "abcdefgh");
+    assert_eq!(e.upload_parts().await, Vec::<String>::new());
     // Termination drops the upload and its parts.
     let path = Env::tus_path(&e.tus_create(&svc, "big", "gone.txt", 10, &[]).await);
     assert_eq!(e.tus_patch(&svc, &path, 0, "12345").await.status, StatusCode::NO_CONTENT);
@@ -675,7 +702,7 @@ async fn tus_upload_in_chunks_resumes_and_completes_atomically() {
     assert_eq!(e.upload_parts().await, Vec::<String>::new());
     // Meters as for plain uploads.
     let totals = e.h.usage_totals(&e.id).await;
-    assert_eq!(totals.get("storage_bytes").copied(), Some(3), "{totals:?}");
+    assert_eq!(totals.get("storage_bytes").copied(), Some(3 + 8 + 8), "{totals:?}");
 }
 
 #[tokio::test]
@@ -717,8 +744,10 @@ async fn tus_bad_input_is_refused() {
     old.extend([("upload-offset", "0".to_owned()), ("content-type", "application/offset+octet-stream".to_owned())]);
     assert_eq!(e.h.send("PATCH", &path, &old, Some("x".into())).await.status, StatusCode::PRECONDITION_FAILED);
     let mut no_offset = svc.clone();
-    no_offset
-        .extend([("tus-resumable", "1.0.0".to_owned()), ("content-type", "application/offset+octet-stream".to_owned())]);
+    no_offset.extend([
+        ("tus-resumable", "1.0.0".to_owned()),
+        ("content-type", "application/offset+octet-stream".to_owned()),
+    ]);
     assert_eq!(e.h.send("PATCH", &path, &no_offset, Some("x".into())).await.status, StatusCode::BAD_REQUEST);
     assert_storage_error(&e.tus_patch(&svc, &path, 0, "12345678901").await, 413, "EntityTooLarge");
     assert_eq!(e.tus_patch(&svc, &path, 0, "1234").await.status, StatusCode::NO_CONTENT);
