@@ -58,9 +58,10 @@ test('a 13 MB upload in 6 MB chunks, interrupted and resumed, downloads whole', 
   const file = randomBytes(13 * 1024 * 1024 + 12345);
   const name = `${alice.user.id}/movie.mp4`;
   // First run: stop after the first chunk.
+  const documented = await options(alice, name);
   const first = await new Promise((resolve, reject) => {
     const upload = new tus.Upload(file, {
-      ...(await options(alice, name)),
+      ...documented,
       onChunkComplete(_size, sent) {
         upload.abort().then(() => resolve({ url: upload.url, sent }), reject);
       },
@@ -76,9 +77,9 @@ test('a 13 MB upload in 6 MB chunks, interrupted and resumed, downloads whole', 
   assert.ok(early.error, 'a partial object was visible');
   // Resume with a new Upload from the stored URL: it asks for the offset and sends the rest.
   let resumedFrom = -1;
-  await new Promise(async (resolve, reject) => {
+  await new Promise((resolve, reject) => {
     const upload = new tus.Upload(file, {
-      ...(await options(alice, name)),
+      ...documented,
       uploadUrl: first.url,
       onProgress(sent) {
         if (resumedFrom < 0) resumedFrom = sent;
@@ -102,9 +103,10 @@ test('a 13 MB upload in 6 MB chunks, interrupted and resumed, downloads whole', 
 });
 
 test('a policy on storage.objects refuses an upload into another user\'s folder', async () => {
-  const err = await new Promise(async (resolve, reject) => {
+  const intrusion = await options(alice, `${bob.user.id}/intrusion.txt`);
+  const err = await new Promise((resolve, reject) => {
     const upload = new tus.Upload(Buffer.from('not yours'), {
-      ...(await options(alice, `${bob.user.id}/intrusion.txt`)),
+      ...intrusion,
       onError: resolve,
       onSuccess: () => reject(new Error('the upload into another folder succeeded')),
     });
