@@ -380,12 +380,15 @@ impl Storage {
             }
             // The instance completing it went away: take the last part back, then look again.
             let mut back = row.clone();
-            if let Some(last) = back.parts.pop() {
+            back.completing_until = 0;
+            let last = back.parts.pop();
+            if let Some(last) = &last {
                 back.offset -= last.size;
-                back.completing_until = 0;
-                if self.claim(env, &row, &back).await.is_ok() {
-                    delete_quietly(self.platform().blobs(), &last.key).await;
-                }
+            }
+            if self.claim(env, &row, &back).await.is_ok()
+                && let Some(last) = last
+            {
+                delete_quietly(self.platform().blobs(), &last.key).await;
             }
         }
         Err(StorageError::UploadLocked)

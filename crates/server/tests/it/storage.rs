@@ -858,3 +858,35 @@ create policy "own folder read" on storage.objects for select to authenticated
     assert_eq!(e.upload_parts().await, Vec::<String>::new());
     assert_eq!(e.blobs().await.len(), 1);
 }
+
+/// An upload whose completion holds the lease answers 423 (tus-js-client retries); one whose completing
+/// instance died (the lease ran out) gets its last chunk rolled back, so the client sends it again.
+#[tokio::test]
+async fn tus_completion_lease_locks_and_a_dead_completion_rolls_back() {
+    let e = Env::new().await;
+    let svc = e.service();
+    e.bucket("l", json!({})).await;
+    let path = Env::tus_path(&e.tus_create(&svc, "l", "x.txt", 8, &[]).await);
+    assert_eq!(e.tus_patch(&svc, &path, 0, "abcd").await.status, StatusCode::NO_CONTENT);
+    let id = path.rsplit('/').next().unwrap().to_owned();
+    let set_lease = |until: i64| {
+        let id = id.clone();
+        e.h.platform.db().tx(move |c| {
+            c.execute(
+                "UPDATE storage_uploads SET completing_until = $1 WHERE id = $2",
+                &[until.into(), id.as_str().into()],
+            )
+        })
+    };
+    let now = e.h.platform.clock().now_ms();
+    set_lease(now + 60_000).await.unwrap();
+    assert_eq!(e.tus_head(&svc, &path).await.status.as_u16(), 423);
+    assert_eq!(e.tus_patch(&svc, &path, 4, "efgh").await.status.as_u16(), 423);
+    set_lease(now - 1).await.unwrap();
+    let r = e.tus_head(&svc, &path).await;
+    assert_eq!((r.status, offset_of(&r)), (StatusCode::OK, 0));
+    assert_eq!(e.upload_parts().await, Vec::<String>::new(), "the rolled-back chunk is deleted");
+    assert_eq!(e.tus_patch(&svc, &path, 0, "abcd").await.status, StatusCode::NO_CONTENT);
+    assert_eq!(e.tus_patch(&svc, &path, 4, "efgh").await.status, StatusCode::NO_CONTENT);
+    assert_eq!(e.get("object/l/x.txt", &svc).await.text, "abcdefgh");
+}
