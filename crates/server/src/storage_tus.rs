@@ -42,17 +42,17 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// 412 unless the request speaks TUS 1.0.0 (`Tus-Resumable`).
-fn check_version(h: &HeaderMap) -> Result<(), Response> {
+/// The 412 refusal of a request that does not speak TUS 1.0.0 (`Tus-Resumable`).
+fn version_refusal(h: &HeaderMap) -> Option<Response> {
     if header_str(h, "tus-resumable") == Some(TUS_VERSION) {
-        return Ok(());
+        return None;
     }
     let mut r = with_tus(
         ApiError::new(StatusCode::PRECONDITION_FAILED, "InvalidRequest", "Tus-Resumable: 1.0.0 is required")
             .into_response(),
     );
     set(&mut r, "tus-version", TUS_VERSION);
-    Err(r)
+    Some(r)
 }
 
 /// An HTTP date for `Upload-Expires`.
@@ -143,7 +143,7 @@ fn location(state: &AppState, headers: &HeaderMap, env: &EnvId, id: &str) -> Str
 pub async fn create(State(state): State<AppState>, Extension(caller): Extension<Caller>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let h = &parts.headers;
-    if let Err(r) = check_version(h) {
+    if let Some(r) = version_refusal(h) {
         return r;
     }
     let (env, access) = match env_access(&state, &caller, h).await {
@@ -236,7 +236,7 @@ pub async fn head(
     Path((_, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = check_version(&headers) {
+    if let Some(r) = version_refusal(&headers) {
         return r;
     }
     let (env, access) = match env_access(&state, &caller, &headers).await {
@@ -264,7 +264,7 @@ pub async fn patch(
     let (parts, body) = req.into_parts();
     let h = &parts.headers;
     let mut stream: BodyStream = Box::pin(body.into_data_stream().map_err(|e| e.to_string()));
-    if let Err(r) = check_version(h) {
+    if let Some(r) = version_refusal(h) {
         return refuse(&mut stream, r).await;
     }
     let (env, access) = match env_access(&state, &caller, h).await {
@@ -315,7 +315,7 @@ pub async fn terminate(
     Path((_, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = check_version(&headers) {
+    if let Some(r) = version_refusal(&headers) {
         return r;
     }
     let (env, access) = match env_access(&state, &caller, &headers).await {
@@ -345,7 +345,7 @@ mod tests {
     fn upload_metadata() {
         let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let h = format!("bucketName {},objectName {}, empty", b("docs"), b("a/b.txt"));
-        let m = parse_metadata(&h).unwrap();
+        let Ok(m) = parse_metadata(&h) else { panic!("valid metadata refused") };
         assert_eq!(m[0], ("bucketName".to_owned(), "docs".to_owned()));
         assert_eq!(m[1], ("objectName".to_owned(), "a/b.txt".to_owned()));
         assert_eq!(m[2], ("empty".to_owned(), String::new()));
