@@ -840,6 +840,31 @@ fn table() -> Vec<R> {
             204,
             delete(crate::storage_tus::terminate),
         ),
+        // The signed variant: a signed upload URL's token in `x-signature` is the credential.
+        storage_public(
+            "POST",
+            "/env/{env}/storage/v1/upload/resumable/sign",
+            "TUS: create a resumable upload with a signed upload URL's token (x-signature).",
+            post(crate::storage_tus::create_signed),
+        ),
+        storage_public(
+            "HEAD",
+            "/env/{env}/storage/v1/upload/resumable/sign/{id}",
+            "TUS: the offset of a signed resumable upload.",
+            head(crate::storage_tus::head_signed),
+        ),
+        storage_public(
+            "PATCH",
+            "/env/{env}/storage/v1/upload/resumable/sign/{id}",
+            "TUS: append a chunk to a signed resumable upload.",
+            patch(crate::storage_tus::patch_signed),
+        ),
+        storage_public(
+            "DELETE",
+            "/env/{env}/storage/v1/upload/resumable/sign/{id}",
+            "TUS: terminate a signed resumable upload.",
+            delete(crate::storage_tus::terminate_signed),
+        ),
         built(
             surface(
                 "/env/{env}/functions/v1/{*rest}",

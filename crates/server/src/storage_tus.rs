@@ -130,26 +130,65 @@ fn parse_metadata(h: &str) -> Result<Vec<(String, String)>, StorageError> {
 }
 
 /// Where the client continues: absolute, in the address form the request used.
-fn location(state: &AppState, headers: &HeaderMap, env: &EnvId, id: &str) -> String {
+fn location(state: &AppState, headers: &HeaderMap, env: &EnvId, id: &str, signed: bool) -> String {
     let host = header_str(headers, "x-forwarded-host").or_else(|| header_str(headers, "host")).unwrap_or("localhost");
     let proto = header_str(headers, "x-forwarded-proto").filter(|p| *p == "https").unwrap_or("http");
     let apps_domain = &state.platform.config().apps_domain;
     let prefix =
         if crate::address::parse_host(host, apps_domain).is_some() { String::new() } else { format!("/env/{env}") };
-    format!("{proto}://{host}{prefix}/storage/v1/upload/resumable/{id}")
+    let sign = if signed { "/sign" } else { "" };
+    format!("{proto}://{host}{prefix}/storage/v1/upload/resumable{sign}/{id}")
+}
+
+/// Who continues an upload: a key of the env (with the request role's policies), or a signed upload
+/// URL's token in `x-signature` (its policies were checked when it was signed).
+enum Who {
+    Keyed(Access),
+    Signed,
 }
 
 /// `POST …/upload/resumable`: creates an upload (201 with `Location`).
 pub async fn create(State(state): State<AppState>, Extension(caller): Extension<Caller>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let h = &parts.headers;
-    if let Some(r) = version_refusal(h) {
+    if let Some(r) = version_refusal(&parts.headers) {
         return r;
     }
-    let (env, access) = match env_access(&state, &caller, h).await {
+    let (env, access) = match env_access(&state, &caller, &parts.headers).await {
         Ok(x) => x,
         Err(r) => return r,
     };
+    create_upload(&state, env, Who::Keyed(access), &parts.headers, body).await
+}
+
+/// `POST …/upload/resumable/sign`: creates an upload with a signed upload URL's token (`x-signature`).
+pub async fn create_signed(State(state): State<AppState>, Path(env): Path<String>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    if let Some(r) = version_refusal(&parts.headers) {
+        return r;
+    }
+    let env = match crate::auth_api::active_env(&state, &env).await {
+        Ok(e) => e,
+        Err(r) => return with_tus(r),
+    };
+    state.platform.meter(&env, Meter::StorageOps, ("surface", "storage"), 1);
+    create_upload(&state, env, Who::Signed, &parts.headers, body).await
+}
+
+/// The claims of the `x-signature` token if it grants an upload of `bucket/name`.
+fn signature(
+    state: &AppState,
+    env: &EnvId,
+    h: &HeaderMap,
+    bucket: &str,
+    name: &str,
+) -> Result<storage::sign::Claims, StorageError> {
+    let Some(token) = header_str(h, "x-signature") else {
+        return Err(StorageError::InvalidSignature("Missing x-signature header".to_owned()));
+    };
+    state.storage.verify_token(env, token, storage::sign::Grant::Upload, bucket, name)
+}
+
+async fn create_upload(state: &AppState, env: EnvId, who: Who, h: &HeaderMap, body: axum::body::Body) -> Response {
     if h.contains_key("upload-defer-length") {
         return fail(StorageError::InvalidRequest("Upload-Defer-Length is not supported: send Upload-Length".into()));
     }
@@ -197,6 +236,16 @@ pub async fn create(State(state): State<AppState>, Extension(caller): Extension<
         Some(c) if !c.is_empty() && c.chars().all(|d| d.is_ascii_digit()) => format!("max-age={c}"),
         _ => "no-cache".to_owned(),
     };
+    let (access, owner, upsert, signed) = match who {
+        Who::Keyed(access) => {
+            let owner = access.owner();
+            (access, owner, header_str(h, "x-upsert") == Some("true"), false)
+        }
+        Who::Signed => match signature(state, &env, h, &bucket_id, &name) {
+            Ok(claims) => (Access::Trusted, claims.owner, claims.upsert, true),
+            Err(e) => return refuse(&mut stream, fail(e)).await,
+        },
+    };
     let new = NewUpload {
         bucket_id,
         name,
@@ -205,8 +254,9 @@ pub async fn create(State(state): State<AppState>, Extension(caller): Extension<
             .filter(|c| !c.is_empty())
             .unwrap_or_else(|| "application/octet-stream".into()),
         cache_control,
-        upsert: header_str(h, "x-upsert") == Some("true"),
+        upsert,
         user_metadata,
+        owner,
     };
     let mut created = match state.storage.tus_create(&env, &access, new).await {
         Ok(s) => s,
@@ -225,8 +275,18 @@ pub async fn create(State(state): State<AppState>, Extension(caller): Extension<
         }
     }
     let mut r = progress(StatusCode::CREATED, &created);
-    set(&mut r, "location", &location(&state, h, &env, &created.id));
+    set(&mut r, "location", &location(state, h, &env, &created.id, signed));
     r
+}
+
+/// The env, access and upload id of a request on `…/upload/resumable/sign/{id}`: the env active, the
+/// upload's bucket and name granted by the `x-signature` token.
+async fn signed_upload(state: &AppState, env: &str, id: &str, h: &HeaderMap) -> Result<(EnvId, Access), Response> {
+    let env = crate::auth_api::active_env(state, env).await.map_err(with_tus)?;
+    state.platform.meter(&env, Meter::StorageOps, ("surface", "storage"), 1);
+    let (bucket, name) = state.storage.tus_target(&env, id).await.map_err(fail)?;
+    signature(state, &env, h, &bucket, &name).map_err(fail)?;
+    Ok((env, Access::Trusted))
 }
 
 /// `HEAD …/upload/resumable/{id}`: where the upload stands.
@@ -239,11 +299,29 @@ pub async fn head(
     if let Some(r) = version_refusal(&headers) {
         return r;
     }
-    let (env, access) = match env_access(&state, &caller, &headers).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    match state.storage.tus_state(&env, &access, &id).await {
+    match env_access(&state, &caller, &headers).await {
+        Ok((env, access)) => head_upload(&state, &env, &access, &id).await,
+        Err(r) => r,
+    }
+}
+
+/// `HEAD …/upload/resumable/sign/{id}`.
+pub async fn head_signed(
+    State(state): State<AppState>,
+    Path((env, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = version_refusal(&headers) {
+        return r;
+    }
+    match signed_upload(&state, &env, &id, &headers).await {
+        Ok((env, access)) => head_upload(&state, &env, &access, &id).await,
+        Err(r) => r,
+    }
+}
+
+async fn head_upload(state: &AppState, env: &EnvId, access: &Access, id: &str) -> Response {
+    match state.storage.tus_state(env, access, id).await {
         Ok(s) => {
             let mut r = progress(StatusCode::OK, &s);
             set(&mut r, "upload-length", &s.length.to_string());
@@ -262,15 +340,41 @@ pub async fn patch(
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let h = &parts.headers;
     let mut stream: BodyStream = Box::pin(body.into_data_stream().map_err(|e| e.to_string()));
-    if let Some(r) = version_refusal(h) {
+    if let Some(r) = version_refusal(&parts.headers) {
         return refuse(&mut stream, r).await;
     }
-    let (env, access) = match env_access(&state, &caller, h).await {
-        Ok(x) => x,
-        Err(r) => return refuse(&mut stream, r).await,
-    };
+    match env_access(&state, &caller, &parts.headers).await {
+        Ok((env, access)) => patch_upload(&state, &env, &access, &id, &parts.headers, stream).await,
+        Err(r) => refuse(&mut stream, r).await,
+    }
+}
+
+/// `PATCH …/upload/resumable/sign/{id}`.
+pub async fn patch_signed(
+    State(state): State<AppState>,
+    Path((env, id)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let mut stream: BodyStream = Box::pin(body.into_data_stream().map_err(|e| e.to_string()));
+    if let Some(r) = version_refusal(&parts.headers) {
+        return refuse(&mut stream, r).await;
+    }
+    match signed_upload(&state, &env, &id, &parts.headers).await {
+        Ok((env, access)) => patch_upload(&state, &env, &access, &id, &parts.headers, stream).await,
+        Err(r) => refuse(&mut stream, r).await,
+    }
+}
+
+async fn patch_upload(
+    state: &AppState,
+    env: &EnvId,
+    access: &Access,
+    id: &str,
+    h: &HeaderMap,
+    mut stream: BodyStream,
+) -> Response {
     let content_type = header_str(h, "content-type").unwrap_or("");
     if !content_type.eq_ignore_ascii_case(OFFSET_CONTENT_TYPE) {
         let r = ApiError::new(
@@ -281,24 +385,18 @@ pub async fn patch(
         return refuse(&mut stream, with_tus(r.into_response())).await;
     }
     let Some(offset) = header_str(h, "upload-offset").and_then(|o| o.parse::<u64>().ok()) else {
-        return refuse(
-            &mut stream,
-            fail(StorageError::InvalidRequest("Upload-Offset must be a non-negative integer".into())),
-        )
-        .await;
+        let e = StorageError::InvalidRequest("Upload-Offset must be a non-negative integer".into());
+        return refuse(&mut stream, fail(e)).await;
     };
     let content_length = header_str(h, "content-length").and_then(|l| l.parse::<u64>().ok());
-    match state.storage.tus_patch(&env, &access, &id, offset, content_length, &mut stream).await {
+    match state.storage.tus_patch(env, access, id, offset, content_length, &mut stream).await {
         Ok(Patched::Progress(s)) => progress(StatusCode::NO_CONTENT, &s),
         Ok(Patched::Complete(s, _)) => {
             let mut r = progress(StatusCode::NO_CONTENT, &s);
             set(&mut r, "tus-complete", "1");
             r
         }
-        Err(e) => {
-            drain(&mut stream).await;
-            fail(e)
-        }
+        Err(e) => refuse(&mut stream, fail(e)).await,
     }
 }
 
@@ -318,11 +416,29 @@ pub async fn terminate(
     if let Some(r) = version_refusal(&headers) {
         return r;
     }
-    let (env, access) = match env_access(&state, &caller, &headers).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    match state.storage.tus_terminate(&env, &access, &id).await {
+    match env_access(&state, &caller, &headers).await {
+        Ok((env, access)) => terminate_upload(&state, &env, &access, &id).await,
+        Err(r) => r,
+    }
+}
+
+/// `DELETE …/upload/resumable/sign/{id}`.
+pub async fn terminate_signed(
+    State(state): State<AppState>,
+    Path((env, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = version_refusal(&headers) {
+        return r;
+    }
+    match signed_upload(&state, &env, &id, &headers).await {
+        Ok((env, access)) => terminate_upload(&state, &env, &access, &id).await,
+        Err(r) => r,
+    }
+}
+
+async fn terminate_upload(state: &AppState, env: &EnvId, access: &Access, id: &str) -> Response {
+    match state.storage.tus_terminate(env, access, id).await {
         Ok(()) => with_tus(StatusCode::NO_CONTENT.into_response()),
         Err(e) => fail(e),
     }

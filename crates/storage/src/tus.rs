@@ -43,6 +43,8 @@ pub struct NewUpload {
     pub cache_control: String,
     pub upsert: bool,
     pub user_metadata: Option<Value>,
+    /// The end user the object will belong to (the caller's, or a signed URL's).
+    pub owner: Option<String>,
 }
 
 /// Where an upload stands.
@@ -170,7 +172,7 @@ impl Storage {
         {
             return Err(StorageError::QuotaExceeded { used, limit });
         }
-        let owner = access.owner();
+        let owner = new.owner.clone();
         self.probe_upload(env, access, &new.bucket_id, &new.name, new.upsert, owner.clone()).await?;
         self.tus_sweep().await;
         let now = self.now_ms();
@@ -222,6 +224,28 @@ impl Storage {
             self.finish(env, access, &row, claimed).await?;
         }
         Ok(row.state())
+    }
+
+    /// The bucket and object name of upload `id` of `env`, whoever created it (to check a signed
+    /// upload URL's token against).
+    pub async fn tus_target(&self, env: &EnvId, id: &str) -> Result<(String, String)> {
+        if !valid_id(id) {
+            return Err(StorageError::NoSuchUpload);
+        }
+        let (env_s, id_s) = (env.to_string(), id.to_owned());
+        self.platform()
+            .db()
+            .tx(move |c: &mut dyn Conn| {
+                let r = c.query_opt(
+                    "SELECT bucket_id, name FROM storage_uploads WHERE env_id = $1 AND id = $2",
+                    &[env_s.into(), id_s.into()],
+                )?;
+                match r {
+                    Some(r) => Ok((r.text(0)?, r.text(1)?)),
+                    None => Err(StorageError::NoSuchUpload),
+                }
+            })
+            .await
     }
 
     /// Where an upload stands (`HEAD`).
@@ -345,8 +369,7 @@ impl Storage {
     /// The upload `id` of `env` as `access` may see it: expired ones are deleted (410), one being
     /// completed answers 423, and one whose completing instance died is rolled back first.
     async fn load(&self, env: &EnvId, access: &Access, id: &str) -> Result<Row> {
-        // Ids are uuids; anything else names no upload (and never reaches a query or a key).
-        if id.len() != 36 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        if !valid_id(id) {
             return Err(StorageError::NoSuchUpload);
         }
         for _ in 0..3 {
@@ -516,6 +539,11 @@ impl Storage {
             tracing::warn!(error = %e, "could not delete the parts of an upload");
         }
     }
+}
+
+/// Ids are uuids; anything else names no upload (and never reaches a query or a key).
+fn valid_id(id: &str) -> bool {
+    id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
 }
 
 async fn delete_quietly(blobs: &store::Blobs, key: &str) {

@@ -890,3 +890,51 @@ async fn tus_completion_lease_locks_and_a_dead_completion_rolls_back() {
     assert_eq!(e.tus_patch(&svc, &path, 4, "efgh").await.status, StatusCode::NO_CONTENT);
     assert_eq!(e.get("object/l/x.txt", &svc).await.text, "abcdefgh");
 }
+
+/// The signed variant (`/upload/resumable/sign`): a signed upload URL's token in `x-signature` is the
+/// credential, for its object only; the object gets the signer's owner.
+#[tokio::test]
+async fn tus_signed_uploads_take_a_signed_upload_urls_token() {
+    let e = Env::new().await;
+    e.bucket("s", json!({})).await;
+    let policy = "create policy \"own folder\" on storage.objects for insert to authenticated \
+                  with check ((storage.foldername(name))[1] = auth.uid()::text)";
+    let r = e.h.call("POST", &format!("/v1/envs/{}/sql", e.id), Some(&e.secret), Some(json!({"query": policy}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let alice = e.user(ALICE);
+    let r = e.json("POST", &format!("object/upload/sign/s/{ALICE}/v.bin"), &alice, json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let token = r.json["token"].as_str().unwrap().to_owned();
+    let signed = |name: &str, sig: &str| {
+        vec![
+            ("tus-resumable", "1.0.0".to_owned()),
+            ("upload-length", "6".to_owned()),
+            ("upload-metadata", format!("bucketName {},objectName {}", b64("s"), b64(name))),
+            ("x-signature", sig.to_owned()),
+        ]
+    };
+    let create = e.url("upload/resumable/sign");
+    // No token, a forged one, or the token of another object: refused, nothing created.
+    let mut none = signed(&format!("{ALICE}/v.bin"), "");
+    none.retain(|(k, _)| *k != "x-signature");
+    assert_storage_error(&e.h.send("POST", &create, &none, None).await, 400, "InvalidSignature");
+    let r = e.h.send("POST", &create, &signed(&format!("{ALICE}/v.bin"), "forged.token.x"), None).await;
+    assert_storage_error(&r, 400, "InvalidSignature");
+    let r = e.h.send("POST", &create, &signed(&format!("{ALICE}/other.bin"), &token), None).await;
+    assert_storage_error(&r, 400, "InvalidSignature");
+    // With it: create, offset, chunks, done.
+    let r = e.h.send("POST", &create, &signed(&format!("{ALICE}/v.bin"), &token), None).await;
+    let path = Env::tus_path(&r);
+    assert!(path.contains("/upload/resumable/sign/"), "{path}");
+    let with_sig = vec![("x-signature", token.clone())];
+    assert_eq!(offset_of(&e.tus_head(&with_sig, &path).await), 0);
+    assert_eq!(e.tus_head(&[], &path).await.status, StatusCode::BAD_REQUEST, "no token");
+    assert_eq!(e.tus_patch(&with_sig, &path, 0, "abc").await.status, StatusCode::NO_CONTENT);
+    // A key of the env does not reach a signed upload through the keyed endpoint.
+    let keyed = path.replace("/resumable/sign/", "/resumable/");
+    assert_eq!(e.tus_head(&e.service(), &keyed).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(e.tus_patch(&with_sig, &path, 3, "def").await.status, StatusCode::NO_CONTENT);
+    let r = e.json("POST", "object/list/s", &e.service(), json!({"prefix": ALICE})).await;
+    assert_eq!((r.json[0]["name"].clone(), r.json[0]["owner"].clone()), (json!("v.bin"), json!(ALICE)), "{}", r.text);
+    assert_eq!(e.get(&format!("object/s/{ALICE}/v.bin"), &e.service()).await.text, "abcdef");
+}
