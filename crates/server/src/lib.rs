@@ -23,6 +23,7 @@ pub mod sandboxes;
 pub mod sessions;
 pub mod sites;
 pub mod storage_api;
+pub mod storage_tus;
 pub mod surface;
 pub mod tls;
 
@@ -96,6 +97,7 @@ impl AppState {
         // …and its storage tables (`storage.buckets`, `storage.objects`) and helper functions.
         appdb.register_schema(storage::Storage::schema_hook());
         let storage = storage::Storage::new(appdb.clone());
+        storage.register_delete_hook();
         let auth = auth::Auth::new(platform.clone(), auth::AuthConfig::default());
         let hosting = hosting::Hosting::new(platform.clone());
         hosting.register_delete_hook();
@@ -242,6 +244,15 @@ pub fn router(state: AppState) -> axum::Router {
             http::HeaderName::from_static(protocol::REQUEST_ID_HEADER),
             http::header::RETRY_AFTER,
             http::header::CONTENT_RANGE,
+            // TUS (tus-js-client in browsers reads these).
+            http::header::LOCATION,
+            http::HeaderName::from_static("upload-offset"),
+            http::HeaderName::from_static("upload-length"),
+            http::HeaderName::from_static("upload-expires"),
+            http::HeaderName::from_static("tus-resumable"),
+            http::HeaderName::from_static("tus-version"),
+            http::HeaderName::from_static("tus-extension"),
+            http::HeaderName::from_static("tus-max-size"),
         ]))
         .max_age(std::time::Duration::from_secs(3600));
     let domains = state.domains.clone();

@@ -288,6 +288,8 @@ pub fn document() -> OpenApi {
             "POST" => HttpMethod::Post,
             "PUT" => HttpMethod::Put,
             "PATCH" => HttpMethod::Patch,
+            "HEAD" => HttpMethod::Head,
+            "OPTIONS" => HttpMethod::Options,
             _ => HttpMethod::Delete,
         };
         paths = paths.path(spec.path, PathItem::new(method, operation(spec)));

@@ -2,7 +2,7 @@
 //! handler runs. The router, the OpenAPI document and the cross-tenant test matrix are all generated from
 //! this one table, so a new route cannot skip authorization, documentation or the matrix.
 
-use axum::routing::{MethodRouter, any, delete, get, post, put};
+use axum::routing::{MethodRouter, any, delete, get, head, patch, post, put};
 use tenancy::{Access, EnvKeyAccess, Plane};
 
 use crate::surface::Surface;
@@ -219,6 +219,25 @@ fn storage_keyed(method: &'static str, path: &'static str, summary: &'static str
             method,
             built: true,
             response: (200, None),
+            ..surface(path, Surface::Storage, "storage:Request", EnvKeyAccess::Any, summary).spec
+        },
+        handler,
+    }
+}
+
+/// A TUS resumable-upload route: behind a key of the env, like a plain upload.
+fn storage_tus(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    response: u16,
+    handler: MethodRouter<AppState>,
+) -> R {
+    R {
+        spec: RouteSpec {
+            method,
+            built: true,
+            response: (response, None),
             ..surface(path, Surface::Storage, "storage:Request", EnvKeyAccess::Any, summary).spec
         },
         handler,
@@ -793,6 +812,61 @@ fn table() -> Vec<R> {
             put(crate::storage_api::signed_upload),
         ),
         storage_keyed("POST", "/env/{env}/storage/v1/object/upload/sign/{*rest}", "Create a signed upload URL."),
+        // TUS resumable uploads (tus-js-client). OPTIONS is answered by the CORS layer, with TUS's
+        // capability headers added at the edge (`gate::edge`).
+        storage_tus(
+            "POST",
+            "/env/{env}/storage/v1/upload/resumable",
+            "TUS: create a resumable upload (Upload-Length, Upload-Metadata bucketName/objectName).",
+            201,
+            post(crate::storage_tus::create),
+        ),
+        storage_tus(
+            "HEAD",
+            "/env/{env}/storage/v1/upload/resumable/{id}",
+            "TUS: the offset of a resumable upload.",
+            200,
+            head(crate::storage_tus::head),
+        ),
+        storage_tus(
+            "PATCH",
+            "/env/{env}/storage/v1/upload/resumable/{id}",
+            "TUS: append a chunk at Upload-Offset (the last one writes the object).",
+            204,
+            patch(crate::storage_tus::patch),
+        ),
+        storage_tus(
+            "DELETE",
+            "/env/{env}/storage/v1/upload/resumable/{id}",
+            "TUS: terminate a resumable upload.",
+            204,
+            delete(crate::storage_tus::terminate),
+        ),
+        // The signed variant: a signed upload URL's token in `x-signature` is the credential.
+        storage_public(
+            "POST",
+            "/env/{env}/storage/v1/upload/resumable/sign",
+            "TUS: create a resumable upload with a signed upload URL's token (x-signature).",
+            post(crate::storage_tus::create_signed),
+        ),
+        storage_public(
+            "HEAD",
+            "/env/{env}/storage/v1/upload/resumable/sign/{id}",
+            "TUS: the offset of a signed resumable upload.",
+            head(crate::storage_tus::head_signed),
+        ),
+        storage_public(
+            "PATCH",
+            "/env/{env}/storage/v1/upload/resumable/sign/{id}",
+            "TUS: append a chunk to a signed resumable upload.",
+            patch(crate::storage_tus::patch_signed),
+        ),
+        storage_public(
+            "DELETE",
+            "/env/{env}/storage/v1/upload/resumable/sign/{id}",
+            "TUS: terminate a signed resumable upload.",
+            delete(crate::storage_tus::terminate_signed),
+        ),
         built(
             surface(
                 "/env/{env}/functions/v1/{*rest}",

@@ -254,6 +254,27 @@ CREATE TABLE agent_events (
 );
 "#,
     ),
+    (
+        6,
+        r#"
+CREATE TABLE storage_uploads (
+    env_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    bucket_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    upload_length BIGINT NOT NULL,
+    upload_offset BIGINT NOT NULL,
+    parts TEXT NOT NULL,
+    options TEXT NOT NULL,
+    completing_until BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    PRIMARY KEY (env_id, id)
+);
+CREATE INDEX storage_uploads_expiry ON storage_uploads (expires_at);
+"#,
+    ),
 ];
 
 /// The schema version this binary writes.

@@ -433,6 +433,52 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
         ("POST", "/env/{env}/storage/v1/object/upload/sign/{*rest}") => {
             f("data_any", 404, "/env/tenant-a/storage/v1/object/upload/sign/b/a.txt".into(), None)
         }
+        // TUS resumable uploads need a key of A (no bucket `b`, no upload).
+        ("POST", "/env/{env}/storage/v1/upload/resumable") => Some(Fixture {
+            class: "data_any",
+            ok: 404,
+            path: "/env/tenant-a/storage/v1/upload/resumable".into(),
+            body: None,
+            headers: vec![
+                ("tus-resumable", "1.0.0".into()),
+                ("upload-length", "3".into()),
+                ("upload-metadata", "bucketName Yg==,objectName YS50eHQ=".into()),
+            ],
+        }),
+        ("HEAD" | "PATCH" | "DELETE", "/env/{env}/storage/v1/upload/resumable/{id}") => Some(Fixture {
+            class: "data_any",
+            ok: 404,
+            path: "/env/tenant-a/storage/v1/upload/resumable/00000000-0000-0000-0000-000000000000".into(),
+            body: None,
+            headers: vec![
+                ("tus-resumable", "1.0.0".into()),
+                ("upload-offset", "0".into()),
+                ("content-type", "application/offset+octet-stream".into()),
+            ],
+        }),
+        // Signed TUS uploads: the x-signature token is the credential (none here: 400), whatever key.
+        ("POST", "/env/{env}/storage/v1/upload/resumable/sign") => Some(Fixture {
+            class: "public",
+            ok: 400,
+            path: "/env/tenant-a/storage/v1/upload/resumable/sign".into(),
+            body: None,
+            headers: vec![
+                ("tus-resumable", "1.0.0".into()),
+                ("upload-length", "3".into()),
+                ("upload-metadata", "bucketName Yg==,objectName YS50eHQ=".into()),
+            ],
+        }),
+        ("HEAD" | "PATCH" | "DELETE", "/env/{env}/storage/v1/upload/resumable/sign/{id}") => Some(Fixture {
+            class: "public",
+            ok: 404,
+            path: "/env/tenant-a/storage/v1/upload/resumable/sign/00000000-0000-0000-0000-000000000000".into(),
+            body: None,
+            headers: vec![
+                ("tus-resumable", "1.0.0".into()),
+                ("upload-offset", "0".into()),
+                ("content-type", "application/offset+octet-stream".into()),
+            ],
+        }),
         // Functions: archives and invocations are tested on the real binary (`vibebase/tests/it/functions.rs`).
         // Here an empty body (not an archive: 400) and a function that does not exist (404) show who gets
         // past the gate.
