@@ -2,6 +2,7 @@
 //! crosses the wire, shared by the server, the CLI and tests.
 
 pub mod api;
+pub mod apps;
 pub mod auth;
 pub mod functions;
 pub mod hosting;

@@ -2,6 +2,7 @@
 //! authorization path ([`gate`]), and the mapping of errors to each surface's wire shape.
 
 pub mod address;
+pub mod apps_api;
 pub mod auth_api;
 pub mod data;
 pub mod e2b;
@@ -64,6 +65,9 @@ pub struct AppState {
     /// Cloud functions (they run in sandboxes: none without them).
     pub functions: Result<functions::Functions, String>,
     functions_config: functions::FunctionsConfig,
+    /// Container apps (they run in sandboxes: none without them).
+    pub apps: Result<functions::apps::Apps, String>,
+    apps_config: functions::apps::AppsConfig,
 }
 
 impl AppState {
@@ -101,6 +105,8 @@ impl AppState {
             storage,
             functions: Err("functions need sandboxes, which this instance does not have".to_owned()),
             functions_config: functions::FunctionsConfig::default(),
+            apps: Err("apps need sandboxes, which this instance does not have".to_owned()),
+            apps_config: functions::apps::AppsConfig::default(),
         }
     }
 
@@ -108,6 +114,13 @@ impl AppState {
     /// [`Self::with_sandboxes`], which starts the functions registry.
     pub fn with_functions_config(mut self, config: functions::FunctionsConfig) -> Self {
         self.functions_config = config;
+        self
+    }
+
+    /// Process-wide settings of container apps (wake timeout, backoff). Call it before
+    /// [`Self::with_sandboxes`], which starts the apps registry.
+    pub fn with_apps_config(mut self, config: functions::apps::AppsConfig) -> Self {
+        self.apps_config = config;
         self
     }
 
@@ -125,6 +138,7 @@ impl AppState {
         if let Ok(s) = &self.sandboxes {
             self.functions =
                 Ok(functions::Functions::new(self.platform.clone(), s.clone(), self.functions_config.clone()));
+            self.apps = Ok(functions::apps::Apps::new(self.platform.clone(), s.clone(), self.apps_config.clone()));
             // The proxy serves data-plane surfaces only, none of which needs the registry; leaving it
             // (and the functions, which hold it) out of the proxy's state also keeps registry → proxy →
             // state → registry from being a cycle that would never free the platform (and its database
@@ -132,6 +146,7 @@ impl AppState {
             let mut proxied = self.clone();
             proxied.sandboxes = Err("sandboxes are not reachable through the egress proxy".to_owned());
             proxied.functions = Err("functions cannot invoke functions".to_owned());
+            proxied.apps = Err("apps are not reachable through the egress proxy".to_owned());
             s.set_egress(egress::handler(proxied));
         }
         self
