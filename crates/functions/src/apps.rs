@@ -476,9 +476,12 @@ impl Apps {
     }
 
     fn record(&self, env: &EnvId, s: Stored) -> AppRecord {
-        let (status, restarts) = match self.instance(env, &s.name) {
-            Some(i) => (*i.status.borrow(), lock(&i.shared).restarts),
-            None => (AppStatus::Stopped, 0),
+        let (status, restarts, last_error) = match self.instance(env, &s.name) {
+            Some(i) => {
+                let shared = lock(&i.shared);
+                (*i.status.borrow(), shared.restarts, shared.last_error.clone())
+            }
+            None => (AppStatus::Stopped, 0, None),
         };
         AppRecord {
             urls: self.urls(env, &s.name),
@@ -492,6 +495,7 @@ impl Apps {
             source: s.source,
             status,
             restarts,
+            last_error,
             created_at: platform::runtime::rfc3339(s.created_at),
             updated_at: platform::runtime::rfc3339(s.updated_at),
         }
@@ -803,12 +807,11 @@ impl Apps {
             }
             self.ensure_supervisor(&inst, spec.clone());
             if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
-                let why = lock(&inst.shared).last_error.clone();
+                // The reason stays in the app's logs (the API's), not in a public answer.
                 let status = inst.status.borrow().as_str();
                 return Err(AppError::Unavailable(format!(
-                    "the app did not become healthy within {} s (status: {status}{})",
+                    "the app did not become healthy within {} s (status: {status}); its logs say why",
                     self.inner.config.wake_timeout.as_secs(),
-                    why.map(|w| format!("; last error: {w}")).unwrap_or_default()
                 )));
             }
         }
@@ -944,7 +947,6 @@ impl Apps {
         let mut vars = spec.def.env.clone();
         vars.insert("PORT".to_owned(), spec.def.port.to_string());
         vars.insert("HOST".to_owned(), "127.0.0.1".to_owned());
-        vars.insert("VIBEBASE_APP".to_owned(), inst.name.clone());
         let created = sandboxes
             .create(
                 &Actor { name: format!("app:{}", inst.name), request_id: String::new() },

@@ -119,6 +119,8 @@ pub struct AppRecord {
     pub status: AppStatus,
     /// Restarts after a crash since this platform instance started it.
     pub restarts: u64,
+    /// Why the last run ended badly (cleared once it is healthy again).
+    pub last_error: Option<String>,
     pub urls: AppUrls,
     pub created_at: String,
     pub updated_at: String,
