@@ -204,6 +204,11 @@ fn apps_serve_both_forms_with_websockets_restart_on_crash_and_wake_from_idle() {
 
     // A crash: restarted after its backoff; a request in the meantime waits and gets its answer.
     assert_eq!(lab.get("/env/appa/apps/web/crash", None), (200, "bye".to_owned()));
+    let started = Instant::now();
+    while lab.record("appa", "web")["restarts"] != 1 {
+        assert!(started.elapsed() < Duration::from_secs(10), "no restart after the crash");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(lab.get("/env/appa/apps/web/after", None), (200, "hello /after hi".to_owned()));
     let r = lab.record("appa", "web");
     assert_eq!((r["status"].as_str(), r["restarts"].as_u64()), (Some("running"), Some(1)), "{r}");
