@@ -115,7 +115,12 @@ pub async fn restart(
     Extension(caller): Extension<Caller>,
     Path(p): Path<AppPath>,
 ) -> ApiResult<Json<AppRecord>> {
-    Ok(Json(apps(&state)?.restart(env_of(&caller)?, &p.app).await?))
+    match apps(&state)?.restart(env_of(&caller)?, &p.app).await {
+        Ok(r) => Ok(Json(r)),
+        // Nothing to start is the caller's state, not a failure of the platform.
+        Err(e @ AppError::NoSource) => Err(ApiError::new(StatusCode::CONFLICT, "app_has_no_source", e.to_string())),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -153,6 +158,10 @@ pub async fn serve(State(state): State<AppState>, Path(p): Path<ServePath>, req:
     let env = EnvId::parse(&p.env).map_err(|_| not_found())?;
     let apps = state.apps.as_ref().map_err(|_| not_found())?;
     let sandboxes = state.sandboxes.as_ref().map_err(|_| not_found())?;
+    // Suspended (or unknown) envs serve nothing, the same plain 404 as an unknown app.
+    if !matches!(state.platform.env_status(&env).await, Ok(protocol::api::EnvStatus::Active)) {
+        return Err(not_found());
+    }
     let lease = apps.connect(&env, &p.app).await?;
     let agent = sandboxes
         .agent(&env, &lease.sandbox)

@@ -244,6 +244,12 @@ fn apps_serve_both_forms_with_websockets_restart_on_crash_and_wake_from_idle() {
     assert_eq!(lab.record("appa", "web")["status"], "stopped");
     assert_eq!(lab.get("/again", Some(&lab.host("web--appa"))), (200, "hello /again hi".to_owned()));
 
+    // A suspended env serves nothing (the same 404), a resumed one again.
+    assert_eq!(lab.api("POST", "/v1/envs/appa/suspend", None).0, 200);
+    assert_eq!(lab.get("/env/appa/apps/web/", None), (404, "404 Not Found\n".to_owned()));
+    assert_eq!(lab.api("POST", "/v1/envs/appa/resume", None).0, 200);
+    assert_eq!(lab.get("/env/appa/apps/web/", None).0, 200);
+
     // Restart and delete.
     let restarted = cli_json(&lab.cli(&["apps", "restart", "--env", "appa", "web", "--json"]));
     assert_ne!(restarted["status"], "stopped", "{restarted}");
@@ -278,6 +284,8 @@ fn apps_refuse_bad_definitions_and_sources_and_a_bad_command_gets_a_clear_503() 
 
     // A defined app without a source: a clear 503.
     assert_eq!(put("empty", good.clone()).0, 200);
+    let (status, v) = lab.api("POST", "/v1/envs/appc/apps/empty/restart", None);
+    assert_eq!((status, v["code"].as_str()), (409, Some("app_has_no_source")), "{v}");
     let (status, body) = lab.get("/env/appc/apps/empty/", None);
     assert_eq!(status, 503);
     assert!(body.contains("app_has_no_source"), "{body}");
