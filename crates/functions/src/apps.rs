@@ -754,6 +754,8 @@ impl Apps {
         let spec = self.spec(env, name).await?;
         let inst = self.instance_or_new(env, name);
         self.stop_and_wait(&inst).await;
+        // A restart counts as a request: the new instance gets its full idle period.
+        *lock(&inst.last_request) = Instant::now();
         self.ensure_supervisor(&inst, spec);
         self.get(env, name).await
     }
