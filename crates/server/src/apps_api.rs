@@ -167,5 +167,23 @@ pub async fn serve(State(state): State<AppState>, Path(p): Path<ServePath>, req:
         .agent(&env, &lease.sandbox)
         .map_err(|_| ApiError::new(StatusCode::BAD_GATEWAY, "app_restarting", "the app's instance ended; try again"))?;
     let port = lease.port;
-    crate::preview::relay(&agent, port, &p.rest, req, lease).await
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let keep = Served { _lease: lease, platform: state.platform.clone(), env, bytes: served.clone() };
+    crate::preview::relay(&agent, port, &p.rest, req, keep, Some(served)).await
+}
+
+/// Holds an app's lease while its answer is relayed, and meters what was sent when it is done.
+struct Served {
+    _lease: functions::apps::Lease,
+    platform: platform::Platform,
+    env: EnvId,
+    bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let bytes = self.bytes.load(std::sync::atomic::Ordering::Relaxed);
+        let quantity = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.platform.meter(&self.env, protocol::Meter::HostingBytesServed, ("kind", "app"), quantity);
+    }
 }

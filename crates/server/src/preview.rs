@@ -38,18 +38,20 @@ pub async fn preview(
     let port: u16 = p.port.parse().ok().filter(|p| *p > 0).ok_or_else(not_found)?;
     let sandboxes = state.sandboxes.as_ref().map_err(|_| not_found())?;
     let agent = sandboxes.agent(&env, &p.sandbox).map_err(|_| not_found())?;
-    relay(&agent, port, &p.rest, req, ()).await
+    relay(&agent, port, &p.rest, req, (), None).await
 }
 
 /// Relays one request to `port` inside a sandbox, through its agent, as if the server there were
 /// served at its root on localhost; a `101` answer turns the connection into a byte pipe. `keep` lives
 /// until the response body (or the upgraded connection) ends: container apps hold their lease in it.
+/// `served` counts the bytes sent back to the client (body and upgraded stream).
 pub(crate) async fn relay<K: Send + Sync + 'static>(
     agent: &sandbox::AgentClient,
     port: u16,
     rest: &str,
     mut req: Request,
     keep: K,
+    served: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 ) -> Result<Response, ApiError> {
     let stream = agent.forward(port).await.map_err(|e| match e {
         sandbox::SandboxError::Agent(a) if a.code == "port_closed" => {
@@ -82,10 +84,14 @@ pub(crate) async fn relay<K: Send + Sync + 'static>(
     let keep = std::sync::Arc::new(keep);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let keep = keep.clone();
+        let (keep, served) = (keep.clone(), served.clone());
         tokio::spawn(async move {
             if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
-                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
+                let copied =
+                    tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
+                if let (Ok((_, to_client)), Some(s)) = (copied, &served) {
+                    s.fetch_add(to_client, std::sync::atomic::Ordering::Relaxed);
+                }
             }
             drop(keep);
         });
@@ -93,6 +99,9 @@ pub(crate) async fn relay<K: Send + Sync + 'static>(
     let (parts, body) = resp.into_parts();
     let body = http_body_util::BodyExt::map_frame(body, move |frame| {
         let _ = &keep;
+        if let (Some(data), Some(s)) = (frame.data_ref(), &served) {
+            s.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         frame
     });
     Ok(Response::from_parts(parts, Body::new(body)).into_response())

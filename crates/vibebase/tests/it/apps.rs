@@ -224,17 +224,19 @@ fn apps_serve_both_forms_with_websockets_restart_on_crash_and_wake_from_idle() {
     assert_eq!(list["items"][0]["name"], "web");
     assert_eq!(cli_json(&lab.cli(&["apps", "list", "--env", "appb", "--json"]))["items"], json!([]));
 
-    // The app's CPU time is metered for its env.
+    // The app's CPU time and the bytes it served are metered for its env.
     lab.wait_status("appa", "web", "stopped", Duration::from_secs(20));
-    let started = Instant::now();
-    loop {
-        let (_, usage) = lab.api("GET", "/v1/envs/appa/usage", None);
-        let cpu = usage["totals"].as_array().unwrap().iter().find(|t| t["meter"] == "container_cpu_ms");
-        if cpu.is_some_and(|t| t["quantity"].as_i64().unwrap() > 0) {
-            break;
+    for meter in ["container_cpu_ms", "hosting_bytes_served"] {
+        let started = Instant::now();
+        loop {
+            let (_, usage) = lab.api("GET", "/v1/envs/appa/usage", None);
+            let total = usage["totals"].as_array().unwrap().iter().find(|t| t["meter"] == meter);
+            if total.is_some_and(|t| t["quantity"].as_i64().unwrap() > 0) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "no {meter}: {usage}");
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "no container_cpu_ms: {usage}");
-        std::thread::sleep(Duration::from_millis(200));
     }
 
     // The definition survives a restart of the platform; the instance starts on demand.
