@@ -59,6 +59,18 @@ pub struct PutAppRequest {
     pub memory_mb: Option<u64>,
 }
 
+/// `POST …/from-sandbox`: the app's source is a directory of a running sandbox of the env (archived
+/// inside the sandbox, then checked like an uploaded archive).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppFromSandboxRequest {
+    #[schema(min_length = 1, max_length = 63)]
+    pub sandbox: String,
+    /// The app's directory: absolute, or relative to `/home/user` (e.g. `app`).
+    #[schema(min_length = 1, max_length = 1024)]
+    pub path: String,
+}
+
 /// The state of an app's instance on this platform instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use functions::apps::{AppError, Apps};
 use http::StatusCode;
 use protocol::EnvId;
-use protocol::apps::{AppList, AppLogList, AppRecord, PutAppRequest};
+use protocol::apps::{AppFromSandboxRequest, AppList, AppLogList, AppRecord, PutAppRequest};
 use serde::Deserialize;
 
 use crate::AppState;
@@ -87,6 +87,29 @@ pub async fn upload(
 ) -> ApiResult<Json<AppRecord>> {
     let env = env_of(&caller)?;
     Ok(Json(apps(&state)?.upload(&caller.actor, env, &p.app, body).await?))
+}
+
+/// The source from a directory of a running sandbox of the env (archived inside it, so the path reaches
+/// only what the sandbox can read), then stored like an uploaded archive.
+pub async fn from_sandbox(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(p): Path<AppPath>,
+    Body(req): Body<AppFromSandboxRequest>,
+) -> ApiResult<Json<AppRecord>> {
+    let env = env_of(&caller)?;
+    if req.path.is_empty() || req.path.len() > 1024 || req.path.starts_with('-') {
+        return Err(ApiError::bad_request("invalid_path", "path must be a directory of the sandbox"));
+    }
+    let apps = apps(&state)?;
+    // Unknown apps answer before the sandbox is touched.
+    apps.get(env, &p.app).await?;
+    let sandboxes = state
+        .sandboxes
+        .as_ref()
+        .map_err(|why| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "sandboxes_unavailable", why.clone()))?;
+    let archive = sandboxes.archive_dir(env, &req.sandbox, &req.path, MAX_ARCHIVE_BYTES).await?;
+    Ok(Json(apps.upload(&caller.actor, env, &p.app, Bytes::from(archive)).await?))
 }
 
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<Json<AppList>> {

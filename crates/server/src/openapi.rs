@@ -63,6 +63,7 @@ fn components() -> utoipa::openapi::Components {
         .schema_from::<DeliveryRecord>()
         .schema_from::<protocol::apps::HealthCheck>()
         .schema_from::<protocol::apps::PutAppRequest>()
+        .schema_from::<protocol::apps::AppFromSandboxRequest>()
         .schema_from::<protocol::apps::AppStatus>()
         .schema_from::<protocol::apps::AppSource>()
         .schema_from::<protocol::apps::AppUrls>()

@@ -1023,6 +1023,16 @@ fn app_routes() -> Vec<R> {
         ),
         r(
             "POST",
+            "/v1/envs/{env}/apps/{app}/from-sandbox",
+            control("apps:Deploy", Secret),
+            Env,
+            "Take the app's source from a directory of a running sandbox of the env (archived inside it).",
+            Some("AppFromSandboxRequest"),
+            (200, Some("AppRecord")),
+            post(apps_api::from_sandbox),
+        ),
+        r(
+            "POST",
             "/v1/envs/{env}/apps/{app}/restart",
             control("apps:Restart", Secret),
             Env,

@@ -521,6 +521,12 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
         ("PUT", "/v1/envs/{env}/apps/{app}/archive") => {
             f("env_tenant", 404, "/v1/envs/tenant-a/apps/api/archive".into(), Some(json!({})))
         }
+        ("POST", "/v1/envs/{env}/apps/{app}/from-sandbox") => f(
+            "env_tenant",
+            404,
+            "/v1/envs/tenant-a/apps/api/from-sandbox".into(),
+            Some(json!({"sandbox": w.sandbox, "path": "."})),
+        ),
         ("POST", "/v1/envs/{env}/apps/{app}/restart") => {
             f("env_tenant", 404, "/v1/envs/tenant-a/apps/api/restart".into(), None)
         }

@@ -263,7 +263,7 @@ fn apps_serve_both_forms_with_websockets_restart_on_crash_and_wake_from_idle() {
 }
 
 #[test]
-fn apps_refuse_bad_definitions_and_sources_and_a_bad_command_gets_a_clear_503() {
+fn apps_refuse_bad_input_take_sources_from_sandboxes_and_a_bad_command_gets_a_clear_503() {
     let lab = Lab::new("bad", 3);
     lab.env("appc");
     let put = |name: &str, body: Value| lab.api("PUT", &format!("/v1/envs/appc/apps/{name}"), Some(body));
@@ -322,6 +322,23 @@ fn apps_refuse_bad_definitions_and_sources_and_a_bad_command_gets_a_clear_503() 
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(lab.cli(&["apps", "get", "--env", "appc", "half"]).status.code(), Some(4));
+
+    // The source of an app can be a directory of a running sandbox of the env.
+    let (status, sb) = lab.api("POST", "/v1/envs/appc/sandboxes", Some(json!({"timeout_seconds": 120})));
+    assert_eq!(status, 201, "{sb}");
+    let sb = sb["id"].as_str().unwrap().to_owned();
+    let write = format!("/v1/envs/appc/sandboxes/{sb}/files?path=made/server.js");
+    let resp = lab.http.put(format!("{}{write}", lab.server.url)).bearer_auth(ADMIN).body(SERVER_JS).send().unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let from = |app: &str, path: &str| {
+        lab.api("POST", &format!("/v1/envs/appc/apps/{app}/from-sandbox"), Some(json!({"sandbox": sb, "path": path})))
+    };
+    assert_eq!(from("ghost", "made").0, 404);
+    assert_eq!(put("made", json!({"command": "node server.js", "port": 3001})).0, 200);
+    let (status, v) = from("made", "made");
+    assert_eq!(status, 200, "{v}");
+    assert!(v["source"]["sha256"].is_string(), "{v}");
+    assert_eq!(lab.get("/env/appc/apps/made/hi", None), (200, "hello /hi -".to_owned()));
 
     // A command that does not exist: the request waits for the wake timeout, then a clear 503; the logs
     // say why, and the app keeps being restarted with backoff.
