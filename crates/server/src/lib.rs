@@ -3,6 +3,7 @@
 
 pub mod address;
 pub mod agent_backend;
+pub mod apps_api;
 pub mod auth_api;
 pub mod data;
 mod der;
@@ -75,6 +76,9 @@ pub struct AppState {
     /// The agent runtime (sessions); rebuilt when the gateway or the sandboxes change.
     pub agent: agent::Agent,
     agent_config: agent::AgentConfig,
+    /// Container apps (they run in sandboxes: none without them).
+    pub apps: Result<functions::apps::Apps, String>,
+    apps_config: functions::apps::AppsConfig,
 }
 
 impl AppState {
@@ -119,6 +123,8 @@ impl AppState {
             domains,
             functions: Err("functions need sandboxes, which this instance does not have".to_owned()),
             functions_config: functions::FunctionsConfig::default(),
+            apps: Err("apps need sandboxes, which this instance does not have".to_owned()),
+            apps_config: functions::apps::AppsConfig::default(),
             agent,
             agent_config,
         };
@@ -157,6 +163,13 @@ impl AppState {
         self
     }
 
+    /// Process-wide settings of container apps (wake timeout, backoff). Call it before
+    /// [`Self::with_sandboxes`], which starts the apps registry.
+    pub fn with_apps_config(mut self, config: functions::apps::AppsConfig) -> Self {
+        self.apps_config = config;
+        self
+    }
+
     /// The same state with a configured model gateway. Call it before [`Self::with_sandboxes`]: the
     /// sandboxes' egress proxy serves their model calls with the state it is given.
     pub fn with_gateway(mut self, gateway: gateway::Gateway) -> Self {
@@ -172,6 +185,7 @@ impl AppState {
         if let Ok(s) = &self.sandboxes {
             self.functions =
                 Ok(functions::Functions::new(self.platform.clone(), s.clone(), self.functions_config.clone()));
+            self.apps = Ok(functions::apps::Apps::new(self.platform.clone(), s.clone(), self.apps_config.clone()));
         }
         self.rebuild_agent();
         if let Ok(s) = &self.sandboxes {
@@ -183,6 +197,7 @@ impl AppState {
             proxied.sandboxes = Err("sandboxes are not reachable through the egress proxy".to_owned());
             proxied.functions = Err("functions cannot invoke functions".to_owned());
             proxied.rebuild_agent();
+            proxied.apps = Err("apps are not reachable through the egress proxy".to_owned());
             s.set_egress(egress::handler(proxied));
         }
         self

@@ -6,7 +6,7 @@ use axum::routing::{MethodRouter, any, delete, get, head, patch, post, put};
 use tenancy::{Access, EnvKeyAccess, Plane};
 
 use crate::surface::Surface;
-use crate::{AppState, auth_api, domains_api, functions_api, handlers, sandboxes, sessions, sites};
+use crate::{AppState, apps_api, auth_api, domains_api, functions_api, handlers, sandboxes, sessions, sites};
 
 /// How the gate scopes a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -772,6 +772,7 @@ fn table() -> Vec<R> {
     routes.extend(sandbox_routes());
     routes.extend(session_routes());
     routes.extend(function_routes());
+    routes.extend(app_routes());
     routes.extend(auth_routes());
     routes.extend(deployment_routes());
     routes.extend(domain_routes());
@@ -937,7 +938,10 @@ fn table() -> Vec<R> {
             ),
             any(sites::preview),
         ),
-        surface("/env/{env}/apps/{app}/{*rest}", Surface::Hosting, "site:Get", Any, "A container app."),
+        built(
+            surface("/env/{env}/apps/{app}/{*rest}", Surface::Hosting, "site:Get", Any, "A container app."),
+            any(apps_api::serve),
+        ),
         built(
             surface(
                 "/env/{env}/sandboxes/{sandbox}/ports/{port}/{*rest}",
@@ -1116,6 +1120,96 @@ fn domain_routes() -> Vec<R> {
             (200, None),
             get(crate::tls::http01),
         ),
+    ]
+}
+
+/// The container apps API: definitions, sources, status, restarts and logs of an env's apps.
+fn app_routes() -> Vec<R> {
+    use EnvKeyAccess::Secret;
+    use Scope::Env;
+    const A: &str = "/v1/envs/{env}/apps/{app}";
+    vec![
+        r(
+            "GET",
+            "/v1/envs/{env}/apps",
+            control("apps:List", Secret),
+            Env,
+            "List the env's container apps with their status.",
+            None,
+            (200, Some("AppList")),
+            get(apps_api::list),
+        ),
+        r(
+            "PUT",
+            A,
+            control("apps:Put", Secret),
+            Env,
+            "Create a container app or replace its definition (a running instance stops; the next request starts the new one).",
+            Some("PutAppRequest"),
+            (200, Some("AppRecord")),
+            put(apps_api::put),
+        ),
+        r(
+            "GET",
+            A,
+            control("apps:Get", Secret),
+            Env,
+            "Get a container app: definition, source, status and restarts.",
+            None,
+            (200, Some("AppRecord")),
+            get(apps_api::get),
+        ),
+        r(
+            "DELETE",
+            A,
+            control("apps:Delete", Secret),
+            Env,
+            "Delete a container app: its instance, definition and source.",
+            None,
+            (204, None),
+            delete(apps_api::delete),
+        ),
+        r(
+            "PUT",
+            "/v1/envs/{env}/apps/{app}/archive",
+            control("apps:Deploy", Secret),
+            Env,
+            "Upload the app's source (the raw body is a tar.gz archive; npm dependencies are installed).",
+            None,
+            (200, Some("AppRecord")),
+            put(apps_api::upload).layer(axum::extract::DefaultBodyLimit::max(apps_api::MAX_ARCHIVE_BYTES)),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/apps/{app}/from-sandbox",
+            control("apps:Deploy", Secret),
+            Env,
+            "Take the app's source from a directory of a running sandbox of the env (archived inside it).",
+            Some("AppFromSandboxRequest"),
+            (200, Some("AppRecord")),
+            post(apps_api::from_sandbox),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/apps/{app}/restart",
+            control("apps:Restart", Secret),
+            Env,
+            "Stop the app's instance and start a new one.",
+            None,
+            (200, Some("AppRecord")),
+            post(apps_api::restart),
+        ),
+        r(
+            "GET",
+            "/v1/envs/{env}/apps/{app}/logs",
+            control("apps:Logs", Secret),
+            Env,
+            "The last lines of the app's stdout and stderr and of its supervisor (starts, exits, restarts).",
+            None,
+            (200, Some("AppLogList")),
+            get(apps_api::logs),
+        )
+        .query(apps_api::LOG_QUERY),
     ]
 }
 

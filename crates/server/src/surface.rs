@@ -75,7 +75,14 @@ impl Surface {
                 }})
             }
             Self::Hosting => {
-                return ErrorBody::Text(format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or("")));
+                let head = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+                // A 503 says why (a container app still waking, or one that did not come up); other
+                // errors say only their status, so nothing about an env leaks to a guessing visitor.
+                return ErrorBody::Text(if status == StatusCode::SERVICE_UNAVAILABLE {
+                    format!("{head}{code}: {message}\n")
+                } else {
+                    head
+                });
             }
         };
         ErrorBody::Json(json)

@@ -275,6 +275,31 @@ CREATE TABLE storage_uploads (
 CREATE INDEX storage_uploads_expiry ON storage_uploads (expires_at);
 "#,
     ),
+    (
+        7,
+        r#"
+CREATE TABLE apps (
+    env_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    command TEXT NOT NULL,
+    port BIGINT NOT NULL,
+    env_names TEXT NOT NULL,
+    env_sealed TEXT,
+    health_path TEXT NOT NULL,
+    health_interval_ms BIGINT NOT NULL,
+    idle_timeout_ms BIGINT NOT NULL,
+    memory_mb BIGINT NOT NULL,
+    blob_key TEXT,
+    sha256 TEXT,
+    size_bytes BIGINT,
+    dependencies BIGINT,
+    uploaded_at BIGINT,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (env_id, name)
+);
+"#,
+    ),
 ];
 
 /// The schema version this binary writes.

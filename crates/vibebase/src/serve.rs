@@ -77,6 +77,13 @@ pub struct ServeArgs {
     /// PEM root certificate to trust for the ACME directory's HTTPS (a private or test CA).
     #[arg(long, env = "VIBEBASE_ACME_CA_ROOT")]
     acme_ca_root: Option<PathBuf>,
+    /// How long a request to a stopped or starting container app waits for it to become healthy
+    /// (then 503), in seconds.
+    #[arg(long, default_value_t = 60, env = "VIBEBASE_APP_WAKE_TIMEOUT")]
+    app_wake_timeout: u64,
+    /// First restart delay of a crashed container app, in milliseconds (doubled per crash in a row).
+    #[arg(long, default_value_t = 500, env = "VIBEBASE_APP_BACKOFF_MS")]
+    app_backoff_ms: u64,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"], env = "VIBEBASE_LOG_FORMAT")]
     log_format: String,
@@ -177,6 +184,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Function secrets are sealed with this key; a bad one stops the start rather than the first deploy.
     let master_key = std::env::var("VIBEBASE_MASTER_KEY").ok().filter(|k| !k.is_empty());
     functions::seal::MasterKey::load(master_key.as_deref(), &data_dir).context("master key")?;
+    let apps_config = functions::apps::AppsConfig {
+        master_key: master_key.clone(),
+        wake_timeout: std::time::Duration::from_secs(args.app_wake_timeout.max(1)),
+        backoff_base: std::time::Duration::from_millis(args.app_backoff_ms.max(1)),
+        ..Default::default()
+    };
     let functions_config = functions::FunctionsConfig { master_key, ..Default::default() };
     let sandboxes = start_sandboxes(&platform, &args, &data_dir);
     let mut state = server::AppState::new(platform)
@@ -184,7 +197,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_auth_config(auth::AuthConfig { smtp, hash_cost: auth::HashCost::OWASP })
         .with_functions_config(functions_config)
         .with_agent_config(agent::AgentConfig { default_model: args.agent_model.clone(), ..Default::default() })
+        .with_apps_config(apps_config)
         .with_sandboxes(sandboxes.clone());
+    let apps = state.apps.clone();
     if let Some(dns) = args.dns_server {
         state = state.with_domain_resolver(Arc::new(hosting::domains::UdpResolver::new(dns)));
     }
@@ -215,6 +230,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             Err(e) => tracing::warn!(error = %e, "TLS listener task failed"),
             Ok(Ok(())) => {}
         }
+    }
+    if let Ok(apps) = &apps {
+        tracing::info!("shutting down: stopping container apps");
+        apps.shutdown().await;
     }
     if let Ok(s) = &sandboxes {
         tracing::info!("shutting down: killing sandboxes");

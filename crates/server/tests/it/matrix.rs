@@ -600,7 +600,34 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
         ("GET", "/.well-known/acme-challenge/{token}") => {
             f("public", 404, "/.well-known/acme-challenge/abcdef".into(), None)
         }
-        ("ANY", "/env/{env}/apps/{app}/{*rest}") => f("public", 501, "/env/tenant-a/apps/api/health".into(), None),
+        // Container apps: running ones are tested on the real binary (`vibebase/tests/it/apps.rs`). No app
+        // exists here, so an authorized request gets 404 (or 400 for a definition with a bad port) and
+        // nothing is written; serving is public, and an unknown app is 404 for everyone.
+        ("ANY", "/env/{env}/apps/{app}/{*rest}") => f("public", 404, "/env/tenant-a/apps/api/health".into(), None),
+        ("GET", "/v1/envs/{env}/apps") => f("env_tenant", 200, "/v1/envs/tenant-a/apps".into(), None),
+        ("PUT", "/v1/envs/{env}/apps/{app}") => f(
+            "env_tenant",
+            400,
+            "/v1/envs/tenant-a/apps/api".into(),
+            Some(json!({"command": "node server.js", "port": 0})),
+        ),
+        ("GET", "/v1/envs/{env}/apps/{app}") => f("env_tenant", 404, "/v1/envs/tenant-a/apps/api".into(), None),
+        ("DELETE", "/v1/envs/{env}/apps/{app}") => f("env_tenant", 404, "/v1/envs/tenant-a/apps/api".into(), None),
+        ("PUT", "/v1/envs/{env}/apps/{app}/archive") => {
+            f("env_tenant", 404, "/v1/envs/tenant-a/apps/api/archive".into(), Some(json!({})))
+        }
+        ("POST", "/v1/envs/{env}/apps/{app}/from-sandbox") => f(
+            "env_tenant",
+            404,
+            "/v1/envs/tenant-a/apps/api/from-sandbox".into(),
+            Some(json!({"sandbox": w.sandbox, "path": "."})),
+        ),
+        ("POST", "/v1/envs/{env}/apps/{app}/restart") => {
+            f("env_tenant", 404, "/v1/envs/tenant-a/apps/api/restart".into(), None)
+        }
+        ("GET", "/v1/envs/{env}/apps/{app}/logs") => {
+            f("env_tenant", 404, "/v1/envs/tenant-a/apps/api/logs".into(), None)
+        }
         // Previews are public (like E2B's port URLs); nothing listens on the port: 502 for everyone.
         ("ANY", "/env/{env}/sandboxes/{sandbox}/ports/{port}/{*rest}") => {
             f("public", 502, format!("/env/tenant-a/sandboxes/{}/ports/5173/index.html", w.sandbox), None)
