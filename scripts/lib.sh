@@ -19,10 +19,11 @@ vb_root() {
 # Debian packages the project needs, as "command:package" pairs: the package is installed when
 # the command is missing. bubblewrap, e2fsprogs and mount are for sandboxes (namespaces, workspace
 # images); the sandbox tests run Debian's python3 and curl inside sandboxes, which see only /usr.
-# Chromium is the real browser of the browser stage (driven by playwright-core at /usr/bin/chromium).
+# Chromium is the real browser of the browser stage (driven by playwright-core at /usr/bin/chromium);
+# pebble (an ACME CA and its DNS double) is for the on-demand TLS test.
 VB_APT_NEEDS=(bwrap:bubblewrap curl:curl timeout:coreutils pg_isready:postgresql psql:postgresql-client
   mkfs.ext4:e2fsprogs mount:mount unshare:util-linux pgrep:procps /usr/bin/python3:python3 node:nodejs npm:npm
-  /usr/bin/chromium:chromium)
+  /usr/bin/chromium:chromium pebble:pebble pebble-challtestsrv:pebble)
 
 vb_install_apt() {
   local pair cmd pkg missing=()

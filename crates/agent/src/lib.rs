@@ -11,8 +11,10 @@
 //! The loop holds the credentials; the model sees none; the sandbox holds only the token minted for it.
 
 pub mod event;
+mod hands;
 pub mod history;
 pub mod log;
+pub mod mcp;
 mod run;
 pub mod tools;
 
@@ -103,6 +105,8 @@ pub struct AgentConfig {
     pub sweep_every: Duration,
     /// Sandbox settings of a session's sandbox.
     pub sandbox_timeout: Duration,
+    /// An MCP session unused this long ends (and its sandbox is killed).
+    pub mcp_idle_timeout: Duration,
 }
 
 impl Default for AgentConfig {
@@ -113,6 +117,7 @@ impl Default for AgentConfig {
             lease_ttl: Duration::from_secs(15),
             sweep_every: Duration::from_secs(2),
             sandbox_timeout: Duration::from_secs(3600),
+            mcp_idle_timeout: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -139,6 +144,8 @@ struct Inner {
     drivers: Mutex<Drivers>,
     /// Runs backend tools; set once by the server ([`Agent::set_backend`]).
     backend: std::sync::OnceLock<Arc<dyn tools::Backend>>,
+    /// This instance's MCP sessions.
+    mcp: mcp::Sessions,
 }
 
 /// (env, session) → the signal channel of the run this instance drives.
@@ -162,6 +169,7 @@ impl Agent {
                 notify: Mutex::default(),
                 drivers: Mutex::default(),
                 backend: std::sync::OnceLock::new(),
+                mcp: mcp::Sessions::default(),
             }),
         };
         agent.register_delete_hook();
@@ -191,6 +199,7 @@ impl Agent {
             let inner = weak.upgrade();
             Box::pin(async move {
                 let Some(inner) = inner else { return Ok(()) };
+                Agent { inner: inner.clone() }.end_mcp_of_env(&env).await;
                 inner.log.delete_env(&env).await.map_err(|e| e.to_string())
             })
         }));
@@ -326,7 +335,8 @@ impl Agent {
         Ok(seq)
     }
 
-    /// Starts the sweeper that resumes sessions whose driver died (their lease expired).
+    /// Starts the sweeper that resumes sessions whose driver died (their lease expired) and ends idle MCP
+    /// sessions.
     pub fn spawn_background(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
         let agent = self.clone();
         tokio::spawn(async move {
@@ -341,6 +351,7 @@ impl Agent {
                 if let Err(e) = agent.sweep().await {
                     tracing::warn!(error = %e, "agent sweep failed");
                 }
+                agent.sweep_mcp().await;
             }
         })
     }

@@ -5,14 +5,13 @@ use std::time::{Duration, Instant};
 
 use gateway::ir::{ChatRequest, Event as ModelEvent};
 use protocol::EnvId;
-use protocol::sandbox::CreateSandboxRequest;
-use sandbox::AgentClient;
 use serde_json::json;
 use tokio::sync::watch;
 
 use crate::event::{Event, custom};
+use crate::hands::SandboxHolder;
 use crate::history::History;
-use crate::tools::{self, Outcome, Placement};
+use crate::tools::{self, Outcome};
 use crate::{Agent, AgentError};
 
 /// The system prompt of every session.
@@ -318,85 +317,8 @@ impl Agent {
     }
 
     async fn run_tool(&self, env: &EnvId, id: &str, name: &str, arguments: &str) -> Result<Outcome, Stop> {
-        match tools::placement(name) {
-            None => Ok(Outcome::error(format!("there is no tool named {name:?}"))),
-            Some(Placement::Backend { needs_sandbox }) => {
-                let Some(backend) = self.inner.backend.get() else {
-                    return Ok(Outcome::error("backend tools are not available on this platform instance"));
-                };
-                let sandbox = if needs_sandbox {
-                    if let Err(o) = self.session_sandbox(env, id).await? {
-                        return Ok(o);
-                    }
-                    self.session(env, id).await?.sandbox_id
-                } else {
-                    None
-                };
-                let call = tools::BackendCall { env, session: id, sandbox: sandbox.as_deref(), tool: name, arguments };
-                Ok(backend.call(call).await)
-            }
-            Some(Placement::Sandbox) => {
-                let client = match self.session_sandbox(env, id).await? {
-                    Ok(c) => c,
-                    Err(o) => return Ok(o),
-                };
-                match tools::run_in_sandbox(&client, name, arguments).await {
-                    Ok(o) => Ok(o),
-                    Err(tools::SandboxLost(why)) => {
-                        self.detach(env, id, "died").await?;
-                        Ok(Outcome::error(format!(
-                            "the sandbox died while this tool ran ({why}). The next sandbox call gets a fresh \
-                             sandbox restored from the session's last checkpoint."
-                        )))
-                    }
-                }
-            }
-        }
-    }
-
-    /// The session's sandbox, started on the first call that needs one (restored from the last
-    /// checkpoint). `Ok(Err(outcome))`: no sandbox could be had, which the model is told.
-    async fn session_sandbox(&self, env: &EnvId, id: &str) -> Result<Result<AgentClient, Outcome>, Stop> {
-        let Some(sandboxes) = &self.inner.sandboxes else {
-            return Ok(Err(Outcome::error("this platform instance cannot run sandboxes")));
-        };
-        let session = self.session(env, id).await?;
-        if let Some(sb) = &session.sandbox_id {
-            if let Ok(client) = sandboxes.agent(env, sb) {
-                return Ok(Ok(client));
-            }
-            self.detach(env, id, "gone").await?;
-        }
-        let actor = platform::Actor { name: format!("agent:{id}"), request_id: format!("agent-{id}") };
-        let req = CreateSandboxRequest {
-            session: Some(id.to_owned()),
-            timeout_seconds: Some(self.inner.config.sandbox_timeout.as_secs()),
-            allow_egress: vec!["registry.npmjs.org".to_owned()],
-            ..Default::default()
-        };
-        let record = match sandboxes.create(&actor, env, req).await {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(Outcome::error(format!("could not start a sandbox: {e}")))),
-        };
-        if let Some(snap) = &session.workspace_snapshot
-            && let Err(e) = sandboxes.restore(env, &record.id, snap).await
-        {
-            let _ = sandboxes.kill(env, &record.id).await;
-            return Ok(Err(Outcome::error(format!("could not restore the workspace: {e}"))));
-        }
-        self.inner.log.set_sandbox(env, id, Some(&record.id), None).await?;
-        self.append(env, id, vec![Event::custom(custom::SANDBOX_ATTACH, json!({"sandbox": record.id}))]).await?;
-        Ok(sandboxes.agent(env, &record.id).map_err(|e| Outcome::error(format!("the new sandbox is unreachable: {e}"))))
-    }
-
-    async fn detach(&self, env: &EnvId, id: &str, reason: &str) -> Result<(), AgentError> {
-        let session = self.session(env, id).await?;
-        if let Some(sb) = session.sandbox_id {
-            self.inner.log.set_sandbox(env, id, None, None).await?;
-            self.append(env, id, vec![Event::custom(custom::SANDBOX_DETACH, json!({"sandbox": sb, "reason": reason}))])
-                .await?;
-        }
-        Ok(())
+        let holder = LoopHolder { agent: self, env, id };
+        Ok(self.run_tool_for(env, &holder, name, arguments).await?)
     }
 
     /// Snapshots the workspace so a fresh sandbox (after a crash, or a revert) starts from it.
@@ -411,6 +333,42 @@ impl Agent {
             }
             Err(e) => tracing::warn!(error = %e, env = %env, session = %id, "workspace checkpoint failed"),
         }
+        Ok(())
+    }
+}
+
+/// A run keeps its sandbox in the session's log (and its row), so a resumed run finds it.
+struct LoopHolder<'a> {
+    agent: &'a Agent,
+    env: &'a EnvId,
+    id: &'a str,
+}
+
+impl SandboxHolder for LoopHolder<'_> {
+    fn session(&self) -> &str {
+        self.id
+    }
+
+    fn actor(&self) -> platform::Actor {
+        platform::Actor { name: format!("agent:{}", self.id), request_id: format!("agent-{}", self.id) }
+    }
+
+    async fn binding(&self) -> Result<(Option<String>, Option<String>), AgentError> {
+        let s = self.agent.session(self.env, self.id).await?;
+        Ok((s.sandbox_id, s.workspace_snapshot))
+    }
+
+    async fn attach(&self, sandbox: &str) -> Result<(), AgentError> {
+        self.agent.inner.log.set_sandbox(self.env, self.id, Some(sandbox), None).await?;
+        let attach = Event::custom(custom::SANDBOX_ATTACH, json!({"sandbox": sandbox}));
+        self.agent.append(self.env, self.id, vec![attach]).await?;
+        Ok(())
+    }
+
+    async fn detach(&self, sandbox: &str, reason: &str) -> Result<(), AgentError> {
+        self.agent.inner.log.set_sandbox(self.env, self.id, None, None).await?;
+        let detach = Event::custom(custom::SANDBOX_DETACH, json!({"sandbox": sandbox, "reason": reason}));
+        self.agent.append(self.env, self.id, vec![detach]).await?;
         Ok(())
     }
 }

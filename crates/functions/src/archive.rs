@@ -30,7 +30,7 @@ pub enum ArchiveError {
     #[error("unsafe path in archive: {0}")]
     UnsafePath(String),
     /// A symlink points outside the archive (absolute or through `..` above its root).
-    #[error("symlink {0} points outside the function")]
+    #[error("symlink {0} points outside the archive")]
     EscapingLink(String),
     /// A hard link, device, FIFO or other special entry.
     #[error("unsupported entry type in archive: {0}")]
@@ -135,8 +135,44 @@ fn link_stays_inside(at: &[String], target: &[u8]) -> bool {
     true
 }
 
-/// Checks an archive without unpacking it anywhere.
+/// What a checked archive holds, whatever it is for (a function or a container app).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tree {
+    /// Paths of its files and symlinks.
+    pub files: HashSet<String>,
+    /// The root `package.json`, parsed.
+    pub package_json: Option<serde_json::Value>,
+}
+
+impl Tree {
+    /// `package.json` declares dependencies (installed at deploy time).
+    pub fn has_dependencies(&self) -> bool {
+        self.package_json
+            .as_ref()
+            .and_then(|p| p.get("dependencies"))
+            .and_then(|d| d.as_object())
+            .is_some_and(|d| !d.is_empty())
+    }
+}
+
+/// Checks a function's archive without unpacking it anywhere, and finds its entry point.
 pub fn check(archive: &[u8], limits: Limits) -> Result<Checked, ArchiveError> {
+    let tree = check_tree(archive, limits)?;
+    let has_dependencies = tree.has_dependencies();
+    let (files, pkg) = (tree.files, tree.package_json);
+    let main = pkg.as_ref().and_then(|p| p.get("main")).and_then(|m| m.as_str()).map(|m| {
+        let parts = clean_path(m.as_bytes()).unwrap_or_default();
+        parts.join("/")
+    });
+    let entrypoint = main
+        .filter(|m| files.contains(m))
+        .or_else(|| ["index.mjs", "index.js", "index.cjs"].into_iter().find(|f| files.contains(*f)).map(str::to_owned))
+        .ok_or(ArchiveError::NoEntrypoint)?;
+    Ok(Checked { entrypoint, has_dependencies, files: files.len() })
+}
+
+/// Checks an archive's entries (paths, links, types, bounds) without unpacking it anywhere.
+pub fn check_tree(archive: &[u8], limits: Limits) -> Result<Tree, ArchiveError> {
     let gz = flate2::read::GzDecoder::new(archive);
     let mut tar = tar::Archive::new(Bounded { inner: gz, left: limits.max_unpacked });
     let malformed = |e: std::io::Error| {
@@ -189,17 +225,7 @@ pub fn check(archive: &[u8], limits: Limits) -> Result<Checked, ArchiveError> {
         Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| ArchiveError::BadPackageJson(e.to_string()))?),
         None => None,
     };
-    let has_dependencies =
-        pkg.as_ref().and_then(|p| p.get("dependencies")).and_then(|d| d.as_object()).is_some_and(|d| !d.is_empty());
-    let main = pkg.as_ref().and_then(|p| p.get("main")).and_then(|m| m.as_str()).map(|m| {
-        let parts = clean_path(m.as_bytes()).unwrap_or_default();
-        parts.join("/")
-    });
-    let entrypoint = main
-        .filter(|m| files.contains(m))
-        .or_else(|| ["index.mjs", "index.js", "index.cjs"].into_iter().find(|f| files.contains(*f)).map(str::to_owned))
-        .ok_or(ArchiveError::NoEntrypoint)?;
-    Ok(Checked { entrypoint, has_dependencies, files: files.len() })
+    Ok(Tree { files, package_json: pkg })
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! - Logs (bounded stdout and stderr of every invocation), the `function_invocations` and
 //!   `function_gb_ms` meters, and cron schedules claimed with a conditional UPDATE ([`cron`]).
 
+pub mod apps;
 pub mod archive;
 pub mod cron;
 pub mod seal;
@@ -459,79 +460,9 @@ impl Functions {
         }
     }
 
-    /// Runs `npm install` on the source in a sandbox that reaches only the registry; returns the
-    /// function with its `node_modules` as a new `tar.gz`.
     async fn install(&self, actor: &Actor, env: &EnvId, source: Bytes) -> Result<Bytes, FunctionError> {
-        let sandboxes = &self.inner.sandboxes;
-        let timeout = self.inner.config.install_timeout;
-        let record = sandboxes
-            .create(
-                actor,
-                env,
-                CreateSandboxRequest {
-                    timeout_seconds: Some(timeout.as_secs() + 60),
-                    memory_mb: Some(1024),
-                    disk_mb: Some(2048),
-                    allow_egress: vec![NPM_REGISTRY.to_owned()],
-                    metadata: BTreeMap::from([("purpose".to_owned(), "functions:install".to_owned())]),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let result = self.install_in(env, &record.id, source, timeout).await;
-        if let Err(e) = sandboxes.kill(env, &record.id).await {
-            tracing::warn!(error = %e, "could not end the install sandbox");
-        }
-        result
-    }
-
-    async fn install_in(
-        &self,
-        env: &EnvId,
-        id: &str,
-        source: Bytes,
-        timeout: Duration,
-    ) -> Result<Bytes, FunctionError> {
-        let sandboxes = &self.inner.sandboxes;
-        sandboxes.drop_token(env, id).await?;
-        let agent = sandboxes.agent(env, id)?;
-        unpack(&agent, source).await?;
-        let install = ExecSpec {
-            argv: [
-                "npm",
-                "install",
-                "--omit=dev",
-                "--no-audit",
-                "--no-fund",
-                "--ignore-scripts",
-                "--no-update-notifier",
-            ]
-            .map(str::to_owned)
-            .to_vec(),
-            cwd: Some(FN_DIR.to_owned()),
-            timeout_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
-            ..Default::default()
-        };
-        let done = agent.run(install, None, OutputLimit(64 * 1024)).await?;
-        if done.exit_code != 0 {
-            let mut why = String::from_utf8_lossy(&done.stderr).into_owned();
-            if done.timed_out {
-                why = format!("timed out after {} s. {why}", timeout.as_secs());
-            }
-            let tail: String = why.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
-            return Err(FunctionError::InstallFailed(tail.trim().to_owned()));
-        }
-        let pack = ExecSpec {
-            argv: ["tar", "-C", FN_DIR, "-czf", "-", "."].map(str::to_owned).to_vec(),
-            timeout_ms: Some(300_000),
-            ..Default::default()
-        };
-        let max = usize::try_from(self.inner.config.archive_limits.max_unpacked).unwrap_or(usize::MAX);
-        let packed = agent.run(pack, None, OutputLimit(max)).await?;
-        if packed.exit_code != 0 || packed.truncated {
-            return Err(FunctionError::InstallFailed("the installed function is too large to store".to_owned()));
-        }
-        Ok(Bytes::from(packed.stdout))
+        let c = &self.inner.config;
+        install_dependencies(&self.inner.sandboxes, actor, env, source, c.install_timeout, c.archive_limits).await
     }
 
     /// The versions of a function, newest first.
@@ -964,7 +895,7 @@ impl Functions {
             .get(&active.blob_key)
             .await?
             .ok_or(FunctionError::NotFound { what: "function bundle" })?;
-        unpack(&agent, bundle).await?;
+        unpack(&agent, bundle, FN_DIR).await?;
         agent.write_file(RUNNER_PATH, RUNNER_JS.as_bytes(), Some(0o644)).await?;
         let heap = (active.memory_mb * 3 / 4).max(32);
         let spec = ExecSpec {
@@ -1374,13 +1305,13 @@ fn slot(env: &EnvId, name: &str, var: &str) -> String {
     format!("{env}/{name}/{var}")
 }
 
-/// Unpacks a bundle into the function directory, inside the sandbox (as its user, in its confinement).
-async fn unpack(agent: &sandbox::AgentClient, bundle: Bytes) -> Result<(), FunctionError> {
+/// Unpacks a bundle into `dir`, inside the sandbox (as its user, in its confinement).
+async fn unpack(agent: &sandbox::AgentClient, bundle: Bytes, dir: &str) -> Result<(), FunctionError> {
     let spec = ExecSpec {
         argv: vec![
             "sh".to_owned(),
             "-c".to_owned(),
-            format!("mkdir -p {FN_DIR} && tar -xzf - -C {FN_DIR} --no-same-owner --no-same-permissions"),
+            format!("mkdir -p {dir} && tar -xzf - -C {dir} --no-same-owner --no-same-permissions"),
         ],
         stdin: true,
         timeout_ms: Some(120_000),
@@ -1426,4 +1357,76 @@ fn activate(conn: &mut dyn Conn, env: &str, name: &str, version: i64, now: i64) 
         )?;
     }
     Ok(())
+}
+
+/// Runs `npm install` on the source in a sandbox that reaches only the registry; returns the
+/// function with its `node_modules` as a new `tar.gz`.
+pub(crate) async fn install_dependencies(
+    sandboxes: &Sandboxes,
+    actor: &Actor,
+    env: &EnvId,
+    source: Bytes,
+    timeout: Duration,
+    limits: archive::Limits,
+) -> Result<Bytes, FunctionError> {
+    let record = sandboxes
+        .create(
+            actor,
+            env,
+            CreateSandboxRequest {
+                timeout_seconds: Some(timeout.as_secs() + 60),
+                memory_mb: Some(1024),
+                disk_mb: Some(2048),
+                allow_egress: vec![NPM_REGISTRY.to_owned()],
+                metadata: BTreeMap::from([("purpose".to_owned(), "functions:install".to_owned())]),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let result = install_in(sandboxes, env, &record.id, source, timeout, limits).await;
+    if let Err(e) = sandboxes.kill(env, &record.id).await {
+        tracing::warn!(error = %e, "could not end the install sandbox");
+    }
+    result
+}
+
+async fn install_in(
+    sandboxes: &Sandboxes,
+    env: &EnvId,
+    id: &str,
+    source: Bytes,
+    timeout: Duration,
+    limits: archive::Limits,
+) -> Result<Bytes, FunctionError> {
+    sandboxes.drop_token(env, id).await?;
+    let agent = sandboxes.agent(env, id)?;
+    unpack(&agent, source, FN_DIR).await?;
+    let install = ExecSpec {
+        argv: ["npm", "install", "--omit=dev", "--no-audit", "--no-fund", "--ignore-scripts", "--no-update-notifier"]
+            .map(str::to_owned)
+            .to_vec(),
+        cwd: Some(FN_DIR.to_owned()),
+        timeout_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+        ..Default::default()
+    };
+    let done = agent.run(install, None, OutputLimit(64 * 1024)).await?;
+    if done.exit_code != 0 {
+        let mut why = String::from_utf8_lossy(&done.stderr).into_owned();
+        if done.timed_out {
+            why = format!("timed out after {} s. {why}", timeout.as_secs());
+        }
+        let tail: String = why.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+        return Err(FunctionError::InstallFailed(tail.trim().to_owned()));
+    }
+    let pack = ExecSpec {
+        argv: ["tar", "-C", FN_DIR, "-czf", "-", "."].map(str::to_owned).to_vec(),
+        timeout_ms: Some(300_000),
+        ..Default::default()
+    };
+    let max = usize::try_from(limits.max_unpacked).unwrap_or(usize::MAX);
+    let packed = agent.run(pack, None, OutputLimit(max)).await?;
+    if packed.exit_code != 0 || packed.truncated {
+        return Err(FunctionError::InstallFailed("the installed function is too large to store".to_owned()));
+    }
+    Ok(Bytes::from(packed.stdout))
 }

@@ -12,6 +12,8 @@ pub mod cache;
 pub mod compress;
 pub mod config;
 pub mod deploy;
+pub mod dns;
+pub mod domains;
 pub mod path;
 pub mod serve;
 

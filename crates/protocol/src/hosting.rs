@@ -85,3 +85,55 @@ pub struct SandboxDeployRequest {
     #[serde(default)]
     pub publish: bool,
 }
+
+/// The DNS name a custom domain's ownership token is published under: `_vibebase-challenge.<domain>`.
+pub const DOMAIN_CHALLENGE_LABEL: &str = "_vibebase-challenge";
+
+/// `POST /v1/envs/{env}/domains`: attach a custom domain to the env.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddDomainRequest {
+    /// A DNS name such as `www.example.com` (not an IP address, not under the apps domain).
+    #[schema(min_length = 1, max_length = 253)]
+    pub domain: String,
+}
+
+/// Whether a custom domain is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DomainStatus {
+    /// Attached; not served until its ownership is proven.
+    Pending,
+    /// Ownership proven: served by Host (and over TLS when the instance has a TLS listener).
+    Verified,
+}
+
+/// How to prove ownership of a domain: publish a DNS TXT record `name` = `value`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DomainVerification {
+    /// Always `dns_txt`.
+    pub kind: String,
+    /// `_vibebase-challenge.<domain>`.
+    pub name: String,
+    /// The token the TXT record must hold.
+    pub value: String,
+}
+
+/// A custom domain of an env.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DomainRecord {
+    pub domain: String,
+    pub env: String,
+    pub status: DomainStatus,
+    pub verification: DomainVerification,
+    pub created_at: String,
+    pub verified_at: Option<String>,
+    /// `http://<domain>/` (what a browser opens once the domain is verified and points here).
+    pub url: String,
+}
+
+/// `GET /v1/envs/{env}/domains`, in name order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DomainList {
+    pub items: Vec<DomainRecord>,
+}

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod apps;
 pub mod auth;
 pub mod functions;
 pub mod hosting;

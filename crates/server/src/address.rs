@@ -9,6 +9,7 @@
 //! | `<deployment>--<env>.<apps>` + anything else | `/env/<env>/deployments/<deployment>/…`     |
 //! | `<app>--<env>.<apps>`                       | `/env/<env>/apps/<app>/…`                    |
 //! | `<port>-<sandbox>--<env>.<apps>`            | `/env/<env>/sandboxes/<sandbox>/ports/<port>/…` |
+//! | a verified custom domain of `<env>`         | as `<env>.<apps>` (`crate::rewrite_custom_domain`) |
 
 use protocol::EnvId;
 

@@ -240,6 +240,11 @@ pub async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(protocol::REQUEST_ID_HEADER, v);
     }
+    // The CORS layer answers every OPTIONS request; TUS clients read the server's capabilities from
+    // that answer on the resumable-upload endpoint.
+    if method == http::Method::OPTIONS && crate::storage_tus::is_tus_path(&path) {
+        crate::storage_tus::capability_headers(response.headers_mut());
+    }
     // White-label deployments never name the product to end users; others say who answered.
     if !state.platform.config().white_label {
         response

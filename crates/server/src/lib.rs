@@ -3,8 +3,11 @@
 
 pub mod address;
 pub mod agent_backend;
+pub mod apps_api;
 pub mod auth_api;
 pub mod data;
+mod der;
+pub mod domains_api;
 pub mod e2b;
 pub mod egress;
 pub mod error;
@@ -12,6 +15,7 @@ pub mod extract;
 pub mod functions_api;
 pub mod gate;
 pub mod handlers;
+pub mod mcp;
 pub mod metrics;
 pub mod openapi;
 pub mod preview;
@@ -20,7 +24,9 @@ pub mod sandboxes;
 pub mod sessions;
 pub mod sites;
 pub mod storage_api;
+pub mod storage_tus;
 pub mod surface;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -62,12 +68,17 @@ pub struct AppState {
     pub hosting: hosting::Hosting,
     /// File storage (Supabase Storage) of every env.
     pub storage: storage::Storage,
+    /// Custom domains: ownership checks and the Host → env lookup.
+    pub domains: hosting::domains::Domains,
     /// Cloud functions (they run in sandboxes: none without them).
     pub functions: Result<functions::Functions, String>,
     functions_config: functions::FunctionsConfig,
     /// The agent runtime (sessions); rebuilt when the gateway or the sandboxes change.
     pub agent: agent::Agent,
     agent_config: agent::AgentConfig,
+    /// Container apps (they run in sandboxes: none without them).
+    pub apps: Result<functions::apps::Apps, String>,
+    apps_config: functions::apps::AppsConfig,
 }
 
 impl AppState {
@@ -90,9 +101,13 @@ impl AppState {
         // …and its storage tables (`storage.buckets`, `storage.objects`) and helper functions.
         appdb.register_schema(storage::Storage::schema_hook());
         let storage = storage::Storage::new(appdb.clone());
+        storage.register_delete_hook();
         let auth = auth::Auth::new(platform.clone(), auth::AuthConfig::default());
         let hosting = hosting::Hosting::new(platform.clone());
         hosting.register_delete_hook();
+        let domains =
+            hosting::domains::Domains::new(platform.clone(), Arc::new(hosting::domains::UdpResolver::system()));
+        domains.register_delete_hook();
         let mut state = Self {
             platform,
             specs: Arc::new(specs),
@@ -105,8 +120,11 @@ impl AppState {
             auth,
             hosting,
             storage,
+            domains,
             functions: Err("functions need sandboxes, which this instance does not have".to_owned()),
             functions_config: functions::FunctionsConfig::default(),
+            apps: Err("apps need sandboxes, which this instance does not have".to_owned()),
+            apps_config: functions::apps::AppsConfig::default(),
             agent,
             agent_config,
         };
@@ -145,6 +163,13 @@ impl AppState {
         self
     }
 
+    /// Process-wide settings of container apps (wake timeout, backoff). Call it before
+    /// [`Self::with_sandboxes`], which starts the apps registry.
+    pub fn with_apps_config(mut self, config: functions::apps::AppsConfig) -> Self {
+        self.apps_config = config;
+        self
+    }
+
     /// The same state with a configured model gateway. Call it before [`Self::with_sandboxes`]: the
     /// sandboxes' egress proxy serves their model calls with the state it is given.
     pub fn with_gateway(mut self, gateway: gateway::Gateway) -> Self {
@@ -160,6 +185,7 @@ impl AppState {
         if let Ok(s) = &self.sandboxes {
             self.functions =
                 Ok(functions::Functions::new(self.platform.clone(), s.clone(), self.functions_config.clone()));
+            self.apps = Ok(functions::apps::Apps::new(self.platform.clone(), s.clone(), self.apps_config.clone()));
         }
         self.rebuild_agent();
         if let Ok(s) = &self.sandboxes {
@@ -171,6 +197,7 @@ impl AppState {
             proxied.sandboxes = Err("sandboxes are not reachable through the egress proxy".to_owned());
             proxied.functions = Err("functions cannot invoke functions".to_owned());
             proxied.rebuild_agent();
+            proxied.apps = Err("apps are not reachable through the egress proxy".to_owned());
             s.set_egress(egress::handler(proxied));
         }
         self
@@ -180,6 +207,12 @@ impl AppState {
     /// it before [`Self::with_sandboxes`], like [`Self::with_gateway`].
     pub fn with_auth_config(mut self, config: auth::AuthConfig) -> Self {
         self.auth = auth::Auth::new(self.platform.clone(), config);
+        self
+    }
+
+    /// Proves domain ownership with this resolver (a test double, or a chosen DNS server).
+    pub fn with_domain_resolver(mut self, resolver: Arc<dyn hosting::domains::Resolver>) -> Self {
+        self.domains = self.domains.with_resolver(resolver);
         self
     }
 
@@ -226,16 +259,52 @@ pub fn router(state: AppState) -> axum::Router {
             http::HeaderName::from_static(protocol::REQUEST_ID_HEADER),
             http::header::RETRY_AFTER,
             http::header::CONTENT_RANGE,
+            // TUS (tus-js-client in browsers reads these).
+            http::header::LOCATION,
+            http::HeaderName::from_static("upload-offset"),
+            http::HeaderName::from_static("upload-length"),
+            http::HeaderName::from_static("upload-expires"),
+            http::HeaderName::from_static("tus-resumable"),
+            http::HeaderName::from_static("tus-version"),
+            http::HeaderName::from_static("tus-extension"),
+            http::HeaderName::from_static("tus-max-size"),
         ]))
         .max_age(std::time::Duration::from_secs(3600));
-    routes::router()
+    let domains = state.domains.clone();
+    let inner = routes::router()
         .route_layer(from_fn_with_state(state.clone(), gate::gate))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(cors)
         .layer(from_fn_with_state(state.clone(), gate::edge))
-        .with_state(state)
+        .with_state(state);
+    // Custom domains need a (cached) lookup, so their rewrite is async and runs here, in front of the
+    // routes; apps-domain hosts were rewritten before (`rewrite_host`) and are never custom domains.
+    axum::Router::new().fallback_service(tower::service_fn(move |req: Request| {
+        let (inner, domains) = (inner.clone(), domains.clone());
+        async move { inner.oneshot(rewrite_custom_domain(&domains, req).await).await }
+    }))
+}
+
+/// ACME HTTP-01 answers are served on every Host (the CA asks on the domain being certified).
+pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// Rewrites a request whose Host is a verified custom domain to its env's path form, like
+/// `<env>.<apps-domain>`. Any other Host is left as it is (and so gets the platform's own routes, which
+/// say nothing about envs without a credential).
+pub async fn rewrite_custom_domain(domains: &hosting::domains::Domains, mut req: Request) -> Request {
+    let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().host());
+    let Some(host) = host.map(str::to_owned) else { return req };
+    if req.uri().path().starts_with(ACME_CHALLENGE_PREFIX) {
+        return req;
+    }
+    let Some(env) = domains.lookup(&host).await else { return req };
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    if let Ok(uri) = address::path_form(&address::HostTarget::Env(env), pq).parse() {
+        *req.uri_mut() = uri;
+    }
+    req
 }
 
 /// Rewrites host-form requests (`<env>.<apps-domain>`, …) to their path form before routing.

@@ -61,6 +61,16 @@ fn components() -> utoipa::openapi::Components {
         .schema_from::<CreateWebhookRequest>()
         .schema_from::<WebhookRecord>()
         .schema_from::<DeliveryRecord>()
+        .schema_from::<protocol::apps::HealthCheck>()
+        .schema_from::<protocol::apps::PutAppRequest>()
+        .schema_from::<protocol::apps::AppFromSandboxRequest>()
+        .schema_from::<protocol::apps::AppStatus>()
+        .schema_from::<protocol::apps::AppSource>()
+        .schema_from::<protocol::apps::AppUrls>()
+        .schema_from::<protocol::apps::AppRecord>()
+        .schema_from::<protocol::apps::AppList>()
+        .schema_from::<protocol::apps::AppLogLine>()
+        .schema_from::<protocol::apps::AppLogList>()
         .schema_from::<protocol::functions::FunctionVersion>()
         .schema_from::<protocol::functions::FunctionVersionList>()
         .schema_from::<protocol::functions::FunctionRecord>()
@@ -100,6 +110,11 @@ fn components() -> utoipa::openapi::Components {
         .schema_from::<protocol::hosting::DeploymentUrls>()
         .schema_from::<protocol::hosting::DeploymentList>()
         .schema_from::<protocol::hosting::SandboxDeployRequest>()
+        .schema_from::<protocol::hosting::AddDomainRequest>()
+        .schema_from::<protocol::hosting::DomainStatus>()
+        .schema_from::<protocol::hosting::DomainVerification>()
+        .schema_from::<protocol::hosting::DomainRecord>()
+        .schema_from::<protocol::hosting::DomainList>()
         .schema_from::<protocol::auth::AuthSettings>()
         .schema_from::<protocol::auth::AuthSettingsPatch>()
         .schema_from::<protocol::auth::OutboxMail>()
@@ -254,6 +269,15 @@ fn operation(spec: &RouteSpec) -> utoipa::openapi::path::Operation {
                     .build(),
             );
         }
+    } else if spec.path.contains('{') {
+        // A public route naming something (an ACME challenge token) answers 404 when it does not exist.
+        op = op.response(
+            "404",
+            ResponseBuilder::new()
+                .description("Not found.")
+                .content("application/json", json_content(Ref::from_schema_name("ErrorBody").into()))
+                .build(),
+        );
     }
     op.build()
 }
@@ -274,6 +298,8 @@ pub fn document() -> OpenApi {
             "POST" => HttpMethod::Post,
             "PUT" => HttpMethod::Put,
             "PATCH" => HttpMethod::Patch,
+            "HEAD" => HttpMethod::Head,
+            "OPTIONS" => HttpMethod::Options,
             _ => HttpMethod::Delete,
         };
         paths = paths.path(spec.path, PathItem::new(method, operation(spec)));

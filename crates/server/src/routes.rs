@@ -2,11 +2,11 @@
 //! handler runs. The router, the OpenAPI document and the cross-tenant test matrix are all generated from
 //! this one table, so a new route cannot skip authorization, documentation or the matrix.
 
-use axum::routing::{MethodRouter, any, delete, get, post, put};
+use axum::routing::{MethodRouter, any, delete, get, head, patch, post, put};
 use tenancy::{Access, EnvKeyAccess, Plane};
 
 use crate::surface::Surface;
-use crate::{AppState, auth_api, functions_api, handlers, sandboxes, sessions, sites};
+use crate::{AppState, apps_api, auth_api, domains_api, functions_api, handlers, sandboxes, sessions, sites};
 
 /// How the gate scopes a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +219,25 @@ fn storage_keyed(method: &'static str, path: &'static str, summary: &'static str
             method,
             built: true,
             response: (200, None),
+            ..surface(path, Surface::Storage, "storage:Request", EnvKeyAccess::Any, summary).spec
+        },
+        handler,
+    }
+}
+
+/// A TUS resumable-upload route: behind a key of the env, like a plain upload.
+fn storage_tus(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    response: u16,
+    handler: MethodRouter<AppState>,
+) -> R {
+    R {
+        spec: RouteSpec {
+            method,
+            built: true,
+            response: (response, None),
             ..surface(path, Surface::Storage, "storage:Request", EnvKeyAccess::Any, summary).spec
         },
         handler,
@@ -753,8 +772,10 @@ fn table() -> Vec<R> {
     routes.extend(sandbox_routes());
     routes.extend(session_routes());
     routes.extend(function_routes());
+    routes.extend(app_routes());
     routes.extend(auth_routes());
     routes.extend(deployment_routes());
+    routes.extend(domain_routes());
     routes.extend([
         R {
             spec: RouteSpec {
@@ -792,6 +813,61 @@ fn table() -> Vec<R> {
             put(crate::storage_api::signed_upload),
         ),
         storage_keyed("POST", "/env/{env}/storage/v1/object/upload/sign/{*rest}", "Create a signed upload URL."),
+        // TUS resumable uploads (tus-js-client). OPTIONS is answered by the CORS layer, with TUS's
+        // capability headers added at the edge (`gate::edge`).
+        storage_tus(
+            "POST",
+            "/env/{env}/storage/v1/upload/resumable",
+            "TUS: create a resumable upload (Upload-Length, Upload-Metadata bucketName/objectName).",
+            201,
+            post(crate::storage_tus::create),
+        ),
+        storage_tus(
+            "HEAD",
+            "/env/{env}/storage/v1/upload/resumable/{id}",
+            "TUS: the offset of a resumable upload.",
+            200,
+            head(crate::storage_tus::head),
+        ),
+        storage_tus(
+            "PATCH",
+            "/env/{env}/storage/v1/upload/resumable/{id}",
+            "TUS: append a chunk at Upload-Offset (the last one writes the object).",
+            204,
+            patch(crate::storage_tus::patch),
+        ),
+        storage_tus(
+            "DELETE",
+            "/env/{env}/storage/v1/upload/resumable/{id}",
+            "TUS: terminate a resumable upload.",
+            204,
+            delete(crate::storage_tus::terminate),
+        ),
+        // The signed variant: a signed upload URL's token in `x-signature` is the credential.
+        storage_public(
+            "POST",
+            "/env/{env}/storage/v1/upload/resumable/sign",
+            "TUS: create a resumable upload with a signed upload URL's token (x-signature).",
+            post(crate::storage_tus::create_signed),
+        ),
+        storage_public(
+            "HEAD",
+            "/env/{env}/storage/v1/upload/resumable/sign/{id}",
+            "TUS: the offset of a signed resumable upload.",
+            head(crate::storage_tus::head_signed),
+        ),
+        storage_public(
+            "PATCH",
+            "/env/{env}/storage/v1/upload/resumable/sign/{id}",
+            "TUS: append a chunk to a signed resumable upload.",
+            patch(crate::storage_tus::patch_signed),
+        ),
+        storage_public(
+            "DELETE",
+            "/env/{env}/storage/v1/upload/resumable/sign/{id}",
+            "TUS: terminate a signed resumable upload.",
+            delete(crate::storage_tus::terminate_signed),
+        ),
         built(
             surface(
                 "/env/{env}/functions/v1/{*rest}",
@@ -828,7 +904,10 @@ fn table() -> Vec<R> {
             ),
             any(crate::e2b::envd),
         ),
-        surface("/env/{env}/mcp", Surface::Mcp, "mcp:Request", Secret, "MCP (streamable HTTP)."),
+        built(
+            surface("/env/{env}/mcp", Surface::Mcp, "mcp:Request", Secret, "MCP (streamable HTTP): the env's tools."),
+            any(crate::mcp::handle),
+        ),
         R {
             spec: RouteSpec {
                 method: "POST",
@@ -859,7 +938,10 @@ fn table() -> Vec<R> {
             ),
             any(sites::preview),
         ),
-        surface("/env/{env}/apps/{app}/{*rest}", Surface::Hosting, "site:Get", Any, "A container app."),
+        built(
+            surface("/env/{env}/apps/{app}/{*rest}", Surface::Hosting, "site:Get", Any, "A container app."),
+            any(apps_api::serve),
+        ),
         built(
             surface(
                 "/env/{env}/sandboxes/{sandbox}/ports/{port}/{*rest}",
@@ -968,6 +1050,166 @@ fn deployment_routes() -> Vec<R> {
             (200, Some("DeploymentRecord")),
             post(sites::rollback),
         ),
+    ]
+}
+
+/// Custom domains of an env: attach, prove ownership (DNS TXT), detach; and the ACME HTTP-01 answers
+/// the TLS listener's certificate orders need.
+fn domain_routes() -> Vec<R> {
+    use EnvKeyAccess::Secret;
+    use Scope::Env;
+    const D: &str = "/v1/envs/{env}/domains/{domain}";
+    vec![
+        r(
+            "POST",
+            "/v1/envs/{env}/domains",
+            control("domains:Add", Secret),
+            Env,
+            "Attach a custom domain (pending until verified); answers the TXT record that proves ownership.",
+            Some("AddDomainRequest"),
+            (201, Some("DomainRecord")),
+            post(domains_api::add),
+        ),
+        r(
+            "GET",
+            "/v1/envs/{env}/domains",
+            control("domains:List", Secret),
+            Env,
+            "The env's custom domains.",
+            None,
+            (200, Some("DomainList")),
+            get(domains_api::list),
+        ),
+        r(
+            "GET",
+            D,
+            control("domains:List", Secret),
+            Env,
+            "Get a custom domain.",
+            None,
+            (200, Some("DomainRecord")),
+            get(domains_api::get),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/domains/{domain}/verify",
+            control("domains:Verify", Secret),
+            Env,
+            "Look for the TXT record; once it holds the token the domain is served.",
+            None,
+            (200, Some("DomainRecord")),
+            post(domains_api::verify),
+        ),
+        r(
+            "DELETE",
+            D,
+            control("domains:Delete", Secret),
+            Env,
+            "Detach a custom domain; it stops being served at once.",
+            None,
+            (204, None),
+            delete(domains_api::delete),
+        ),
+        r(
+            "GET",
+            "/.well-known/acme-challenge/{token}",
+            PUBLIC,
+            Scope::Public,
+            "ACME HTTP-01 key authorization of a certificate order in progress.",
+            None,
+            (200, None),
+            get(crate::tls::http01),
+        ),
+    ]
+}
+
+/// The container apps API: definitions, sources, status, restarts and logs of an env's apps.
+fn app_routes() -> Vec<R> {
+    use EnvKeyAccess::Secret;
+    use Scope::Env;
+    const A: &str = "/v1/envs/{env}/apps/{app}";
+    vec![
+        r(
+            "GET",
+            "/v1/envs/{env}/apps",
+            control("apps:List", Secret),
+            Env,
+            "List the env's container apps with their status.",
+            None,
+            (200, Some("AppList")),
+            get(apps_api::list),
+        ),
+        r(
+            "PUT",
+            A,
+            control("apps:Put", Secret),
+            Env,
+            "Create a container app or replace its definition (a running instance stops; the next request starts the new one).",
+            Some("PutAppRequest"),
+            (200, Some("AppRecord")),
+            put(apps_api::put),
+        ),
+        r(
+            "GET",
+            A,
+            control("apps:Get", Secret),
+            Env,
+            "Get a container app: definition, source, status and restarts.",
+            None,
+            (200, Some("AppRecord")),
+            get(apps_api::get),
+        ),
+        r(
+            "DELETE",
+            A,
+            control("apps:Delete", Secret),
+            Env,
+            "Delete a container app: its instance, definition and source.",
+            None,
+            (204, None),
+            delete(apps_api::delete),
+        ),
+        r(
+            "PUT",
+            "/v1/envs/{env}/apps/{app}/archive",
+            control("apps:Deploy", Secret),
+            Env,
+            "Upload the app's source (the raw body is a tar.gz archive; npm dependencies are installed).",
+            None,
+            (200, Some("AppRecord")),
+            put(apps_api::upload).layer(axum::extract::DefaultBodyLimit::max(apps_api::MAX_ARCHIVE_BYTES)),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/apps/{app}/from-sandbox",
+            control("apps:Deploy", Secret),
+            Env,
+            "Take the app's source from a directory of a running sandbox of the env (archived inside it).",
+            Some("AppFromSandboxRequest"),
+            (200, Some("AppRecord")),
+            post(apps_api::from_sandbox),
+        ),
+        r(
+            "POST",
+            "/v1/envs/{env}/apps/{app}/restart",
+            control("apps:Restart", Secret),
+            Env,
+            "Stop the app's instance and start a new one.",
+            None,
+            (200, Some("AppRecord")),
+            post(apps_api::restart),
+        ),
+        r(
+            "GET",
+            "/v1/envs/{env}/apps/{app}/logs",
+            control("apps:Logs", Secret),
+            Env,
+            "The last lines of the app's stdout and stderr and of its supervisor (starts, exits, restarts).",
+            None,
+            (200, Some("AppLogList")),
+            get(apps_api::logs),
+        )
+        .query(apps_api::LOG_QUERY),
     ]
 }
 

@@ -26,7 +26,7 @@ const MAX_JSON: usize = 1024 * 1024;
 /// Largest multipart header block or text field before the file part.
 const MAX_FIELD: usize = 64 * 1024;
 
-fn err(e: StorageError) -> Response {
+pub(crate) fn err(e: StorageError) -> Response {
     if matches!(e, StorageError::Internal(_)) {
         tracing::error!(error = %e, "storage failed");
         return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.code(), "internal error").into_response();
@@ -434,7 +434,7 @@ async fn upload(
 
 /// Reads (and drops) what is left of a refused upload's body, a bounded amount for a bounded time, so
 /// the client reads the error instead of a reset connection.
-async fn drain(body: &mut BodyStream) {
+pub(crate) async fn drain(body: &mut BodyStream) {
     const MAX_DRAIN: usize = 8 * 1024 * 1024;
     let mut drained = 0usize;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -667,7 +667,7 @@ struct FilePart {
     body: BodyStream,
 }
 
-type BodyStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
+pub(crate) type BodyStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
 
 /// Reads from `body` into `buf` until `needle` appears (its position) or `limit` bytes are buffered.
 async fn fill_until(body: &mut BodyStream, buf: &mut BytesMut, needle: &[u8], limit: usize) -> Result<usize, String> {

@@ -70,10 +70,19 @@ impl Surface {
                 json!({"error": {"message": message, "type": openai_error_type(status), "param": Value::Null, "code": code}})
             }
             Self::Mcp => {
-                json!({"jsonrpc": "2.0", "id": Value::Null, "error": {"code": -32001, "message": message, "data": {"code": code}}})
+                json!({"jsonrpc": "2.0", "id": Value::Null, "error": {
+                    "code": agent::mcp::rpc_code(code), "message": message, "data": {"code": code}
+                }})
             }
             Self::Hosting => {
-                return ErrorBody::Text(format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or("")));
+                let head = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+                // A 503 says why (a container app still waking, or one that did not come up); other
+                // errors say only their status, so nothing about an env leaks to a guessing visitor.
+                return ErrorBody::Text(if status == StatusCode::SERVICE_UNAVAILABLE {
+                    format!("{head}{code}: {message}\n")
+                } else {
+                    head
+                });
             }
         };
         ErrorBody::Json(json)

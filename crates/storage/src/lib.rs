@@ -15,6 +15,7 @@
 pub mod names;
 pub mod schema;
 pub mod sign;
+pub mod tus;
 
 use appdb::sqlgen::{Cmd, stored_policy};
 use appdb::{AppDbError, AppDbs, RequestAuth, Role};
@@ -80,6 +81,19 @@ pub enum StorageError {
     /// The database or object store failed.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A resumable upload id that does not exist, or belongs to another env or caller.
+    #[error("Upload not found")]
+    NoSuchUpload,
+    /// A resumable upload that expired (its parts are deleted).
+    #[error("Upload expired")]
+    UploadExpired,
+    /// A resumable upload's `Upload-Offset` is not where the upload stands (or another request
+    /// moved it first).
+    #[error("Upload-Offset conflict: the upload is at offset {0}")]
+    OffsetConflict(u64),
+    /// A resumable upload is being assembled into its object right now.
+    #[error("The upload is being completed; retry later")]
+    UploadLocked,
     /// A dry run's deliberate rollback (checking policies before signing an upload URL); never
     /// leaves the crate.
     #[error("dry run")]
@@ -90,7 +104,10 @@ impl StorageError {
     /// HTTP status, as Supabase Storage answers.
     pub fn status(&self) -> u16 {
         match self {
-            Self::NoSuchBucket | Self::NoSuchKey => 404,
+            Self::NoSuchBucket | Self::NoSuchKey | Self::NoSuchUpload => 404,
+            Self::UploadExpired => 410,
+            Self::OffsetConflict(_) => 409,
+            Self::UploadLocked => 423,
             Self::Duplicate | Self::BucketNotEmpty => 409,
             Self::InvalidBucketName(_)
             | Self::InvalidKey(_)
@@ -110,6 +127,10 @@ impl StorageError {
         match self {
             Self::NoSuchBucket => "NoSuchBucket",
             Self::NoSuchKey => "NoSuchKey",
+            Self::NoSuchUpload => "NoSuchUpload",
+            Self::UploadExpired => "UploadExpired",
+            Self::OffsetConflict(_) => "InvalidUploadOffset",
+            Self::UploadLocked => "ResourceLocked",
             Self::Duplicate => "Duplicate",
             Self::BucketNotEmpty => "InvalidRequest",
             Self::InvalidBucketName(_) => "InvalidBucketName",

@@ -108,7 +108,7 @@ impl NewRow {
 
 impl Storage {
     /// The hard `storage_bytes` quota of the env and the bytes used now, if it has one.
-    async fn quota(&self, env: &EnvId) -> Result<Option<(i64, i64)>> {
+    pub(crate) async fn quota(&self, env: &EnvId) -> Result<Option<(i64, i64)>> {
         let limits = self.platform().get_env_limits(env).await.map_err(|e| StorageError::Internal(e.to_string()))?;
         let Some(limit) =
             limits.quotas.iter().filter(|q| q.meter == Meter::StorageBytes.name()).filter_map(|q| q.hard_limit).min()
@@ -485,25 +485,22 @@ impl Storage {
         Ok(format!("/object/sign/{url}?token={token}"))
     }
 
-    /// A signed upload URL path (`/object/upload/sign/<bucket>/<name>?token=…`) and its token, valid
-    /// for two hours, if `access` may create (or with `upsert` replace) the object now.
-    pub async fn sign_upload(
+    /// Whether the policies let `access` create (or with `upsert` replace) `bucket/name` now: the row
+    /// is written in a transaction that is rolled back.
+    pub(crate) async fn probe_upload(
         &self,
         env: &EnvId,
         access: &Access,
         bucket_id: &str,
         name: &str,
         upsert: bool,
-    ) -> Result<(String, String)> {
-        names::object_name(name)?;
-        self.get_bucket(env, &Access::Trusted, bucket_id).await?;
-        let owner = access.owner();
-        // The policies decide now, by writing the row in a transaction that is rolled back.
+        owner: Option<String>,
+    ) -> Result<()> {
         let row = NewRow {
             id: appdb::backend::random_uuid(),
             bucket_id: bucket_id.to_owned(),
             name: name.to_owned(),
-            owner: owner.clone(),
+            owner,
             metadata: json!({}),
             user_metadata: None,
             version: String::new(),
@@ -517,10 +514,26 @@ impl Storage {
             })
             .await;
         match probe {
-            Err(StorageError::DryRun) => {}
-            Err(e) => return Err(e),
-            Ok(()) => return Err(StorageError::Internal("dry run committed".to_owned())),
+            Err(StorageError::DryRun) => Ok(()),
+            Err(e) => Err(e),
+            Ok(()) => Err(StorageError::Internal("dry run committed".to_owned())),
         }
+    }
+
+    /// A signed upload URL path (`/object/upload/sign/<bucket>/<name>?token=…`) and its token, valid
+    /// for two hours, if `access` may create (or with `upsert` replace) the object now.
+    pub async fn sign_upload(
+        &self,
+        env: &EnvId,
+        access: &Access,
+        bucket_id: &str,
+        name: &str,
+        upsert: bool,
+    ) -> Result<(String, String)> {
+        names::object_name(name)?;
+        self.get_bucket(env, &Access::Trusted, bucket_id).await?;
+        let owner = access.owner();
+        self.probe_upload(env, access, bucket_id, name, upsert, owner.clone()).await?;
         let now = self.now_secs();
         let url = format!("{bucket_id}/{name}");
         let claims =

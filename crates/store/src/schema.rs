@@ -191,6 +191,38 @@ CREATE INDEX function_logs_by_time ON function_logs (env_id, name, started_at);
     (
         4,
         r#"
+CREATE TABLE custom_domains (
+    env_id TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    token TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    verified_at BIGINT,
+    PRIMARY KEY (env_id, domain)
+);
+CREATE UNIQUE INDEX custom_domains_verified ON custom_domains (domain) WHERE verified_at IS NOT NULL;
+CREATE TABLE tls_certificates (
+    domain TEXT PRIMARY KEY,
+    env_id TEXT NOT NULL,
+    cert_pem TEXT NOT NULL,
+    key_pem TEXT NOT NULL,
+    not_after BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE acme_accounts (
+    directory TEXT PRIMARY KEY,
+    credentials TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE acme_challenges (
+    token TEXT PRIMARY KEY,
+    key_authorization TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+"#,
+    ),
+    (
+        5,
+        r#"
 CREATE TABLE agent_sessions (
     env_id TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -219,6 +251,52 @@ CREATE TABLE agent_events (
     at BIGINT NOT NULL,
     body TEXT NOT NULL,
     PRIMARY KEY (env_id, session_id, seq)
+);
+"#,
+    ),
+    (
+        6,
+        r#"
+CREATE TABLE storage_uploads (
+    env_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    bucket_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    upload_length BIGINT NOT NULL,
+    upload_offset BIGINT NOT NULL,
+    parts TEXT NOT NULL,
+    options TEXT NOT NULL,
+    completing_until BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    PRIMARY KEY (env_id, id)
+);
+CREATE INDEX storage_uploads_expiry ON storage_uploads (expires_at);
+"#,
+    ),
+    (
+        7,
+        r#"
+CREATE TABLE apps (
+    env_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    command TEXT NOT NULL,
+    port BIGINT NOT NULL,
+    env_names TEXT NOT NULL,
+    env_sealed TEXT,
+    health_path TEXT NOT NULL,
+    health_interval_ms BIGINT NOT NULL,
+    idle_timeout_ms BIGINT NOT NULL,
+    memory_mb BIGINT NOT NULL,
+    blob_key TEXT,
+    sha256 TEXT,
+    size_bytes BIGINT,
+    dependencies BIGINT,
+    uploaded_at BIGINT,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (env_id, name)
 );
 "#,
     ),

@@ -1,6 +1,7 @@
 //! Storage benchmark (not a test): upload and download throughput of 1 MB and 100 MB objects through
 //! `/storage/v1` (raw body upload, streamed download), against a raw disk copy of the same bytes
-//! (`std::fs::copy` in the same data dir) in the same run.
+//! (`std::fs::copy` in the same data dir) in the same run; then 100 MB through TUS resumable uploads
+//! (6 MB chunks) against a plain upload of the same bytes.
 //!
 //! Run: `cargo bench -p vibebase --bench storage` (optionally `-- ROUNDS`, default 5). It starts the
 //! real `vibebase serve` on SQLite + local files in a temp dir and drives it over loopback HTTP.
@@ -92,6 +93,68 @@ async fn main() {
             mb_per_s(size, c),
         );
     }
+
+    // 100 MB through TUS (tus-js-client's requests: create, then 6 MB PATCHes) against a plain upload
+    // of the same bytes, in the same run.
+    let size = 100 * 1024 * 1024;
+    let chunk = 6 * 1024 * 1024;
+    let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+    let (mut plain, mut resumable) = (vec![], vec![]);
+    for i in 0..rounds {
+        let t = Instant::now();
+        let r = client
+            .post(format!("{api}/object/bench/plain-{i}"))
+            .header("apikey", &secret)
+            .header("content-type", "application/octet-stream")
+            .body(data.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        plain.push(t.elapsed());
+
+        let t = Instant::now();
+        let b64 = |s: &str| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(s)
+        };
+        let r = client
+            .post(format!("{api}/upload/resumable"))
+            .header("apikey", &secret)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-length", size.to_string())
+            .header("upload-metadata", format!("bucketName {},objectName {}", b64("bench"), b64(&format!("tus-{i}"))))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        let location = r.headers()["location"].to_str().unwrap().to_owned();
+        for (n, part) in data.chunks(chunk).enumerate() {
+            let r = client
+                .patch(&location)
+                .header("apikey", &secret)
+                .header("tus-resumable", "1.0.0")
+                .header("upload-offset", (n * chunk).to_string())
+                .header("content-type", "application/offset+octet-stream")
+                .body(part.to_vec())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 204, "{}", r.text().await.unwrap_or_default());
+        }
+        resumable.push(t.elapsed());
+    }
+    let (p, t) = (median(plain), median(resumable));
+    println!();
+    println!("| size | plain upload p50 | TUS upload (6 MB chunks) p50 |");
+    println!("|---|---|---|");
+    println!(
+        "| 100 MB | {:.0} ms ({:.0} MB/s) | {:.0} ms ({:.0} MB/s) |",
+        p.as_secs_f64() * 1e3,
+        mb_per_s(size, p),
+        t.as_secs_f64() * 1e3,
+        mb_per_s(size, t),
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -91,6 +91,20 @@ pub enum ClientCommand {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Attach custom domains to an env, prove their ownership (DNS TXT) and detach them.
+    Domains {
+        #[command(subcommand)]
+        command: DomainsCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Deploy and manage an env's container apps (long-lived web servers in sandboxes).
+    Apps {
+        #[command(subcommand)]
+        command: AppsCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Manage the platform's workspace templates.
     Template {
         #[command(subcommand)]
@@ -176,6 +190,33 @@ pub enum TemplateCommand {
     List,
     /// Delete a template.
     Delete { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DomainsCommand {
+    /// Attach a domain (pending); prints the TXT record that proves ownership.
+    Add {
+        #[arg(long)]
+        env: String,
+        domain: String,
+    },
+    /// List the env's domains.
+    List {
+        #[arg(long)]
+        env: String,
+    },
+    /// Check the TXT record; once it holds the token the domain is served.
+    Verify {
+        #[arg(long)]
+        env: String,
+        domain: String,
+    },
+    /// Detach a domain; it stops being served at once.
+    Delete {
+        #[arg(long)]
+        env: String,
+        domain: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -267,6 +308,69 @@ pub enum FunctionsCommand {
         /// The request body (JSON).
         #[arg(long, default_value = "{}")]
         data: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AppsCommand {
+    /// Define an app (or replace its definition) and upload its source; it starts on the first request.
+    Deploy {
+        #[arg(long)]
+        env: String,
+        name: String,
+        /// The app's directory, or a .tar.gz of it (npm dependencies of package.json are installed).
+        source: std::path::PathBuf,
+        /// Shell command that starts the server, e.g. `node server.js` or `npm start`.
+        #[arg(long)]
+        command: String,
+        /// Port the server listens on (`PORT` is set to it).
+        #[arg(long)]
+        port: u32,
+        /// Environment variable `NAME=VALUE` of the app. Repeatable.
+        #[arg(long = "var")]
+        vars: Vec<String>,
+        /// Health check path (default `/`).
+        #[arg(long)]
+        health_path: Option<String>,
+        /// Milliseconds between health checks (default 10000).
+        #[arg(long)]
+        health_interval_ms: Option<u64>,
+        /// Stop after this many seconds without requests (default 300).
+        #[arg(long)]
+        idle_timeout: Option<u64>,
+        #[arg(long)]
+        memory_mb: Option<u64>,
+    },
+    /// List the env's apps with their status.
+    List {
+        #[arg(long)]
+        env: String,
+    },
+    /// Show an app.
+    Get {
+        #[arg(long)]
+        env: String,
+        name: String,
+    },
+    /// Delete an app: its instance, definition and source.
+    Delete {
+        #[arg(long)]
+        env: String,
+        name: String,
+    },
+    /// Stop the app's instance and start a new one.
+    Restart {
+        #[arg(long)]
+        env: String,
+        name: String,
+    },
+    /// Show the last lines of the app's output and of its supervisor.
+    Logs {
+        #[arg(long)]
+        env: String,
+        name: String,
+        #[arg(long)]
+        limit: Option<u64>,
     },
 }
 
@@ -746,6 +850,134 @@ fn function_text(v: &Value) -> String {
     )
 }
 
+fn app_text(v: &Value) -> String {
+    let source = &v["source"];
+    format!(
+        "name:      {}\nstatus:    {} ({} restarts)\ncommand:   {}\nport:      {}\nhealth:    GET {} every {} ms\nidle stop: after {} s\nmemory:    {} MiB\nenv:       {}\nsource:    {}\nurl:       {}\npath:      {}\nupdated:   {}\n",
+        s(&v["name"]),
+        s(&v["status"]),
+        v["restarts"],
+        s(&v["command"]),
+        v["port"],
+        s(&v["health_check"]["path"]),
+        v["health_check"]["interval_ms"],
+        v["idle_timeout_seconds"],
+        v["memory_mb"],
+        v["env"].as_array().map_or(String::new(), |a| a.iter().map(|x| s(x).to_owned()).collect::<Vec<_>>().join(", ")),
+        if source.is_null() {
+            "none yet".to_owned()
+        } else {
+            format!("{} bytes, sha256 {}", source["size_bytes"], s(&source["sha256"]))
+        },
+        s(&v["urls"]["site"]),
+        s(&v["urls"]["path"]),
+        s(&v["updated_at"]),
+    )
+}
+
+async fn apps(c: &Client, command: AppsCommand) -> Result<Option<ExitCode>, Failure> {
+    use reqwest::Method;
+    let base = |env: &str, name: &str| format!("/v1/envs/{env}/apps/{name}");
+    match command {
+        AppsCommand::Deploy {
+            env,
+            name,
+            source,
+            command,
+            port,
+            vars,
+            health_path,
+            health_interval_ms,
+            idle_timeout,
+            memory_mb,
+        } => {
+            let archive = if source.is_dir() {
+                pack_dir(&source)?
+            } else {
+                std::fs::read(&source).map_err(|e| Failure::new(2, format!("{}: {e}", source.display())))?
+            };
+            let mut env_vars = serde_json::Map::new();
+            for v in vars {
+                let (k, val) =
+                    v.split_once('=').ok_or_else(|| Failure::new(2, format!("--var {v}: expected NAME=VALUE")))?;
+                env_vars.insert(k.to_owned(), json!(val));
+            }
+            let mut spec = json!({"command": command, "port": port, "env": env_vars});
+            if health_path.is_some() || health_interval_ms.is_some() {
+                let mut h = serde_json::Map::new();
+                if let Some(p) = health_path {
+                    h.insert("path".to_owned(), json!(p));
+                }
+                if let Some(i) = health_interval_ms {
+                    h.insert("interval_ms".to_owned(), json!(i));
+                }
+                spec["health_check"] = Value::Object(h);
+            }
+            if let Some(i) = idle_timeout {
+                spec["idle_timeout_seconds"] = json!(i);
+            }
+            if let Some(m) = memory_mb {
+                spec["memory_mb"] = json!(m);
+            }
+            let existed = c.call(Method::GET, &base(&env, &name), None).await.is_ok();
+            c.call(Method::PUT, &base(&env, &name), Some(spec)).await?;
+            progress(&format!("uploading {name} ({} bytes)…", archive.len()));
+            let uploaded = c.raw(Method::PUT, &format!("{}/archive", base(&env, &name)), archive).await;
+            let reply = match uploaded {
+                Ok(r) => r,
+                Err(e) => {
+                    // A refused source leaves no half-made app behind.
+                    if !existed {
+                        let _ = c.call(Method::DELETE, &base(&env, &name), None).await;
+                    }
+                    return Err(e);
+                }
+            };
+            let v: Value = serde_json::from_slice(&reply).unwrap_or(Value::Null);
+            c.show(Reply::Json(v), app_text);
+        }
+        AppsCommand::List { env } => {
+            let r = c.call(Method::GET, &format!("/v1/envs/{env}/apps"), None).await?;
+            c.show(r, |v| {
+                table(
+                    &items(v)
+                        .iter()
+                        .map(|a| {
+                            json!({"name": a["name"], "status": a["status"], "restarts": a["restarts"],
+                                "command": a["command"], "url": a["urls"]["site"]})
+                        })
+                        .collect::<Vec<_>>(),
+                    &[
+                        ("name", "NAME"),
+                        ("status", "STATUS"),
+                        ("restarts", "RESTARTS"),
+                        ("command", "COMMAND"),
+                        ("url", "URL"),
+                    ],
+                )
+            });
+        }
+        AppsCommand::Get { env, name } => c.show(c.call(Method::GET, &base(&env, &name), None).await?, app_text),
+        AppsCommand::Delete { env, name } => {
+            c.show(c.call(Method::DELETE, &base(&env, &name), None).await?, |_| String::new());
+        }
+        AppsCommand::Restart { env, name } => {
+            c.show(c.call(Method::POST, &format!("{}/restart", base(&env, &name)), None).await?, app_text);
+        }
+        AppsCommand::Logs { env, name, limit } => {
+            let query = limit.map_or(String::new(), |l| format!("?limit={l}"));
+            let r = c.call(Method::GET, &format!("{}/logs{query}", base(&env, &name)), None).await?;
+            c.show(r, |v| {
+                items(v)
+                    .iter()
+                    .map(|l| format!("{} {:<6}| {}\n", s(&l["at"]), s(&l["stream"]), s(&l["line"])))
+                    .collect()
+            });
+        }
+    }
+    Ok(None)
+}
+
 async fn functions(c: &Client, command: FunctionsCommand) -> Result<Option<ExitCode>, Failure> {
     use reqwest::Method;
     let base = |env: &str, name: &str| format!("/v1/envs/{env}/functions/{name}");
@@ -995,6 +1227,18 @@ fn site_files(root: &std::path::Path) -> Result<Vec<(String, std::path::PathBuf)
     Ok(out)
 }
 
+fn domain_text(v: &Value) -> String {
+    let mut text = format!("{} ({})\nurl: {}\n", s(&v["domain"]), s(&v["status"]), s(&v["url"]));
+    if v["status"] == "pending" {
+        text += &format!(
+            "prove ownership with a DNS TXT record, then run `vibebase domains verify`:\n  {}  TXT  \"{}\"\n",
+            s(&v["verification"]["name"]),
+            s(&v["verification"]["value"]),
+        );
+    }
+    text
+}
+
 fn deployment_text(v: &Value) -> String {
     format!(
         "{}\npreview:      {}\npreview path: {}\nsite:         {}{}\n",
@@ -1067,6 +1311,32 @@ async fn dispatch(command: ClientCommand) -> Result<Option<ExitCode>, Failure> {
         }
         ClientCommand::Sandbox { command, conn } => return sandbox(&Client::new(conn)?, command).await,
         ClientCommand::Functions { command, conn } => return functions(&Client::new(conn)?, command).await,
+        ClientCommand::Domains { command, conn } => {
+            let c = Client::new(conn)?;
+            match command {
+                DomainsCommand::Add { env, domain } => {
+                    let r = c
+                        .call(Method::POST, &format!("/v1/envs/{env}/domains"), Some(json!({"domain": domain})))
+                        .await?;
+                    c.show(r, domain_text);
+                }
+                DomainsCommand::List { env } => {
+                    let r = c.call(Method::GET, &format!("/v1/envs/{env}/domains"), None).await?;
+                    c.show(r, |v| {
+                        table(items(v), &[("domain", "DOMAIN"), ("status", "STATUS"), ("created_at", "CREATED")])
+                    });
+                }
+                DomainsCommand::Verify { env, domain } => {
+                    let r = c.call(Method::POST, &format!("/v1/envs/{env}/domains/{domain}/verify"), None).await?;
+                    c.show(r, domain_text);
+                }
+                DomainsCommand::Delete { env, domain } => {
+                    let r = c.call(Method::DELETE, &format!("/v1/envs/{env}/domains/{domain}"), None).await?;
+                    c.show(r, |_| String::new());
+                }
+            }
+        }
+        ClientCommand::Apps { command, conn } => return apps(&Client::new(conn)?, command).await,
         ClientCommand::Template { command, conn } => {
             let c = Client::new(conn)?;
             let names = |v: &Value| {

@@ -60,6 +60,30 @@ pub struct ServeArgs {
     /// Sender address of end-user auth mail.
     #[arg(long, default_value = "no-reply@localhost", env = "VIBEBASE_SMTP_FROM")]
     smtp_from: String,
+    /// DNS server (ip:port) asked for custom domains' TXT ownership records (default: the first
+    /// nameserver of /etc/resolv.conf).
+    #[arg(long, env = "VIBEBASE_DNS_SERVER")]
+    dns_server: Option<SocketAddr>,
+    /// Also serve HTTPS on this address, for verified custom domains, with certificates ordered on
+    /// demand from --acme-directory.
+    #[arg(long, env = "VIBEBASE_TLS_LISTEN", requires = "acme_directory")]
+    tls_listen: Option<SocketAddr>,
+    /// ACME directory URL certificates are ordered from (e.g. Let's Encrypt's).
+    #[arg(long, env = "VIBEBASE_ACME_DIRECTORY")]
+    acme_directory: Option<String>,
+    /// Contact address of the ACME account.
+    #[arg(long, env = "VIBEBASE_ACME_EMAIL")]
+    acme_email: Option<String>,
+    /// PEM root certificate to trust for the ACME directory's HTTPS (a private or test CA).
+    #[arg(long, env = "VIBEBASE_ACME_CA_ROOT")]
+    acme_ca_root: Option<PathBuf>,
+    /// How long a request to a stopped or starting container app waits for it to become healthy
+    /// (then 503), in seconds.
+    #[arg(long, default_value_t = 60, env = "VIBEBASE_APP_WAKE_TIMEOUT")]
+    app_wake_timeout: u64,
+    /// First restart delay of a crashed container app, in milliseconds (doubled per crash in a row).
+    #[arg(long, default_value_t = 500, env = "VIBEBASE_APP_BACKOFF_MS")]
+    app_backoff_ms: u64,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"], env = "VIBEBASE_LOG_FORMAT")]
     log_format: String,
@@ -160,17 +184,57 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Function secrets are sealed with this key; a bad one stops the start rather than the first deploy.
     let master_key = std::env::var("VIBEBASE_MASTER_KEY").ok().filter(|k| !k.is_empty());
     functions::seal::MasterKey::load(master_key.as_deref(), &data_dir).context("master key")?;
+    let apps_config = functions::apps::AppsConfig {
+        master_key: master_key.clone(),
+        wake_timeout: std::time::Duration::from_secs(args.app_wake_timeout.max(1)),
+        backoff_base: std::time::Duration::from_millis(args.app_backoff_ms.max(1)),
+        ..Default::default()
+    };
     let functions_config = functions::FunctionsConfig { master_key, ..Default::default() };
     let sandboxes = start_sandboxes(&platform, &args, &data_dir);
-    let state = server::AppState::new(platform)
+    let mut state = server::AppState::new(platform)
         .with_gateway(gateway.clone())
         .with_auth_config(auth::AuthConfig { smtp, hash_cost: auth::HashCost::OWASP })
         .with_functions_config(functions_config)
         .with_agent_config(agent::AgentConfig { default_model: args.agent_model.clone(), ..Default::default() })
+        .with_apps_config(apps_config)
         .with_sandboxes(sandboxes.clone());
+    let apps = state.apps.clone();
+    if let Some(dns) = args.dns_server {
+        state = state.with_domain_resolver(Arc::new(hosting::domains::UdpResolver::new(dns)));
+    }
+    let tls_stop = tokio::sync::watch::Sender::new(false);
+    let tls = match (args.tls_listen, &args.acme_directory) {
+        (Some(addr), Some(directory)) => {
+            let tls_listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--tls-listen {addr}"))?;
+            let settings = server::tls::TlsSettings {
+                acme_directory: directory.clone(),
+                acme_email: args.acme_email.clone(),
+                acme_ca_root: args.acme_ca_root.clone(),
+            };
+            let manager = server::tls::TlsManager::new(state.domains.clone(), settings);
+            tracing::info!(tls_listen = %tls_listener.local_addr().unwrap_or(addr), acme_directory = %directory, "serving HTTPS for verified custom domains");
+            let stop = stop_rx_for_tls(&tls_stop);
+            Some(tokio::spawn(server::tls::serve_tls(tls_listener, state.clone(), manager, stop)))
+        }
+        _ => None,
+    };
     // Resumes sessions whose driver died (here before a restart, or on another instance).
     let sweeper = state.agent.spawn_background(stop_rx.clone());
     server::serve(listener, state, shutdown_signal()).await.context("serve")?;
+    let _ = tls_stop.send(true);
+    if let Some(task) = tls {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "TLS listener failed"),
+            Err(e) => tracing::warn!(error = %e, "TLS listener task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    if let Ok(apps) = &apps {
+        tracing::info!("shutting down: stopping container apps");
+        apps.shutdown().await;
+    }
     if let Ok(s) = &sandboxes {
         tracing::info!("shutting down: killing sandboxes");
         s.shutdown().await;
@@ -207,6 +271,14 @@ fn start_sandboxes(platform: &Platform, args: &ServeArgs, data_dir: &Path) -> Re
             tracing::warn!(%why, "sandboxes unavailable");
             Err(why)
         }
+    }
+}
+
+/// Resolves once the serve loop ends (the stop signal is sent).
+fn stop_rx_for_tls(stop: &tokio::sync::watch::Sender<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut rx = stop.subscribe();
+    async move {
+        let _ = rx.wait_for(|stopped| *stopped).await;
     }
 }
 

@@ -145,6 +145,25 @@ async fn delete_leaves_only_ledger_and_audit_rows() {
     let started = agent::event::Event::RunStarted { thread_id: "chat".into(), run_id: "r1".into() };
     log.append(&env, "chat", "test", vec![started], 0).await.unwrap();
     assert!(rows(&h).await.iter().any(|(t, r)| t == "agent_events" && r.starts_with(id)));
+    // A verified custom domain with a stored certificate.
+    let r = h
+        .call("POST", &format!("/v1/envs/{id}/domains"), Some(&s), Some(json!({"domain": "doomed.example.com"})))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    h.dns.set_txt("_vibebase-challenge.doomed.example.com", &[r.json["verification"]["value"].as_str().unwrap()]);
+    let r = h.call("POST", &format!("/v1/envs/{id}/domains/doomed.example.com/verify"), Some(&s), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    h.platform
+        .db()
+        .tx(|c| {
+            c.execute(
+                "INSERT INTO tls_certificates (domain, env_id, cert_pem, key_pem, not_after, updated_at)
+                 VALUES ('doomed.example.com', 'doomed-env', 'cert', 'key', 0, 0)",
+                &[],
+            )
+        })
+        .await
+        .unwrap();
     h.platform.flush_meters().await.unwrap();
     // What later capabilities keep per env lives under the names its layout derives.
     std::fs::create_dir_all(layout.data_dir.join("workspace")).unwrap();

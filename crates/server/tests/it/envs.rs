@@ -304,12 +304,12 @@ async fn host_form_reaches_the_same_routes_as_path_form() {
         )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    // Site, previews and ports are routed to hosting (nothing published, no such deployment, a sandbox
-    // port of a missing sandbox: a plain 404).
+    // Site, previews, apps and ports are routed to hosting (nothing published, no such deployment or
+    // app, a sandbox port of a missing sandbox: a plain 404).
     for (host, status) in [
         ("shop.localhost", StatusCode::NOT_FOUND),
         ("dpl0000000000--shop.localhost", StatusCode::NOT_FOUND),
-        ("api--shop.localhost", StatusCode::NOT_IMPLEMENTED),
+        ("api--shop.localhost", StatusCode::NOT_FOUND),
         ("5173-sb1--shop.localhost", StatusCode::NOT_FOUND),
     ] {
         let r = h.send("GET", "/", &[("host", host.to_owned())], None).await;

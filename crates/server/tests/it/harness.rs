@@ -38,6 +38,8 @@ pub struct Harness {
     pub sandboxes: Result<sandbox::Sandboxes, String>,
     /// The model gateway, once [`Harness::use_models`] configured one.
     pub gateway: Option<gateway::Gateway>,
+    /// The DNS the custom-domain ownership check reads (DNS is outside this machine).
+    pub dns: Arc<hosting::domains::StaticResolver>,
 }
 
 pub struct Resp {
@@ -148,11 +150,13 @@ impl Harness {
                 sandbox::SandboxDefaults { timeout: std::time::Duration::from_secs(120), ..Default::default() };
             sandbox::Sandboxes::new(platform.clone(), backend, defaults)
         });
+        let dns = Arc::new(hosting::domains::StaticResolver::default());
         let state = server::AppState::new(platform.clone())
             .with_auth_config(test_auth_config(None))
+            .with_domain_resolver(dns.clone())
             .with_sandboxes(sandboxes.clone());
         let router = server::router(state);
-        Self { platform, router, admin: ADMIN_KEY.to_owned(), clock, dir, sandboxes, gateway: None }
+        Self { platform, router, admin: ADMIN_KEY.to_owned(), clock, dir, sandboxes, gateway: None, dns }
     }
 
     /// Serves the model gateway with this models file (JSON) from now on.
@@ -161,6 +165,7 @@ impl Harness {
         let gw = gateway::Gateway::new(self.platform.clone(), config).unwrap();
         let state = server::AppState::new(self.platform.clone())
             .with_auth_config(test_auth_config(None))
+            .with_domain_resolver(self.dns.clone())
             .with_gateway(gw.clone());
         self.router = server::router(state.with_sandboxes(self.sandboxes.clone()));
         self.gateway = Some(gw.clone());
@@ -169,7 +174,9 @@ impl Harness {
 
     /// The same platform served with another auth configuration (e.g. an SMTP relay).
     pub fn with_smtp(mut self, smtp: auth::SmtpConfig) -> Self {
-        let state = server::AppState::new(self.platform.clone()).with_auth_config(test_auth_config(Some(smtp)));
+        let state = server::AppState::new(self.platform.clone())
+            .with_auth_config(test_auth_config(Some(smtp)))
+            .with_domain_resolver(self.dns.clone());
         self.router = server::router(state.with_sandboxes(self.sandboxes.clone()));
         self
     }

@@ -3,6 +3,7 @@
 mod appdb;
 mod blobs;
 mod delete;
+mod domains;
 mod envs;
 mod functions;
 mod gotrue;
@@ -11,6 +12,7 @@ mod hosting;
 mod ledger;
 mod llm;
 mod matrix;
+mod mcp;
 mod sessions;
 mod storage;
 mod surfaces;

@@ -160,6 +160,13 @@ async fn world() -> World {
     let (deployment, pending) = deployments(&h, &admin).await;
     let session = h.call("POST", "/v1/envs/tenant-a/sessions", Some(&admin), Some(json!({"id": "s-fixture"}))).await;
     assert_eq!(session.status, StatusCode::CREATED, "{}", session.text);
+    // A pending custom domain of env A whose TXT record holds its token (so verify succeeds).
+    let domain = h
+        .call("POST", "/v1/envs/tenant-a/domains", Some(&admin), Some(json!({"domain": "www.tenant-a.example"})))
+        .await;
+    assert_eq!(domain.status, StatusCode::CREATED, "{}", domain.text);
+    h.dns
+        .set_txt("_vibebase-challenge.www.tenant-a.example", &[domain.json["verification"]["value"].as_str().unwrap()]);
     let creds = vec![
         Some(admin),
         Some(a_secret),
@@ -426,6 +433,52 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
         ("POST", "/env/{env}/storage/v1/object/upload/sign/{*rest}") => {
             f("data_any", 404, "/env/tenant-a/storage/v1/object/upload/sign/b/a.txt".into(), None)
         }
+        // TUS resumable uploads need a key of A (no bucket `b`, no upload).
+        ("POST", "/env/{env}/storage/v1/upload/resumable") => Some(Fixture {
+            class: "data_any",
+            ok: 404,
+            path: "/env/tenant-a/storage/v1/upload/resumable".into(),
+            body: None,
+            headers: vec![
+                ("tus-resumable", "1.0.0".into()),
+                ("upload-length", "3".into()),
+                ("upload-metadata", "bucketName Yg==,objectName YS50eHQ=".into()),
+            ],
+        }),
+        ("HEAD" | "PATCH" | "DELETE", "/env/{env}/storage/v1/upload/resumable/{id}") => Some(Fixture {
+            class: "data_any",
+            ok: 404,
+            path: "/env/tenant-a/storage/v1/upload/resumable/00000000-0000-0000-0000-000000000000".into(),
+            body: None,
+            headers: vec![
+                ("tus-resumable", "1.0.0".into()),
+                ("upload-offset", "0".into()),
+                ("content-type", "application/offset+octet-stream".into()),
+            ],
+        }),
+        // Signed TUS uploads: the x-signature token is the credential (none here: 400), whatever key.
+        ("POST", "/env/{env}/storage/v1/upload/resumable/sign") => Some(Fixture {
+            class: "public",
+            ok: 400,
+            path: "/env/tenant-a/storage/v1/upload/resumable/sign".into(),
+            body: None,
+            headers: vec![
+                ("tus-resumable", "1.0.0".into()),
+                ("upload-length", "3".into()),
+                ("upload-metadata", "bucketName Yg==,objectName YS50eHQ=".into()),
+            ],
+        }),
+        ("HEAD" | "PATCH" | "DELETE", "/env/{env}/storage/v1/upload/resumable/sign/{id}") => Some(Fixture {
+            class: "public",
+            ok: 404,
+            path: "/env/tenant-a/storage/v1/upload/resumable/sign/00000000-0000-0000-0000-000000000000".into(),
+            body: None,
+            headers: vec![
+                ("tus-resumable", "1.0.0".into()),
+                ("upload-offset", "0".into()),
+                ("content-type", "application/offset+octet-stream".into()),
+            ],
+        }),
         // Functions: archives and invocations are tested on the real binary (`vibebase/tests/it/functions.rs`).
         // Here an empty body (not an archive: 400) and a function that does not exist (404) show who gets
         // past the gate.
@@ -472,7 +525,8 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
             headers: vec![("e2b-sandbox-id", w.sandbox.clone())],
         }),
         ("ANY", "/env/{env}/llm/v1/{*rest}") => f("data_hands", 200, "/env/tenant-a/llm/v1/models".into(), None),
-        ("ANY", "/env/{env}/mcp") => f("data_secret", 501, "/env/tenant-a/mcp".into(), None),
+        // GET past the gate: no server-initiated stream is offered (the MCP tests post messages).
+        ("ANY", "/env/{env}/mcp") => f("data_secret", 405, "/env/tenant-a/mcp".into(), None),
         // No model is configured in the matrix: the run is refused after the gate, and nothing is written.
         ("POST", "/v1/envs/{env}/agent") => f(
             "data_secret",
@@ -529,7 +583,51 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
         ("POST", "/v1/envs/{env}/deployments/{deployment}/rollback") => {
             f("env_tenant", 200, format!("/v1/envs/tenant-a/deployments/{}/rollback", w.deployment), None)
         }
-        ("ANY", "/env/{env}/apps/{app}/{*rest}") => f("public", 501, "/env/tenant-a/apps/api/health".into(), None),
+        ("POST", "/v1/envs/{env}/domains") => {
+            f("env_tenant", 201, "/v1/envs/tenant-a/domains".into(), Some(json!({"domain": "shop.tenant-a.example"})))
+        }
+        ("GET", "/v1/envs/{env}/domains") => f("env_tenant", 200, "/v1/envs/tenant-a/domains".into(), None),
+        ("GET", "/v1/envs/{env}/domains/{domain}") => {
+            f("env_tenant", 200, "/v1/envs/tenant-a/domains/www.tenant-a.example".into(), None)
+        }
+        ("POST", "/v1/envs/{env}/domains/{domain}/verify") => {
+            f("env_tenant", 200, "/v1/envs/tenant-a/domains/www.tenant-a.example/verify".into(), None)
+        }
+        ("DELETE", "/v1/envs/{env}/domains/{domain}") => {
+            f("env_tenant", 204, "/v1/envs/tenant-a/domains/www.tenant-a.example".into(), None)
+        }
+        // No certificate order is in progress: 404 for everyone.
+        ("GET", "/.well-known/acme-challenge/{token}") => {
+            f("public", 404, "/.well-known/acme-challenge/abcdef".into(), None)
+        }
+        // Container apps: running ones are tested on the real binary (`vibebase/tests/it/apps.rs`). No app
+        // exists here, so an authorized request gets 404 (or 400 for a definition with a bad port) and
+        // nothing is written; serving is public, and an unknown app is 404 for everyone.
+        ("ANY", "/env/{env}/apps/{app}/{*rest}") => f("public", 404, "/env/tenant-a/apps/api/health".into(), None),
+        ("GET", "/v1/envs/{env}/apps") => f("env_tenant", 200, "/v1/envs/tenant-a/apps".into(), None),
+        ("PUT", "/v1/envs/{env}/apps/{app}") => f(
+            "env_tenant",
+            400,
+            "/v1/envs/tenant-a/apps/api".into(),
+            Some(json!({"command": "node server.js", "port": 0})),
+        ),
+        ("GET", "/v1/envs/{env}/apps/{app}") => f("env_tenant", 404, "/v1/envs/tenant-a/apps/api".into(), None),
+        ("DELETE", "/v1/envs/{env}/apps/{app}") => f("env_tenant", 404, "/v1/envs/tenant-a/apps/api".into(), None),
+        ("PUT", "/v1/envs/{env}/apps/{app}/archive") => {
+            f("env_tenant", 404, "/v1/envs/tenant-a/apps/api/archive".into(), Some(json!({})))
+        }
+        ("POST", "/v1/envs/{env}/apps/{app}/from-sandbox") => f(
+            "env_tenant",
+            404,
+            "/v1/envs/tenant-a/apps/api/from-sandbox".into(),
+            Some(json!({"sandbox": w.sandbox, "path": "."})),
+        ),
+        ("POST", "/v1/envs/{env}/apps/{app}/restart") => {
+            f("env_tenant", 404, "/v1/envs/tenant-a/apps/api/restart".into(), None)
+        }
+        ("GET", "/v1/envs/{env}/apps/{app}/logs") => {
+            f("env_tenant", 404, "/v1/envs/tenant-a/apps/api/logs".into(), None)
+        }
         // Previews are public (like E2B's port URLs); nothing listens on the port: 502 for everyone.
         ("ANY", "/env/{env}/sandboxes/{sandbox}/ports/{port}/{*rest}") => {
             f("public", 502, format!("/env/tenant-a/sandboxes/{}/ports/5173/index.html", w.sandbox), None)

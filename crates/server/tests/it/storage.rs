@@ -7,7 +7,7 @@
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::Resp;
+use crate::harness::{EnvKeysExt, Resp};
 
 use crate::appdb::{ALICE, BOB};
 
@@ -532,4 +532,409 @@ async fn quota_and_meters() {
     assert_eq!(total("storage_bytes"), 900, "{totals:?}");
     assert_eq!(total("egress_bytes"), 600, "{totals:?}");
     assert!(total("storage_ops") >= 5, "{totals:?}");
+}
+
+// ------------------------------------------------------------------------------------------------
+// TUS resumable uploads (`/upload/resumable`), as tus-js-client speaks them.
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+impl Env {
+    /// `POST /upload/resumable` for `bucket/name` of `len` bytes; `extra` headers last (they may
+    /// replace the defaults).
+    async fn tus_create(
+        &self,
+        who: &[(&'static str, String)],
+        bucket: &str,
+        name: &str,
+        len: usize,
+        extra: &[(&'static str, String)],
+    ) -> Resp {
+        let mut headers = who.to_vec();
+        headers.push(("tus-resumable", "1.0.0".into()));
+        headers.push(("upload-length", len.to_string()));
+        headers.push((
+            "upload-metadata",
+            format!(
+                "bucketName {},objectName {},contentType {},cacheControl {}",
+                b64(bucket),
+                b64(name),
+                b64("text/plain"),
+                b64("60")
+            ),
+        ));
+        for (k, v) in extra {
+            headers.retain(|(h, _)| h != k);
+            headers.push((k, v.clone()));
+        }
+        self.h.send("POST", &self.url("upload/resumable"), &headers, None).await
+    }
+
+    /// The path of a created upload (from its absolute `Location`).
+    fn tus_path(r: &Resp) -> String {
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        assert_eq!(r.headers["tus-resumable"], "1.0.0");
+        let loc = r.headers["location"].to_str().unwrap();
+        loc.strip_prefix("http://localhost").unwrap_or(loc).to_owned()
+    }
+
+    async fn tus_patch(&self, who: &[(&'static str, String)], path: &str, offset: usize, body: &str) -> Resp {
+        let mut headers = who.to_vec();
+        headers.push(("tus-resumable", "1.0.0".into()));
+        headers.push(("upload-offset", offset.to_string()));
+        headers.push(("content-type", "application/offset+octet-stream".into()));
+        self.h.send("PATCH", path, &headers, Some(body.to_owned())).await
+    }
+
+    async fn tus_head(&self, who: &[(&'static str, String)], path: &str) -> Resp {
+        let mut headers = who.to_vec();
+        headers.push(("tus-resumable", "1.0.0".into()));
+        self.h.send("HEAD", path, &headers, None).await
+    }
+
+    /// Keys of the parts of unfinished uploads in the object store.
+    async fn upload_parts(&self) -> Vec<String> {
+        self.h.platform.blobs().list(&format!("envs/{}/storage-uploads/", self.id)).await.unwrap()
+    }
+}
+
+fn offset_of(r: &Resp) -> u64 {
+    r.headers.get("upload-offset").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
+}
+
+#[tokio::test]
+async fn tus_upload_in_chunks_resumes_and_completes_atomically() {
+    let e = Env::new().await;
+    let svc = e.service();
+    e.bucket("big", json!({})).await;
+    let r = e.h.send("OPTIONS", &e.url("upload/resumable"), &[], None).await;
+    assert!(r.status.is_success(), "{}", r.text);
+    assert_eq!(r.headers["tus-version"], "1.0.0");
+    assert_eq!(r.headers["tus-resumable"], "1.0.0");
+    assert!(r.headers["tus-extension"].to_str().unwrap().contains("termination"));
+    assert!(r.headers.contains_key("tus-max-size"));
+
+    let chunks = ["a".repeat(1000), "b".repeat(1000), "c".repeat(500)];
+    let whole = chunks.concat();
+    let path = Env::tus_path(&e.tus_create(&svc, "big", "dir/file.txt", whole.len(), &[]).await);
+    assert!(path.starts_with(&format!("/env/{}/storage/v1/upload/resumable/", e.id)), "{path}");
+    let r = e.tus_head(&svc, &path).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!((offset_of(&r), r.headers["upload-length"].to_str().unwrap()), (0, "2500"));
+    assert_eq!(r.headers["cache-control"], "no-store");
+    assert!(r.headers.contains_key("upload-expires"));
+
+    let r = e.tus_patch(&svc, &path, 0, &chunks[0]).await;
+    assert_eq!((r.status, offset_of(&r)), (StatusCode::NO_CONTENT, 1000), "{}", r.text);
+    // Nothing is visible before the last chunk.
+    assert_storage_error(&e.get("object/big/dir/file.txt", &svc).await, 404, "NoSuchKey");
+    // A PATCH at another offset than the upload's is a conflict and stores nothing.
+    let r = e.tus_patch(&svc, &path, 0, &chunks[0]).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(r.headers["tus-resumable"], "1.0.0");
+    assert_eq!(e.upload_parts().await.len(), 1);
+    // "Resume": ask where it stands, continue from there.
+    assert_eq!(offset_of(&e.tus_head(&svc, &path).await), 1000);
+    let r = e.tus_patch(&svc, &path, 1000, &chunks[1]).await;
+    assert_eq!(offset_of(&r), 2000, "{}", r.text);
+    let r = e.tus_patch(&svc, &path, 2000, &chunks[2]).await;
+    assert_eq!((r.status, offset_of(&r)), (StatusCode::NO_CONTENT, 2500), "{}", r.text);
+    assert_eq!(r.headers["tus-complete"], "1");
+
+    let r = e.get("object/big/dir/file.txt", &svc).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.text == whole, "the object is not the concatenated chunks");
+    assert_eq!(r.headers["content-type"], "text/plain");
+    assert_eq!(r.headers["cache-control"], "max-age=60");
+    // The parts and the upload are gone; one object version is stored.
+    assert_eq!(e.upload_parts().await, Vec::<String>::new());
+    assert_eq!(e.blobs().await.len(), 1);
+    assert_eq!(e.tus_head(&svc, &path).await.status, StatusCode::NOT_FOUND);
+    // Without x-upsert the name is taken (refused at creation); with it, replaced.
+    let r = e.tus_create(&svc, "big", "dir/file.txt", 3, &[]).await;
+    assert_storage_error(&r, 409, "Duplicate");
+    let path = Env::tus_path(&e.tus_create(&svc, "big", "dir/file.txt", 3, &[("x-upsert", "true".into())]).await);
+    assert_eq!(e.tus_patch(&svc, &path, 0, "new").await.status, StatusCode::NO_CONTENT);
+    assert_eq!(e.get("object/big/dir/file.txt", &svc).await.text, "new");
+    assert_eq!(e.blobs().await.len(), 1, "the replaced version is deleted");
+    // An empty upload completes at creation.
+    Env::tus_path(&e.tus_create(&svc, "big", "empty.txt", 0, &[]).await);
+    let r = e.get("object/big/empty.txt", &svc).await;
+    assert_eq!((r.status, r.text.as_str()), (StatusCode::OK, ""));
+    // Data with the creation request (creation-with-upload, as Supabase's docs configure tus-js-client).
+    let mut with_data = svc.clone();
+    with_data.extend([
+        ("tus-resumable", "1.0.0".to_owned()),
+        ("upload-length", "8".to_owned()),
+        ("upload-metadata", format!("bucketName {},objectName {}", b64("big"), b64("first.txt"))),
+        ("content-type", "application/offset+octet-stream".to_owned()),
+    ]);
+    let r = e.h.send("POST", &e.url("upload/resumable"), &with_data, Some("1234".into())).await;
+    let path = Env::tus_path(&r);
+    assert_eq!(offset_of(&r), 4);
+    assert_eq!(e.tus_patch(&svc, &path, 4, "5678").await.status, StatusCode::NO_CONTENT);
+    assert_eq!(e.get("object/big/first.txt", &svc).await.text, "12345678");
+    let named = |name: &str| {
+        let mut h = with_data.clone();
+        h.retain(|(k, _)| *k != "upload-metadata");
+        h.push(("upload-metadata", format!("bucketName {},objectName {}", b64("big"), b64(name))));
+        h
+    };
+    let r = e.h.send("POST", &e.url("upload/resumable"), &named("over.txt"), Some("123456789".into())).await;
+    assert_storage_error(&r, 413, "EntityTooLarge");
+    assert_storage_error(&e.get("object/big/over.txt", &svc).await, 404, "NoSuchKey");
+    let whole = named("one-shot.txt");
+    let r = e.h.send("POST", &e.url("upload/resumable"), &whole, Some("abcdefgh".into())).await;
+    assert_eq!((r.status, offset_of(&r)), (StatusCode::CREATED, 8), "{}", r.text);
+    assert_eq!(e.get("object/big/one-shot.txt", &svc).await.text, "abcdefgh");
+    assert_eq!(e.upload_parts().await, Vec::<String>::new());
+    // Termination drops the upload and its parts.
+    let path = Env::tus_path(&e.tus_create(&svc, "big", "gone.txt", 10, &[]).await);
+    assert_eq!(e.tus_patch(&svc, &path, 0, "12345").await.status, StatusCode::NO_CONTENT);
+    let mut del = svc.clone();
+    del.push(("tus-resumable", "1.0.0".into()));
+    let r = e.h.send("DELETE", &path, &del, None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    assert_eq!(e.tus_head(&svc, &path).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(e.upload_parts().await, Vec::<String>::new());
+    // Meters as for plain uploads.
+    let totals = e.h.usage_totals(&e.id).await;
+    assert_eq!(totals.get("storage_bytes").copied(), Some(3 + 8 + 8), "{totals:?}");
+}
+
+#[tokio::test]
+async fn tus_bad_input_is_refused() {
+    let e = Env::new().await;
+    let svc = e.service();
+    e.bucket("lim", json!({"file_size_limit": 100, "allowed_mime_types": ["text/*"]})).await;
+    // Tus-Resumable missing or of another version: 412 with the version served.
+    let r = e.tus_create(&svc, "lim", "a.txt", 10, &[("tus-resumable", "0.2.2".into())]).await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED, "{}", r.text);
+    assert_eq!(r.headers["tus-version"], "1.0.0");
+    let r = e.h.send("POST", &e.url("upload/resumable"), &svc, None).await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+    // Upload-Length missing, bad metadata, no bucket, a bad name.
+    let r = e.tus_create(&svc, "lim", "a.txt", 10, &[("upload-length", "-1".into())]).await;
+    assert_storage_error(&r, 400, "InvalidRequest");
+    let r = e.tus_create(&svc, "lim", "a.txt", 10, &[("upload-metadata", "bucketName %%%".into())]).await;
+    assert_storage_error(&r, 400, "InvalidRequest");
+    let r = e.tus_create(&svc, "lim", "a.txt", 10, &[("upload-metadata", format!("bucketName {}", b64("lim")))]).await;
+    assert_storage_error(&r, 400, "InvalidRequest");
+    assert_storage_error(&e.tus_create(&svc, "nope", "a.txt", 10, &[]).await, 404, "NoSuchBucket");
+    assert_storage_error(&e.tus_create(&svc, "lim", "../a.txt", 10, &[]).await, 400, "InvalidKey");
+    // Over the bucket's file size limit: 413 at creation; a MIME type outside its list: 415.
+    assert_storage_error(&e.tus_create(&svc, "lim", "a.txt", 101, &[]).await, 413, "EntityTooLarge");
+    let meta = format!("bucketName {},objectName {},contentType {}", b64("lim"), b64("a.bin"), b64("image/png"));
+    let r = e.tus_create(&svc, "lim", "a.txt", 10, &[("upload-metadata", meta)]).await;
+    assert_storage_error(&r, 415, "InvalidMimeType");
+
+    let path = Env::tus_path(&e.tus_create(&svc, "lim", "a.txt", 10, &[]).await);
+    // PATCH: wrong content type 415, no Tus-Resumable 412, no offset 400, more bytes than declared 413.
+    let mut wrong = svc.clone();
+    wrong.extend([
+        ("tus-resumable", "1.0.0".to_owned()),
+        ("upload-offset", "0".to_owned()),
+        ("content-type", "text/plain".to_owned()),
+    ]);
+    assert_eq!(e.h.send("PATCH", &path, &wrong, Some("x".into())).await.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let mut old = svc.clone();
+    old.extend([("upload-offset", "0".to_owned()), ("content-type", "application/offset+octet-stream".to_owned())]);
+    assert_eq!(e.h.send("PATCH", &path, &old, Some("x".into())).await.status, StatusCode::PRECONDITION_FAILED);
+    let mut no_offset = svc.clone();
+    no_offset.extend([
+        ("tus-resumable", "1.0.0".to_owned()),
+        ("content-type", "application/offset+octet-stream".to_owned()),
+    ]);
+    assert_eq!(e.h.send("PATCH", &path, &no_offset, Some("x".into())).await.status, StatusCode::BAD_REQUEST);
+    assert_storage_error(&e.tus_patch(&svc, &path, 0, "12345678901").await, 413, "EntityTooLarge");
+    assert_eq!(e.tus_patch(&svc, &path, 0, "1234").await.status, StatusCode::NO_CONTENT);
+    assert_storage_error(&e.tus_patch(&svc, &path, 4, "12345678").await, 413, "EntityTooLarge");
+    assert_eq!(offset_of(&e.tus_head(&svc, &path).await), 4);
+    assert_eq!(e.upload_parts().await.len(), 1, "a refused chunk leaves no part");
+    assert_eq!(e.tus_patch(&svc, &path, 2, "xx").await.status, StatusCode::CONFLICT);
+
+    // Unknown ids, malformed ids, another env's or another user's upload: 404.
+    let base = e.url("upload/resumable");
+    let unknown = format!("{base}/00000000-0000-0000-0000-000000000000");
+    assert_eq!(e.tus_head(&svc, &unknown).await.status, StatusCode::NOT_FOUND);
+    assert_storage_error(&e.tus_patch(&svc, &unknown, 0, "x").await, 404, "NoSuchUpload");
+    assert_eq!(e.tus_patch(&svc, &format!("{base}/..%2F..%2Fx"), 0, "x").await.status, StatusCode::NOT_FOUND);
+    let other = e.h.create_env(&format!("{}-b", e.id)).await;
+    let id = path.rsplit('/').next().unwrap();
+    let theirs = format!("/env/{}/storage/v1/upload/resumable/{id}", other.id);
+    assert_eq!(e.tus_head(&e.as_key(other.secret()), &theirs).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(e.tus_patch(&e.as_key(other.secret()), &theirs, 4, "x").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(e.tus_head(&e.as_key(other.secret()), &path).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(e.tus_head(&e.user(ALICE), &path).await.status, StatusCode::NOT_FOUND, "the secret key's upload");
+    assert_eq!(e.tus_patch(&e.user(ALICE), &path, 4, "abcdef").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(offset_of(&e.tus_head(&svc, &path).await), 4);
+
+    // Expired uploads answer 410 once, their parts deleted; others are swept by the next creation.
+    let stale = Env::tus_path(&e.tus_create(&svc, "lim", "stale.txt", 10, &[]).await);
+    assert_eq!(e.tus_patch(&svc, &stale, 0, "12").await.status, StatusCode::NO_CONTENT);
+    assert_eq!(e.upload_parts().await.len(), 2);
+    e.h.clock.advance(std::time::Duration::from_secs(25 * 3600));
+    assert_storage_error(&e.tus_patch(&svc, &path, 4, "x").await, 410, "UploadExpired");
+    assert_eq!(e.tus_head(&svc, &path).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(e.upload_parts().await.len(), 1);
+    Env::tus_path(&e.tus_create(&svc, "lim", "fresh.txt", 10, &[]).await);
+    assert_eq!(e.upload_parts().await, Vec::<String>::new(), "the sweep deleted the stale upload's parts");
+    assert_eq!(e.tus_head(&svc, &stale).await.status, StatusCode::NOT_FOUND);
+    assert_storage_error(&e.get("object/lim/a.txt", &svc).await, 404, "NoSuchKey");
+}
+
+#[tokio::test]
+async fn tus_concurrent_patches_at_one_offset_let_one_through() {
+    let e = std::sync::Arc::new(Env::new().await);
+    let svc = e.service();
+    e.bucket("c", json!({})).await;
+    let path = Env::tus_path(&e.tus_create(&svc, "c", "race.txt", 40_000, &[]).await);
+    let mut tasks = Vec::new();
+    for i in 0..6u8 {
+        let (e, path) = (e.clone(), path.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = char::from(b'a' + i).to_string().repeat(20_000);
+            let r = e.tus_patch(&e.service(), &path, 0, &body).await;
+            (r.status, body)
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        match status {
+            StatusCode::NO_CONTENT => winners.push(body),
+            StatusCode::CONFLICT => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one PATCH at offset 0 wins");
+    assert_eq!(offset_of(&e.tus_head(&svc, &path).await), 20_000);
+    assert_eq!(e.upload_parts().await.len(), 1, "the losers' bytes are deleted");
+    let tail = "z".repeat(20_000);
+    assert_eq!(e.tus_patch(&svc, &path, 20_000, &tail).await.status, StatusCode::NO_CONTENT);
+    let r = e.get("object/c/race.txt", &svc).await;
+    assert!(r.text == format!("{}{tail}", winners[0]), "the object is the winner's chunk and the tail");
+}
+
+#[tokio::test]
+async fn tus_uploads_obey_policies_at_creation_and_completion() {
+    let e = Env::new().await;
+    e.bucket("home", json!({})).await;
+    let sql_path = format!("/v1/envs/{}/sql", e.id);
+    let sql = |q: &str| e.h.call("POST", &sql_path, Some(&e.secret), Some(json!({ "query": q })));
+    let r = sql(r#"
+create policy "own folder write" on storage.objects for insert to authenticated
+  with check (bucket_id = 'home' and (storage.foldername(name))[1] = (select auth.uid()::text));
+create policy "own folder read" on storage.objects for select to authenticated
+  using ((storage.foldername(name))[1] = auth.uid()::text);
+"#)
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let alice = e.user(ALICE);
+    // Into Bob's folder: refused at creation.
+    let r = e.tus_create(&alice, "home", &format!("{BOB}/x.txt"), 5, &[]).await;
+    assert_storage_error(&r, 403, "AccessDenied");
+    let anon = e.as_key(&e.publishable);
+    assert_storage_error(&e.tus_create(&anon, "home", "x.txt", 5, &[]).await, 403, "AccessDenied");
+    // Her own folder: allowed, and the object is hers.
+    let path = Env::tus_path(&e.tus_create(&alice, "home", &format!("{ALICE}/a.txt"), 6, &[]).await);
+    assert_eq!(e.tus_patch(&alice, &path, 0, "abc").await.status, StatusCode::NO_CONTENT);
+    assert_eq!(e.tus_patch(&alice, &path, 3, "def").await.status, StatusCode::NO_CONTENT);
+    let r = e.get(&format!("object/home/{ALICE}/a.txt"), &alice).await;
+    assert_eq!(r.text, "abcdef");
+    let r = e.json("POST", "object/list/home", &alice, json!({"prefix": ALICE})).await;
+    assert_eq!(r.json[0]["owner"], json!(ALICE), "{}", r.text);
+    // The policies are checked again at completion: revoked meanwhile, the upload is refused and
+    // dropped, and no object appears.
+    let path = Env::tus_path(&e.tus_create(&alice, "home", &format!("{ALICE}/b.txt"), 6, &[]).await);
+    assert_eq!(e.tus_patch(&alice, &path, 0, "abc").await.status, StatusCode::NO_CONTENT);
+    assert_eq!(sql(r#"drop policy "own folder write" on storage.objects"#).await.status, StatusCode::OK);
+    assert_storage_error(&e.tus_patch(&alice, &path, 3, "def").await, 403, "AccessDenied");
+    assert_eq!(e.tus_head(&alice, &path).await.status, StatusCode::NOT_FOUND);
+    assert_storage_error(&e.get(&format!("object/home/{ALICE}/b.txt"), &e.service()).await, 404, "NoSuchKey");
+    assert_eq!(e.upload_parts().await, Vec::<String>::new());
+    assert_eq!(e.blobs().await.len(), 1);
+}
+
+/// An upload whose completion holds the lease answers 423 (tus-js-client retries); one whose completing
+/// instance died (the lease ran out) gets its last chunk rolled back, so the client sends it again.
+#[tokio::test]
+async fn tus_completion_lease_locks_and_a_dead_completion_rolls_back() {
+    let e = Env::new().await;
+    let svc = e.service();
+    e.bucket("l", json!({})).await;
+    let path = Env::tus_path(&e.tus_create(&svc, "l", "x.txt", 8, &[]).await);
+    assert_eq!(e.tus_patch(&svc, &path, 0, "abcd").await.status, StatusCode::NO_CONTENT);
+    let id = path.rsplit('/').next().unwrap().to_owned();
+    let set_lease = |until: i64| {
+        let id = id.clone();
+        e.h.platform.db().tx(move |c| {
+            c.execute(
+                "UPDATE storage_uploads SET completing_until = $1 WHERE id = $2",
+                &[until.into(), id.as_str().into()],
+            )
+        })
+    };
+    let now = e.h.platform.clock().now_ms();
+    set_lease(now + 60_000).await.unwrap();
+    assert_eq!(e.tus_head(&svc, &path).await.status.as_u16(), 423);
+    assert_eq!(e.tus_patch(&svc, &path, 4, "efgh").await.status.as_u16(), 423);
+    set_lease(now - 1).await.unwrap();
+    let r = e.tus_head(&svc, &path).await;
+    assert_eq!((r.status, offset_of(&r)), (StatusCode::OK, 0));
+    assert_eq!(e.upload_parts().await, Vec::<String>::new(), "the rolled-back chunk is deleted");
+    assert_eq!(e.tus_patch(&svc, &path, 0, "abcd").await.status, StatusCode::NO_CONTENT);
+    assert_eq!(e.tus_patch(&svc, &path, 4, "efgh").await.status, StatusCode::NO_CONTENT);
+    assert_eq!(e.get("object/l/x.txt", &svc).await.text, "abcdefgh");
+}
+
+/// The signed variant (`/upload/resumable/sign`): a signed upload URL's token in `x-signature` is the
+/// credential, for its object only; the object gets the signer's owner.
+#[tokio::test]
+async fn tus_signed_uploads_take_a_signed_upload_urls_token() {
+    let e = Env::new().await;
+    e.bucket("s", json!({})).await;
+    let policy = "create policy \"own folder\" on storage.objects for insert to authenticated \
+                  with check ((storage.foldername(name))[1] = auth.uid()::text)";
+    let r = e.h.call("POST", &format!("/v1/envs/{}/sql", e.id), Some(&e.secret), Some(json!({"query": policy}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let alice = e.user(ALICE);
+    let r = e.json("POST", &format!("object/upload/sign/s/{ALICE}/v.bin"), &alice, json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let token = r.json["token"].as_str().unwrap().to_owned();
+    let signed = |name: &str, sig: &str| {
+        vec![
+            ("tus-resumable", "1.0.0".to_owned()),
+            ("upload-length", "6".to_owned()),
+            ("upload-metadata", format!("bucketName {},objectName {}", b64("s"), b64(name))),
+            ("x-signature", sig.to_owned()),
+        ]
+    };
+    let create = e.url("upload/resumable/sign");
+    // No token, a forged one, or the token of another object: refused, nothing created.
+    let mut none = signed(&format!("{ALICE}/v.bin"), "");
+    none.retain(|(k, _)| *k != "x-signature");
+    assert_storage_error(&e.h.send("POST", &create, &none, None).await, 400, "InvalidSignature");
+    let r = e.h.send("POST", &create, &signed(&format!("{ALICE}/v.bin"), "forged.token.x"), None).await;
+    assert_storage_error(&r, 400, "InvalidSignature");
+    let r = e.h.send("POST", &create, &signed(&format!("{ALICE}/other.bin"), &token), None).await;
+    assert_storage_error(&r, 400, "InvalidSignature");
+    // With it: create, offset, chunks, done.
+    let r = e.h.send("POST", &create, &signed(&format!("{ALICE}/v.bin"), &token), None).await;
+    let path = Env::tus_path(&r);
+    assert!(path.contains("/upload/resumable/sign/"), "{path}");
+    let with_sig = vec![("x-signature", token.clone())];
+    assert_eq!(offset_of(&e.tus_head(&with_sig, &path).await), 0);
+    assert_eq!(e.tus_head(&[], &path).await.status, StatusCode::BAD_REQUEST, "no token");
+    assert_eq!(e.tus_patch(&with_sig, &path, 0, "abc").await.status, StatusCode::NO_CONTENT);
+    // A key of the env does not reach a signed upload through the keyed endpoint.
+    let keyed = path.replace("/resumable/sign/", "/resumable/");
+    assert_eq!(e.tus_head(&e.service(), &keyed).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(e.tus_patch(&with_sig, &path, 3, "def").await.status, StatusCode::NO_CONTENT);
+    let r = e.json("POST", "object/list/s", &e.service(), json!({"prefix": ALICE})).await;
+    assert_eq!((r.json[0]["name"].clone(), r.json[0]["owner"].clone()), (json!("v.bin"), json!(ALICE)), "{}", r.text);
+    assert_eq!(e.get(&format!("object/s/{ALICE}/v.bin"), &e.service()).await.text, "abcdef");
 }

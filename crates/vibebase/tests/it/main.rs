@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod apps;
 mod functions;
 mod hosting;
 mod sandbox;
+mod tls;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vibebase");
 
@@ -52,7 +54,11 @@ fn scale_out_args(tag: &str) -> Vec<String> {
 
 impl Server {
     fn start(data_dir: &Path, extra: &[String], admin_key: Option<&str>) -> Self {
-        let port = free_port();
+        Self::start_on(free_port(), data_dir, extra, admin_key)
+    }
+
+    /// [`Server::start`] on a given port (a restart keeps its address).
+    fn start_on(port: u16, data_dir: &Path, extra: &[String], admin_key: Option<&str>) -> Self {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"]).arg(data_dir).args(extra);
         cmd.env_remove("VIBEBASE_ADMIN_KEY").env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::piped());
