@@ -21,6 +21,10 @@ pub mod custom {
     pub const SANDBOX_DETACH: &str = "vibebase.sandbox_detach";
     /// The workspace was snapshotted at the end of a run that changed it: `{snapshot}`.
     pub const CHECKPOINT: &str = "vibebase.checkpoint";
+    /// A tool call waits for a person's decision: `{toolCallId, toolName, arguments}`.
+    pub const APPROVAL_REQUESTED: &str = "vibebase.approval_requested";
+    /// A person decided: `{toolCallId, decision}` (`allow`, `allow_always`, `deny`).
+    pub const APPROVAL: &str = "vibebase.approval";
     /// Another instance took the session over after its driver stopped: `{holder}`.
     pub const RESUMED: &str = "vibebase.resumed";
 }
