@@ -87,8 +87,9 @@ impl History {
                         arguments.push_str(delta);
                     }
                 }
+                // The newest call of that id: some providers reuse ids across answers (`call_0`).
                 Event::ToolCallEnd { tool_call_id } => {
-                    if let Some(c) = calls.iter_mut().find(|c| &c.0 == tool_call_id) {
+                    if let Some(c) = calls.iter_mut().rev().find(|c| &c.0 == tool_call_id) {
                         c.2 = true;
                     }
                 }
@@ -103,7 +104,7 @@ impl History {
                         content: content.clone(),
                         is_error: *is_error,
                     });
-                    if let Some(c) = calls.iter_mut().find(|c| &c.0 == tool_call_id) {
+                    if let Some(c) = calls.iter_mut().rev().find(|c| &c.0 == tool_call_id) {
                         c.3 = true;
                     }
                 }
@@ -167,6 +168,38 @@ mod tests {
         assert_eq!(h.open_run.as_deref(), Some("r"));
         assert_eq!(h.turns_in_run, 2);
         assert!(h.unanswered.is_empty() && h.unfinished.is_empty());
+    }
+
+    #[test]
+    fn a_tool_call_id_reused_by_a_later_answer_is_a_new_call() {
+        let round = |result: &str| {
+            vec![
+                Event::ToolCallStart {
+                    tool_call_id: "call_0".into(),
+                    tool_call_name: "bash".into(),
+                    parent_message_id: None,
+                },
+                Event::ToolCallArgs { tool_call_id: "call_0".into(), delta: "{}".into() },
+                Event::ToolCallEnd { tool_call_id: "call_0".into() },
+                Event::ToolCallResult {
+                    message_id: format!("t-{result}"),
+                    tool_call_id: "call_0".into(),
+                    content: result.into(),
+                    role: Some("tool".into()),
+                    is_error: false,
+                },
+            ]
+        };
+        let mut events = vec![Event::RunStarted { thread_id: "t".into(), run_id: "r".into() }, user("go")];
+        events.extend(round("first"));
+        events.extend(round("second"));
+        let h = History::fold(&events);
+        assert!(h.unanswered.is_empty() && h.unfinished.is_empty(), "{:?} {:?}", h.unanswered, h.unfinished);
+        // An intent of that id with no result yet is open, whatever earlier calls of that id did.
+        events.extend(round("third")[..3].to_vec());
+        let h = History::fold(&events);
+        assert_eq!(h.unanswered, vec![("call_0".to_owned(), "bash".to_owned())]);
+        assert!(h.unfinished.is_empty());
     }
 
     #[test]

@@ -404,7 +404,7 @@ async fn another_instance_resumes_a_run_whose_driver_died_and_never_reruns_its_t
     );
     let result = &all[7].1;
     assert_eq!(result["toolCallId"], "call_dead");
-    assert_eq!(result["isError"], true);
+    assert_eq!(result["metadata"]["isError"], true);
     assert!(result["content"].as_str().unwrap().starts_with("interrupted"), "{result}");
     assert!(!k.contains(&"vibebase.sandbox_attach".to_owned()), "the unknown-outcome tool was not run again");
     assert_eq!(mock.calls.load(Ordering::SeqCst), 1);
