@@ -310,5 +310,10 @@ test("vibebase session send prints the answer; events and list show the session"
   assert.equal(list.status, 0, list.stderr);
   assert.ok(list.stdout.split("\n").some((l) => l.startsWith(`${id} `) && l.includes("from the CLI")), list.stdout);
   assert.equal(cli(["send", "--env", ENV, "no-such-session", "hi"]).status, 4);
+  const empty = cli(["send", "--env", ENV, id, ""]);
+  assert.equal(empty.status, 2, empty.stderr);
+  assert.match(empty.stderr, /invalid_message/);
+  assert.equal(cli(["events", "--env", ENV, id, "--after=-1", "--no-follow"]).status, 2);
+  assert.equal((await api("GET", `/v1/envs/${ENV}/sessions/${id}`)).json.last_seq, s.last_seq, "nothing written");
   assert.equal(cli(["get", "--env", ENV, id], "vb_secret_wrong").status, 3);
 });
