@@ -190,30 +190,29 @@ impl Log {
             .map(serde_json::to_string)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| AgentError::Corrupt(e.to_string()))?;
-        let n = bodies.len() as i64;
+        self.db.tx(move |c: &mut dyn Conn| insert_events(c, &env, &id, &holder, bodies, now)).await
+    }
+
+    /// Appends the event that ends a run and frees the session in the same transaction, so a client
+    /// that has seen RUN_FINISHED (or RUN_ERROR) can start the next run at once, never `session_busy`.
+    pub async fn append_final(
+        &self,
+        env: &EnvId,
+        id: &str,
+        holder: &str,
+        end: Event,
+        now: i64,
+    ) -> Result<i64, AgentError> {
+        let (env, id, holder) = (env.to_string(), id.to_owned(), holder.to_owned());
+        let body = serde_json::to_string(&end).map_err(|e| AgentError::Corrupt(e.to_string()))?;
         self.db
             .tx(move |c: &mut dyn Conn| {
-                let Some(row) = c.query_opt(
-                    "UPDATE agent_sessions SET last_seq = last_seq + $4, updated_at = $5 \
-                     WHERE env_id = $1 AND id = $2 AND lease_holder = $3 RETURNING last_seq",
-                    &[env.as_str().into(), id.as_str().into(), holder.as_str().into(), n.into(), now.into()],
-                )?
-                else {
-                    return Err(AgentError::LeaseLost);
-                };
-                let last = row.int(0)?;
-                for (i, body) in bodies.into_iter().enumerate() {
-                    c.execute(
-                        "INSERT INTO agent_events (env_id, session_id, seq, at, body) VALUES ($1, $2, $3, $4, $5)",
-                        &[
-                            env.as_str().into(),
-                            id.as_str().into(),
-                            (last - n + 1 + i as i64).into(),
-                            now.into(),
-                            body.into(),
-                        ],
-                    )?;
-                }
+                let last = insert_events(c, &env, &id, &holder, vec![body], now)?;
+                c.execute(
+                    "UPDATE agent_sessions SET lease_holder = NULL, lease_until = NULL, status = 'idle', \
+                     interrupt_requested = 0, updated_at = $4 WHERE env_id = $1 AND id = $2 AND lease_holder = $3",
+                    &[env.as_str().into(), id.as_str().into(), holder.as_str().into(), now.into()],
+                )?;
                 Ok(last)
             })
             .await
@@ -376,4 +375,33 @@ fn get_in(c: &mut dyn Conn, env: &str, id: &str) -> Result<Option<Session>, Stor
     )?
     .map(|r| record(&r))
     .transpose()
+}
+
+/// Inserts events after the session's last one, as `holder` (who must hold its lease); returns the new
+/// last sequence number.
+fn insert_events(
+    c: &mut dyn Conn,
+    env: &str,
+    id: &str,
+    holder: &str,
+    bodies: Vec<String>,
+    now: i64,
+) -> Result<i64, AgentError> {
+    let n = bodies.len() as i64;
+    let Some(row) = c.query_opt(
+        "UPDATE agent_sessions SET last_seq = last_seq + $4, updated_at = $5 \
+             WHERE env_id = $1 AND id = $2 AND lease_holder = $3 RETURNING last_seq",
+        &[env.into(), id.into(), holder.into(), n.into(), now.into()],
+    )?
+    else {
+        return Err(AgentError::LeaseLost);
+    };
+    let last = row.int(0)?;
+    for (i, body) in bodies.into_iter().enumerate() {
+        c.execute(
+            "INSERT INTO agent_events (env_id, session_id, seq, at, body) VALUES ($1, $2, $3, $4, $5)",
+            &[env.into(), id.into(), (last - n + 1 + i as i64).into(), now.into(), body.into()],
+        )?;
+    }
+    Ok(last)
 }

@@ -94,13 +94,12 @@ impl Agent {
             }
             Err(Stop::Failed { code, message }) => Event::RunError { message, code: Some(code) },
         };
-        if let Err(e) = self.append(&env, &id, vec![end]).await {
+        // The end and the release in one write: whoever sees the end may start the next run.
+        if let Err(e) = self.inner.log.append_final(&env, &id, &self.inner.holder, end, self.now()).await {
             tracing::error!(error = %e, env = %env, session = %id, "could not end a run");
             return;
         }
-        if let Err(e) = self.inner.log.release(&env, &id, &self.inner.holder, self.now()).await {
-            tracing::error!(error = %e, env = %env, session = %id, "could not release a session");
-        }
+        self.notifier(&env, &id).notify_waiters();
     }
 
     /// Model call after model call until the model answers without tools.

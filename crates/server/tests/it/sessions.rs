@@ -254,6 +254,11 @@ async fn ag_ui_entry_starts_and_continues_a_thread() {
     // The system prompt is the first message the model gets.
     assert_eq!(text, "echo: hello; messages: 2");
 
+    // The run's end and the session's release are one write: once a client has seen RUN_FINISHED, the
+    // session takes the next run.
+    let r = h.call("GET", "/v1/envs/agent-a/sessions/thread-1", Some(&key), None).await;
+    assert_eq!(r.json["status"], "idle", "{}", r.text);
+
     // The same threadId continues the session: the model sees the earlier exchange.
     let r = h.call("POST", "/v1/envs/agent-a/agent", Some(&key), Some(input("again!"))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
