@@ -250,7 +250,11 @@ impl Agent {
         }
         self.inner
             .log
-            .create(env, &id, req.title, req.model, caps, &req.require_approval, self.now())
+            .create(
+                env,
+                log::NewSession { id, title: req.title, model: req.model, caps, approval_tools: req.require_approval },
+                self.now(),
+            )
             .await?
             .ok_or(AgentError::Exists)
     }

@@ -17,6 +17,17 @@ pub struct Caps {
     pub max_cost: Option<i64>,
 }
 
+/// What a new session is made of.
+#[derive(Debug, Clone, Default)]
+pub struct NewSession {
+    pub id: String,
+    pub title: Option<String>,
+    pub model: Option<String>,
+    pub caps: Caps,
+    /// Tools that wait for a person's decision before they run.
+    pub approval_tools: Vec<String>,
+}
+
 /// A session as stored.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -108,18 +119,10 @@ impl Log {
     }
 
     /// Creates a session; `Ok(None)` when the id is taken in this env.
-    pub async fn create(
-        &self,
-        env: &EnvId,
-        id: &str,
-        title: Option<String>,
-        model: Option<String>,
-        caps: Caps,
-        approval_tools: &[String],
-        now: i64,
-    ) -> Result<Option<Session>, AgentError> {
-        let (env, id) = (env.to_string(), id.to_owned());
-        let approval_tools = serde_json::to_string(approval_tools).unwrap_or_else(|_| "[]".to_owned());
+    pub async fn create(&self, env: &EnvId, new: NewSession, now: i64) -> Result<Option<Session>, AgentError> {
+        let NewSession { id, title, model, caps, approval_tools } = new;
+        let env = env.to_string();
+        let approval_tools = serde_json::to_string(&approval_tools).unwrap_or_else(|_| "[]".to_owned());
         let rec = self
             .db
             .tx(move |c: &mut dyn Conn| {

@@ -287,6 +287,11 @@ async fn ag_ui_entry_starts_and_continues_a_thread() {
     // The system prompt is the first message the model gets.
     assert_eq!(text, "echo: hello; messages: 2");
 
+    // The run's end and the session's release are one write: once a client has seen RUN_FINISHED, the
+    // session takes the next run.
+    let r = h.call("GET", "/v1/envs/agent-a/sessions/thread-1", Some(&key), None).await;
+    assert_eq!(r.json["status"], "idle", "{}", r.text);
+
     // The same threadId continues the session: the model sees the earlier exchange.
     let r = h.call("POST", "/v1/envs/agent-a/agent", Some(&key), Some(input("again!"))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
@@ -443,7 +448,7 @@ async fn another_instance_resumes_a_run_whose_driver_died_and_never_reruns_its_t
     );
     let result = &all[7].1;
     assert_eq!(result["toolCallId"], "call_dead");
-    assert_eq!(result["isError"], true);
+    assert_eq!(result["metadata"]["isError"], true);
     assert!(result["content"].as_str().unwrap().starts_with("interrupted"), "{result}");
     assert!(!k.contains(&"vibebase.sandbox_attach".to_owned()), "the unknown-outcome tool was not run again");
     assert_eq!(mock.calls.load(Ordering::SeqCst), 1);
@@ -526,7 +531,7 @@ async fn backend_tools_refuse_tables_without_rls_apply_safe_migrations_and_deplo
     let (_, results) = run("rls").await;
     let r = &results[seen];
     seen += 1;
-    assert_eq!(r["isError"], true, "{r}");
+    assert_eq!(r["metadata"]["isError"], true, "{r}");
     let text = r["content"].as_str().unwrap();
     assert!(text.contains("rls_required") && text.contains("notes"), "{text}");
     assert_ne!(anon("/env/agent-a/rest/v1/notes").await.status, StatusCode::OK);
@@ -630,7 +635,7 @@ async fn approvals_allow_deny_and_allow_always_tool_calls() {
     wait_idle(&h, &key, "ask").await;
     let events = history(&h, &key, "ask", None).await;
     let result = events.iter().rev().find(|(_, e)| e["type"] == "TOOL_CALL_RESULT").unwrap();
-    assert_eq!(result.1["isError"], true);
+    assert_eq!(result.1["metadata"]["isError"], true);
     assert!(result.1["content"].as_str().unwrap().starts_with("denied"), "{}", result.1);
     assert_eq!(events.last().unwrap().1["type"], "RUN_FINISHED");
 
