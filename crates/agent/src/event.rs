@@ -21,6 +21,10 @@ pub mod custom {
     pub const SANDBOX_DETACH: &str = "vibebase.sandbox_detach";
     /// The workspace was snapshotted at the end of a run that changed it: `{snapshot}`.
     pub const CHECKPOINT: &str = "vibebase.checkpoint";
+    /// A tool call waits for a person's decision: `{toolCallId, toolName, arguments}`.
+    pub const APPROVAL_REQUESTED: &str = "vibebase.approval_requested";
+    /// A person decided: `{toolCallId, decision}` (`allow`, `allow_always`, `deny`).
+    pub const APPROVAL: &str = "vibebase.approval";
     /// Another instance took the session over after its driver stopped: `{holder}`.
     pub const RESUMED: &str = "vibebase.resumed";
 }
@@ -74,8 +78,16 @@ pub enum Event {
         content: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         role: Option<String>,
-        /// vibebase's addition: the tool failed (AG-UI clients ignore unknown fields).
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        /// The tool failed. Sent as `metadata: {"isError": true}`, AG-UI's place for producer additions
+        /// (`@ag-ui/client` strips unknown top-level fields with a warning, and keeps `metadata` on the
+        /// tool message); a top-level `isError` (logs written before) is read too.
+        #[serde(
+            default,
+            rename = "metadata",
+            alias = "isError",
+            skip_serializing_if = "std::ops::Not::not",
+            with = "error_metadata"
+        )]
         is_error: bool,
     },
     StateSnapshot {
@@ -85,6 +97,24 @@ pub enum Event {
         name: String,
         value: Value,
     },
+}
+
+/// `is_error` as AG-UI event metadata: `true` ⇄ `{"isError": true}`.
+mod error_metadata {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_json::Value;
+
+    pub fn serialize<S: Serializer>(is_error: &bool, s: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&serde_json::json!({ "isError": is_error }), s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        Ok(match Value::deserialize(d)? {
+            Value::Bool(b) => b,
+            Value::Object(m) => m.get("isError") == Some(&Value::Bool(true)),
+            _ => false,
+        })
+    }
 }
 
 impl Event {
@@ -122,5 +152,26 @@ mod tests {
         assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"type":"RUN_STARTED","threadId":"t","runId":"r"}"#);
         let back: Event = serde_json::from_value(v).unwrap();
         assert!(matches!(back, Event::ToolCallStart { .. }));
+    }
+
+    #[test]
+    fn a_failed_tool_result_says_so_in_metadata_and_old_logs_still_read() {
+        let failed = |is_error| Event::ToolCallResult {
+            message_id: "m".into(),
+            tool_call_id: "c".into(),
+            content: "x".into(),
+            role: Some("tool".into()),
+            is_error,
+        };
+        let v = serde_json::to_value(failed(true)).unwrap();
+        assert_eq!(v["metadata"], serde_json::json!({"isError": true}));
+        assert!(v.get("isError").is_none(), "{v}");
+        assert_eq!(serde_json::from_value::<Event>(v).unwrap(), failed(true));
+        let ok = serde_json::to_value(failed(false)).unwrap();
+        assert!(ok.get("metadata").is_none(), "{ok}");
+        assert_eq!(serde_json::from_value::<Event>(ok).unwrap(), failed(false));
+        let old = serde_json::json!({"type": "TOOL_CALL_RESULT", "messageId": "m", "toolCallId": "c",
+            "content": "x", "role": "tool", "isError": true});
+        assert_eq!(serde_json::from_value::<Event>(old).unwrap(), failed(true));
     }
 }

@@ -18,10 +18,27 @@ pub struct History {
     pub unanswered: Vec<(String, String)>,
     /// Tool calls (id, name) whose arguments never finished: they were never run.
     pub unfinished: Vec<(String, String)>,
+    /// Tool calls (id, name, arguments) waiting for a person's decision: never run yet, and not to be
+    /// reported as interrupted.
+    pub awaiting_approval: Vec<(String, String, String)>,
     /// Model requests of the open run (turns taken).
     pub turns_in_run: u32,
     /// Model requests over the session's life.
     pub turns_total: u64,
+}
+
+/// A tool call as the fold tracks it.
+#[derive(Default)]
+struct Call {
+    id: String,
+    name: String,
+    arguments: String,
+    ended: bool,
+    answered: bool,
+    /// A person's decision was asked for.
+    requested: bool,
+    /// …and given (the call then ran, or was denied with its result in the same write).
+    decided: bool,
 }
 
 impl History {
@@ -29,8 +46,8 @@ impl History {
         let mut h = History::default();
         let mut assistant: Option<Message> = None;
         let mut results: Vec<Part> = Vec::new();
-        // Tool calls seen: id → (name, ended, answered), in order.
-        let mut calls: Vec<(String, String, bool, bool)> = Vec::new();
+        // Tool calls seen, in order.
+        let mut calls: Vec<Call> = Vec::new();
 
         fn flush(msgs: &mut Vec<Message>, assistant: &mut Option<Message>, results: &mut Vec<Part>) {
             if let Some(a) = assistant.take()
@@ -77,9 +94,12 @@ impl History {
                         name: tool_call_name.clone(),
                         arguments: String::new(),
                     });
-                    calls.push((tool_call_id.clone(), tool_call_name.clone(), false, false));
+                    calls.push(Call { id: tool_call_id.clone(), name: tool_call_name.clone(), ..Call::default() });
                 }
                 Event::ToolCallArgs { tool_call_id, delta } => {
+                    if let Some(c) = calls.iter_mut().rev().find(|c| &c.id == tool_call_id) {
+                        c.arguments.push_str(delta);
+                    }
                     if let Some(a) = assistant.as_mut()
                         && let Some(Part::ToolCall { arguments, .. }) = a
                             .content
@@ -92,8 +112,8 @@ impl History {
                 }
                 Event::ToolCallEnd { tool_call_id } => {
                     // The latest call of that id: upstreams (and replays) may reuse ids across answers.
-                    if let Some(c) = calls.iter_mut().rev().find(|c| &c.0 == tool_call_id) {
-                        c.2 = true;
+                    if let Some(c) = calls.iter_mut().rev().find(|c| &c.id == tool_call_id) {
+                        c.ended = true;
                     }
                 }
                 Event::ToolCallResult { tool_call_id, content, is_error, .. } => {
@@ -108,18 +128,29 @@ impl History {
                         is_error: *is_error,
                     });
                     // The latest call of that id: upstreams (and replays) may reuse ids across answers.
-                    if let Some(c) = calls.iter_mut().rev().find(|c| &c.0 == tool_call_id) {
-                        c.3 = true;
+                    if let Some(c) = calls.iter_mut().rev().find(|c| &c.id == tool_call_id) {
+                        c.answered = true;
+                    }
+                }
+                Event::Custom { name, value } if name == custom::APPROVAL_REQUESTED || name == custom::APPROVAL => {
+                    let id = value["toolCallId"].as_str().unwrap_or_default();
+                    if let Some(c) = calls.iter_mut().rev().find(|c| c.id == id) {
+                        if name == custom::APPROVAL {
+                            c.decided = true;
+                        } else {
+                            c.requested = true;
+                        }
                     }
                 }
                 Event::StateSnapshot { .. } | Event::Custom { .. } => {}
             }
         }
         flush(&mut h.messages, &mut assistant, &mut results);
-        for (id, name, ended, answered) in calls {
-            match (ended, answered) {
-                (true, false) => h.unanswered.push((id, name)),
-                (false, false) => h.unfinished.push((id, name)),
+        for c in calls {
+            match (c.ended, c.answered) {
+                (true, false) if c.requested && !c.decided => h.awaiting_approval.push((c.id, c.name, c.arguments)),
+                (true, false) => h.unanswered.push((c.id, c.name)),
+                (false, false) => h.unfinished.push((c.id, c.name)),
                 _ => {}
             }
         }
@@ -175,6 +206,38 @@ mod tests {
     }
 
     #[test]
+    fn a_tool_call_id_reused_by_a_later_answer_is_a_new_call() {
+        let round = |result: &str| {
+            vec![
+                Event::ToolCallStart {
+                    tool_call_id: "call_0".into(),
+                    tool_call_name: "bash".into(),
+                    parent_message_id: None,
+                },
+                Event::ToolCallArgs { tool_call_id: "call_0".into(), delta: "{}".into() },
+                Event::ToolCallEnd { tool_call_id: "call_0".into() },
+                Event::ToolCallResult {
+                    message_id: format!("t-{result}"),
+                    tool_call_id: "call_0".into(),
+                    content: result.into(),
+                    role: Some("tool".into()),
+                    is_error: false,
+                },
+            ]
+        };
+        let mut events = vec![Event::RunStarted { thread_id: "t".into(), run_id: "r".into() }, user("go")];
+        events.extend(round("first"));
+        events.extend(round("second"));
+        let h = History::fold(&events);
+        assert!(h.unanswered.is_empty() && h.unfinished.is_empty(), "{:?} {:?}", h.unanswered, h.unfinished);
+        // An intent of that id with no result yet is open, whatever earlier calls of that id did.
+        events.extend(round("third")[..3].to_vec());
+        let h = History::fold(&events);
+        assert_eq!(h.unanswered, vec![("call_0".to_owned(), "bash".to_owned())]);
+        assert!(h.unfinished.is_empty());
+    }
+
+    #[test]
     fn a_crash_leaves_unknown_outcomes_and_unfinished_calls() {
         let events = vec![
             Event::RunStarted { thread_id: "t".into(), run_id: "r".into() },
@@ -190,37 +253,5 @@ mod tests {
         assert_eq!(h.unfinished, vec![("c2".to_owned(), "bash".to_owned())]);
         assert_eq!(h.open_text.as_deref(), Some("m"));
         assert!(h.open_run.is_some());
-    }
-
-    #[test]
-    fn a_reused_call_id_matches_the_latest_call() {
-        let round = |result: bool| {
-            let mut v = vec![
-                Event::custom(custom::MODEL_REQUEST, json!({})),
-                Event::ToolCallStart {
-                    tool_call_id: "c1".into(),
-                    tool_call_name: "bash".into(),
-                    parent_message_id: None,
-                },
-                Event::ToolCallEnd { tool_call_id: "c1".into() },
-            ];
-            if result {
-                v.push(Event::ToolCallResult {
-                    message_id: "r".into(),
-                    tool_call_id: "c1".into(),
-                    content: "ok".into(),
-                    role: None,
-                    is_error: false,
-                });
-            }
-            v
-        };
-        let mut events = vec![user("a")];
-        events.extend(round(true));
-        events.push(user("b"));
-        events.extend(round(false));
-        let h = History::fold(&events);
-        assert_eq!(h.unanswered, vec![("c1".to_owned(), "bash".to_owned())]);
-        assert!(h.unfinished.is_empty());
     }
 }

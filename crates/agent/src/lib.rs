@@ -31,7 +31,9 @@ use tokio::sync::Notify;
 
 use crate::event::{Event, custom};
 pub use crate::log::{Caps, Log, Session, valid_session_id};
-pub use protocol::agent::{CreateSessionRequest, RunStarted, SendMessageRequest, SessionRecord};
+pub use protocol::agent::{
+    ApprovalRequest, CreateSessionRequest, Decision, RunStarted, SendMessageRequest, SessionRecord,
+};
 
 /// Why an agent operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,12 @@ pub enum AgentError {
     /// The session is running a run; wait for it or interrupt it.
     #[error("the session is running; interrupt it or wait for the run to finish")]
     Busy,
+    /// No tool call of the session waits for a decision under this id.
+    #[error("no tool call waits for approval under this id")]
+    ApprovalNotFound,
+    /// The tool call was decided already.
+    #[error("the tool call was decided already")]
+    ApprovalDecided,
     /// The request is malformed.
     #[error("{message}")]
     Invalid { code: &'static str, message: String },
@@ -69,6 +77,8 @@ impl AgentError {
             Self::NotFound => "session_not_found",
             Self::Exists => "session_exists",
             Self::Busy => "session_busy",
+            Self::ApprovalNotFound => "approval_not_found",
+            Self::ApprovalDecided => "approval_decided",
             Self::Invalid { code, .. } => code,
             Self::NoModel => "no_model",
             Self::LeaseLost => "lease_lost",
@@ -80,8 +90,8 @@ impl AgentError {
     /// HTTP status.
     pub fn status(&self) -> u16 {
         match self {
-            Self::NotFound => 404,
-            Self::Exists | Self::Busy | Self::LeaseLost => 409,
+            Self::NotFound | Self::ApprovalNotFound => 404,
+            Self::Exists | Self::Busy | Self::LeaseLost | Self::ApprovalDecided => 409,
             Self::Invalid { .. } | Self::NoModel => 400,
             Self::Corrupt(_) | Self::Store(_) => 500,
         }
@@ -232,7 +242,43 @@ impl Agent {
             max_tokens: cap(req.max_tokens, "max_tokens")?,
             max_cost: cap(req.max_cost, "max_cost")?,
         };
-        self.inner.log.create(env, &id, req.title, req.model, caps, self.now()).await?.ok_or(AgentError::Exists)
+        if req.require_approval.len() > 32 {
+            return Err(AgentError::invalid("invalid_approvals", "at most 32 tools may require approval"));
+        }
+        if let Some(t) = req.require_approval.iter().find(|t| tools::placement(t).is_none()) {
+            return Err(AgentError::invalid("unknown_tool", format!("there is no tool named {t:?}")));
+        }
+        self.inner
+            .log
+            .create(
+                env,
+                log::NewSession { id, title: req.title, model: req.model, caps, approval_tools: req.require_approval },
+                self.now(),
+            )
+            .await?
+            .ok_or(AgentError::Exists)
+    }
+
+    /// A person's decision on a tool call waiting for approval. It reaches the driver at once on this
+    /// instance and within a second on another; it survives restarts (the driver reads it from the
+    /// store).
+    pub async fn approve(&self, env: &EnvId, id: &str, req: ApprovalRequest) -> Result<(), AgentError> {
+        self.session(env, id).await?;
+        let events = self.inner.log.read_all(env, id).await?;
+        let history = history::History::fold(events.iter().map(|(_, e)| e));
+        let Some((_, tool, _)) = history.awaiting_approval.iter().find(|(c, _, _)| *c == req.tool_call_id) else {
+            return Err(AgentError::ApprovalNotFound);
+        };
+        let decision = match req.decision {
+            Decision::Allow => "allow",
+            Decision::AllowAlways => "allow_always",
+            Decision::Deny => "deny",
+        };
+        if !self.inner.log.decide(env, id, &req.tool_call_id, decision, tool, self.now()).await? {
+            return Err(AgentError::ApprovalDecided);
+        }
+        self.notifier(env, id).notify_waiters();
+        Ok(())
     }
 
     pub async fn session(&self, env: &EnvId, id: &str) -> Result<Session, AgentError> {

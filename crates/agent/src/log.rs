@@ -17,6 +17,17 @@ pub struct Caps {
     pub max_cost: Option<i64>,
 }
 
+/// What a new session is made of.
+#[derive(Debug, Clone, Default)]
+pub struct NewSession {
+    pub id: String,
+    pub title: Option<String>,
+    pub model: Option<String>,
+    pub caps: Caps,
+    /// Tools that wait for a person's decision before they run.
+    pub approval_tools: Vec<String>,
+}
+
 /// A session as stored.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -36,12 +47,16 @@ pub struct Session {
     /// The workspace snapshot a fresh sandbox is restored from.
     pub workspace_snapshot: Option<String>,
     pub caps: Caps,
+    /// Tools that wait for a person's decision before they run.
+    pub approval_tools: Vec<String>,
+    /// Tools a person allowed for the rest of the session.
+    pub always_allowed: Vec<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
 const COLUMNS: &str = "id, env_id, title, model, status, last_seq, run_id, sandbox_id, workspace_snapshot, \
-                       created_at, updated_at, max_turns, max_tokens, max_cost";
+                       created_at, updated_at, max_turns, max_tokens, max_cost, approval_tools, always_allowed";
 
 impl Session {
     /// The API's view (times as RFC 3339).
@@ -58,6 +73,8 @@ impl Session {
             max_turns: self.caps.max_turns.map(|n| n as u64),
             max_tokens: self.caps.max_tokens.map(|n| n as u64),
             max_cost: self.caps.max_cost.map(|n| n as u64),
+            require_approval: self.approval_tools.clone(),
+            always_allowed: self.always_allowed.clone(),
             created_at: platform::runtime::rfc3339(self.created_at),
             updated_at: platform::runtime::rfc3339(self.updated_at),
         }
@@ -78,6 +95,8 @@ fn record(r: &Row) -> Result<Session, StoreError> {
         created_at: r.int(9)?,
         updated_at: r.int(10)?,
         caps: Caps { max_turns: r.opt_int(11)?, max_tokens: r.opt_int(12)?, max_cost: r.opt_int(13)? },
+        approval_tools: serde_json::from_str(&r.text(14)?).unwrap_or_default(),
+        always_allowed: serde_json::from_str(&r.text(15)?).unwrap_or_default(),
     })
 }
 
@@ -100,23 +119,17 @@ impl Log {
     }
 
     /// Creates a session; `Ok(None)` when the id is taken in this env.
-    pub async fn create(
-        &self,
-        env: &EnvId,
-        id: &str,
-        title: Option<String>,
-        model: Option<String>,
-        caps: Caps,
-        now: i64,
-    ) -> Result<Option<Session>, AgentError> {
-        let (env, id) = (env.to_string(), id.to_owned());
+    pub async fn create(&self, env: &EnvId, new: NewSession, now: i64) -> Result<Option<Session>, AgentError> {
+        let NewSession { id, title, model, caps, approval_tools } = new;
+        let env = env.to_string();
+        let approval_tools = serde_json::to_string(&approval_tools).unwrap_or_else(|_| "[]".to_owned());
         let rec = self
             .db
             .tx(move |c: &mut dyn Conn| {
                 let n = c.execute(
                     "INSERT INTO agent_sessions (env_id, id, title, model, status, last_seq, interrupt_requested, \
-                     created_at, updated_at, max_turns, max_tokens, max_cost) \
-                     VALUES ($1, $2, $3, $4, 'idle', 0, 0, $5, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                     created_at, updated_at, max_turns, max_tokens, max_cost, approval_tools, always_allowed) \
+                     VALUES ($1, $2, $3, $4, 'idle', 0, 0, $5, $5, $6, $7, $8, $9, '[]') ON CONFLICT DO NOTHING",
                     &[
                         env.as_str().into(),
                         id.as_str().into(),
@@ -126,6 +139,7 @@ impl Log {
                         caps.max_turns.into(),
                         caps.max_tokens.into(),
                         caps.max_cost.into(),
+                        approval_tools.into(),
                     ],
                 )?;
                 if n == 0 {
@@ -208,13 +222,21 @@ impl Log {
         events: Vec<Event>,
         now: i64,
     ) -> Result<i64, AgentError> {
-        self.write(env, id, holder, events, now, false).await
+        self.write(env, id, holder, events, now, None).await
     }
 
-    /// Appends the event that ends a run and releases the lease in one transaction, so a client that
-    /// saw the run end can start the next one at once.
-    pub async fn finish(&self, env: &EnvId, id: &str, holder: &str, end: Event, now: i64) -> Result<i64, AgentError> {
-        self.write(env, id, holder, vec![end], now, true).await
+    /// Appends the event that ends a run, releases the lease and queues the run's webhook in one
+    /// transaction, so a client that saw the run end can start the next one at once.
+    pub async fn finish(
+        &self,
+        env: &EnvId,
+        id: &str,
+        holder: &str,
+        end: Event,
+        hook: platform::webhooks::Event,
+        now: i64,
+    ) -> Result<i64, AgentError> {
+        self.write(env, id, holder, vec![end], now, Some(hook)).await
     }
 
     async fn write(
@@ -224,7 +246,7 @@ impl Log {
         holder: &str,
         events: Vec<Event>,
         now: i64,
-        release: bool,
+        finish: Option<platform::webhooks::Event>,
     ) -> Result<i64, AgentError> {
         let (env, id, holder) = (env.to_string(), id.to_owned(), holder.to_owned());
         let bodies = events
@@ -265,8 +287,9 @@ impl Log {
                         platform::ledger::record_in(c, &usage).map_err(|e| AgentError::Corrupt(e.to_string()))?;
                     }
                 }
-                if release {
+                if let Some(hook) = &finish {
                     release_in(c, &env, &id, &holder, now)?;
+                    platform::webhooks::enqueue(c, now, hook).map_err(|e| AgentError::Corrupt(e.to_string()))?;
                 }
                 Ok(last)
             })
@@ -385,6 +408,75 @@ impl Log {
         Ok(())
     }
 
+    /// Records a person's decision on a tool call; false when it was decided already. `allow_always`
+    /// also allows `tool` for the rest of the session, in the same transaction.
+    pub async fn decide(
+        &self,
+        env: &EnvId,
+        id: &str,
+        call: &str,
+        decision: &str,
+        tool: &str,
+        now: i64,
+    ) -> Result<bool, AgentError> {
+        let (env, id, call, decision, tool) =
+            (env.to_string(), id.to_owned(), call.to_owned(), decision.to_owned(), tool.to_owned());
+        self.db
+            .tx(move |c: &mut dyn Conn| {
+                let n = c.execute(
+                    "INSERT INTO agent_approvals (env_id, session_id, call_id, decision, decided_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    &[
+                        env.as_str().into(),
+                        id.as_str().into(),
+                        call.as_str().into(),
+                        decision.as_str().into(),
+                        now.into(),
+                    ],
+                )?;
+                if n == 1 && decision == "allow_always" {
+                    let row = c.query_opt(
+                        "SELECT always_allowed FROM agent_sessions WHERE env_id = $1 AND id = $2",
+                        &[env.as_str().into(), id.as_str().into()],
+                    )?;
+                    let mut allowed: Vec<String> = row
+                        .map(|r| r.text(0))
+                        .transpose()?
+                        .and_then(|t| serde_json::from_str(&t).ok())
+                        .unwrap_or_default();
+                    if !allowed.contains(&tool) {
+                        allowed.push(tool.clone());
+                    }
+                    c.execute(
+                        "UPDATE agent_sessions SET always_allowed = $3 WHERE env_id = $1 AND id = $2",
+                        &[
+                            env.as_str().into(),
+                            id.as_str().into(),
+                            serde_json::to_string(&allowed).unwrap_or_default().into(),
+                        ],
+                    )?;
+                }
+                Ok::<_, StoreError>(n == 1)
+            })
+            .await
+            .map_err(AgentError::from)
+    }
+
+    /// The decision on a tool call, if a person gave one.
+    pub async fn decision(&self, env: &EnvId, id: &str, call: &str) -> Result<Option<String>, AgentError> {
+        let (env, id, call) = (env.to_string(), id.to_owned(), call.to_owned());
+        let row = self
+            .db
+            .tx(move |c: &mut dyn Conn| {
+                c.query_opt(
+                    "SELECT decision FROM agent_approvals WHERE env_id = $1 AND session_id = $2 AND call_id = $3",
+                    &[env.as_str().into(), id.as_str().into(), call.as_str().into()],
+                )
+            })
+            .await?;
+        Ok(row.map(|r| r.text(0)).transpose()?)
+    }
+
     /// Running sessions whose driver's lease has expired (its instance died or stalled).
     pub async fn orphaned(&self, now: i64) -> Result<Vec<(String, String)>, AgentError> {
         let rows = self
@@ -405,7 +497,7 @@ impl Log {
         let env = env.to_string();
         self.db
             .tx(move |c: &mut dyn Conn| {
-                for table in ["agent_events", "agent_sessions"] {
+                for table in ["agent_events", "agent_approvals", "agent_sessions"] {
                     c.execute(&format!("DELETE FROM {table} WHERE env_id = $1"), &[env.as_str().into()])?;
                 }
                 Ok::<_, StoreError>(())

@@ -79,6 +79,7 @@ impl Agent {
                 }
             })
         };
+        let run_id_of_failed = run_id.clone();
         let outcome = self.turns(&env, &id, rx).await;
         beat.abort();
         self.drivers().remove(&key);
@@ -93,7 +94,18 @@ impl Agent {
             }
             Err(Stop::Failed { code, message }) => Event::RunError { message, code: Some(code) },
         };
-        match self.inner.log.finish(&env, &id, &self.inner.holder, end, self.now()).await {
+        let hook = match &end {
+            Event::RunFinished { run_id, .. } => {
+                self.inner.platform.event("session.run_finished", Some(&env), json!({"session": id, "run_id": run_id}))
+            }
+            Event::RunError { code, message } => self.inner.platform.event(
+                "session.run_failed",
+                Some(&env),
+                json!({"session": id, "run_id": run_id_of_failed, "code": code, "message": message}),
+            ),
+            _ => return,
+        };
+        match self.inner.log.finish(&env, &id, &self.inner.holder, end, hook, self.now()).await {
             Ok(_) => self.notifier(&env, &id).notify_waiters(),
             Err(e) => tracing::error!(error = %e, env = %env, session = %id, "could not end a run"),
         }
@@ -105,6 +117,11 @@ impl Agent {
         loop {
             check(&signal)?;
             let history = self.close_open(env, id).await?;
+            // Calls still waiting for a person (a driver stopped while they waited) come first.
+            if !history.awaiting_approval.is_empty() {
+                changed_workspace |= self.run_calls(env, id, &history.awaiting_approval, true, &mut signal).await?;
+                continue;
+            }
             if history.turns_in_run >= self.inner.config.max_turns {
                 return Err(Stop::Failed {
                     code: "turn_limit".to_owned(),
@@ -144,24 +161,92 @@ impl Agent {
             if calls.is_empty() {
                 break;
             }
-            for (i, (call_id, name, arguments)) in calls.iter().enumerate() {
-                if *signal.borrow() != Signal::Go {
-                    // Recorded intents that will not run get a result saying so, then the run stops.
-                    let rest = calls[i..]
-                        .iter()
-                        .map(|(c, _, _)| result(c, Outcome::error("not run: the run was interrupted")));
-                    self.append(env, id, rest.collect()).await?;
-                    check(&signal)?;
-                }
-                let outcome = self.run_tool(env, id, name, arguments).await?;
-                changed_workspace |= tools::mutates_workspace(name);
-                self.append(env, id, vec![result(call_id, outcome)]).await?;
-            }
+            changed_workspace |= self.run_calls(env, id, &calls, false, &mut signal).await?;
         }
         if changed_workspace {
             self.checkpoint(env, id).await?;
         }
         Ok(())
+    }
+
+    /// Runs recorded tool calls (id, name, arguments) in order, asking a person first where the session
+    /// says so (`requested`: the question was asked already, by a driver that stopped). Returns whether
+    /// any of them may have changed the workspace.
+    async fn run_calls(
+        &self,
+        env: &EnvId,
+        id: &str,
+        calls: &[(String, String, String)],
+        requested: bool,
+        signal: &mut watch::Receiver<Signal>,
+    ) -> Result<bool, Stop> {
+        let mut changed = false;
+        for (i, (call_id, name, arguments)) in calls.iter().enumerate() {
+            if *signal.borrow() != Signal::Go {
+                self.not_run(env, id, &calls[i..], "not run: the run was interrupted").await?;
+                check(signal)?;
+            }
+            let session = self.session(env, id).await?;
+            if session.approval_tools.contains(name) && !session.always_allowed.contains(name) {
+                if !requested {
+                    let ask = json!({"toolCallId": call_id, "toolName": name, "arguments": arguments});
+                    self.append(env, id, vec![Event::custom(custom::APPROVAL_REQUESTED, ask)]).await?;
+                }
+                let Some(decision) = self.decision(env, id, call_id, signal).await? else {
+                    self.not_run(env, id, &calls[i..], "not run: the run was interrupted while it waited for approval")
+                        .await?;
+                    check(signal)?;
+                    continue;
+                };
+                let decided = Event::custom(custom::APPROVAL, json!({"toolCallId": call_id, "decision": decision}));
+                if decision == "deny" {
+                    // The decision and its result in one write: a denied call is never left open.
+                    let denied = result(call_id, Outcome::error("denied: a person did not allow this tool call"));
+                    self.append(env, id, vec![decided, denied]).await?;
+                    continue;
+                }
+                self.append(env, id, vec![decided]).await?;
+            }
+            let outcome = self.run_tool(env, id, name, arguments).await?;
+            changed |= tools::mutates_workspace(name);
+            self.append(env, id, vec![result(call_id, outcome)]).await?;
+        }
+        Ok(changed)
+    }
+
+    /// Results for recorded calls that will not run, so none is left open.
+    async fn not_run(&self, env: &EnvId, id: &str, calls: &[(String, String, String)], why: &str) -> Result<(), Stop> {
+        let results = calls.iter().map(|(c, _, _)| result(c, Outcome::error(why))).collect();
+        self.append(env, id, results).await?;
+        Ok(())
+    }
+
+    /// Waits for a person's decision on a call; `None` when the run is told to stop meanwhile.
+    async fn decision(
+        &self,
+        env: &EnvId,
+        id: &str,
+        call: &str,
+        signal: &mut watch::Receiver<Signal>,
+    ) -> Result<Option<String>, Stop> {
+        loop {
+            let notify = self.notifier(env, id);
+            let woken = notify.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if let Some(d) = self.inner.log.decision(env, id, call).await? {
+                return Ok(Some(d));
+            }
+            if *signal.borrow() != Signal::Go {
+                return Ok(None);
+            }
+            tokio::select! {
+                _ = &mut woken => {}
+                _ = signal.changed() => {}
+                // Decisions taken on another instance are found by looking again.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
     }
 
     /// Folds the log and closes what a stopped driver left open: a text message never ended, tool calls
@@ -243,9 +328,11 @@ impl Agent {
                             _ => batch.push(Event::TextMessageContent { message_id: message_id.clone(), delta: text }),
                         }
                     }
-                    ModelEvent::ToolCallStart { index, id: call, name } => {
-                        let call =
-                            if call.is_empty() { format!("call_{}", self.inner.platform.random_id(20)) } else { call };
+                    ModelEvent::ToolCallStart { index, id: _, name } => {
+                        // The loop's own id, never the provider's: providers reuse ids across answers,
+                        // and a session's ids must be unique (results, approvals and AG-UI clients
+                        // match on them). The model gets these ids back with the history.
+                        let call = format!("call_{}", self.inner.platform.random_id(20));
                         while call_ids.len() <= index {
                             call_ids.push(String::new());
                         }

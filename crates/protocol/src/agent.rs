@@ -13,6 +13,9 @@ pub struct CreateSessionRequest {
     pub title: Option<String>,
     /// The model (a gateway model name) of its messages unless a message names another.
     pub model: Option<String>,
+    /// Tools that wait for a person's decision (allow, allow always, deny) before they run.
+    #[serde(default)]
+    pub require_approval: Vec<String>,
     /// Cap on model calls over the session's life (a run that reaches it ends with `session_turn_cap`).
     #[schema(minimum = 1)]
     pub max_turns: Option<u64>,
@@ -42,6 +45,10 @@ pub struct SessionRecord {
     pub max_turns: Option<u64>,
     pub max_tokens: Option<u64>,
     pub max_cost: Option<u64>,
+    /// Tools that wait for a person's decision.
+    pub require_approval: Vec<String>,
+    /// Tools a person allowed for the rest of the session.
+    pub always_allowed: Vec<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -75,4 +82,22 @@ pub struct RunStarted {
 pub struct InterruptResult {
     /// False when no run was in progress.
     pub interrupted: bool,
+}
+
+/// A person's decision on a tool call waiting for approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Allow,
+    /// Allow this call and every later call of the same tool in the session.
+    AllowAlways,
+    Deny,
+}
+
+/// `POST …/approvals`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalRequest {
+    pub tool_call_id: String,
+    pub decision: Decision,
 }

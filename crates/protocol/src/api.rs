@@ -492,6 +492,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "deployment.created",
     "deployment.published",
     "deployment.rolled_back",
+    "session.run_finished",
+    "session.run_failed",
 ];
 
 fn string_enum(values: impl IntoIterator<Item = String>) -> utoipa::openapi::Object {

@@ -88,6 +88,8 @@ fn components() -> utoipa::openapi::Components {
         .schema_from::<protocol::agent::SendMessageRequest>()
         .schema_from::<protocol::agent::RunStarted>()
         .schema_from::<protocol::agent::InterruptResult>()
+        .schema_from::<protocol::agent::Decision>()
+        .schema_from::<protocol::agent::ApprovalRequest>()
         .schema_from::<protocol::sandbox::CreateSandboxRequest>()
         .schema_from::<protocol::sandbox::SandboxState>()
         .schema_from::<protocol::sandbox::SandboxRecord>()

@@ -1385,6 +1385,16 @@ fn session_routes() -> Vec<R> {
             post(sessions::interrupt),
         ),
         r(
+            "POST",
+            "/v1/envs/{env}/sessions/{session}/approvals",
+            control("sessions:Approve", Secret),
+            Env,
+            "Decide on a tool call waiting for approval: allow, allow_always (this tool for the rest of the session) or deny.",
+            Some("ApprovalRequest"),
+            (200, Some("ApprovalRequest")),
+            post(sessions::approve),
+        ),
+        r(
             "GET",
             "/v1/envs/{env}/sessions/{session}/events",
             control("sessions:Get", Secret),

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use protocol::EnvId;
 use protocol::agent::{
-    CreateSessionRequest, InterruptResult, RunStarted, SendMessageRequest, SessionList, SessionRecord,
+    ApprovalRequest, CreateSessionRequest, InterruptResult, RunStarted, SendMessageRequest, SessionList, SessionRecord,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -114,6 +114,19 @@ pub async fn interrupt(
     let interrupted = state.agent.interrupt(env, &p.session).await?;
     audit(&state, &caller, "sessions:Interrupt", env, &p.session).await;
     Ok(Json(InterruptResult { interrupted }))
+}
+
+/// A person's decision on a tool call waiting for approval.
+pub async fn approve(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(p): Path<SessionPath>,
+    Body(req): Body<ApprovalRequest>,
+) -> ApiResult<Json<ApprovalRequest>> {
+    let env = env_of(&caller)?;
+    state.agent.approve(env, &p.session, req.clone()).await?;
+    audit(&state, &caller, "sessions:Approve", env, &p.session).await;
+    Ok(Json(req))
 }
 
 /// The session's events as SSE, from `Last-Event-ID` (or `?after=`), following the log.

@@ -239,6 +239,8 @@ CREATE TABLE agent_sessions (
     max_turns BIGINT,
     max_tokens BIGINT,
     max_cost BIGINT,
+    approval_tools TEXT NOT NULL,
+    always_allowed TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL,
     PRIMARY KEY (env_id, id)
@@ -251,6 +253,14 @@ CREATE TABLE agent_events (
     at BIGINT NOT NULL,
     body TEXT NOT NULL,
     PRIMARY KEY (env_id, session_id, seq)
+);
+CREATE TABLE agent_approvals (
+    env_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    decided_at BIGINT NOT NULL,
+    PRIMARY KEY (env_id, session_id, call_id)
 );
 "#,
     ),

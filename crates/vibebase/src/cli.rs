@@ -2,6 +2,8 @@
 //! say what went wrong: 0 ok, 1 other error, 2 bad usage, 3 not authorized, 4 not found, 5 conflict,
 //! 6 quota or rate limit, 7 cannot reach the server.
 
+mod session;
+
 use std::io::Write as _;
 use std::process::ExitCode;
 
@@ -81,6 +83,13 @@ pub enum ClientCommand {
     Sandbox {
         #[command(subcommand)]
         command: SandboxCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Run an env's agent sessions: create, send a message and watch the answer stream, follow events.
+    Session {
+        #[command(subcommand)]
+        command: session::SessionCommand,
         #[command(flatten)]
         conn: Connection,
     },
@@ -601,6 +610,23 @@ impl Failure {
     }
 }
 
+/// The failure (exit code and message) of an error answer of the API.
+fn http_failure(status: u16, text: &str) -> Failure {
+    let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    // Data-plane surfaces name the code `error_code` (functions, GoTrue).
+    let code = v["code"].as_str().or_else(|| v["error_code"].as_str()).unwrap_or("error");
+    let message = v["message"].as_str().unwrap_or(text);
+    let exit = match status {
+        401 | 403 => 3,
+        404 => 4,
+        409 => 5,
+        402 | 429 => 6,
+        400 | 413 | 415 => 2,
+        _ => 1,
+    };
+    Failure::new(exit, format!("{code}: {message} (HTTP {status})"))
+}
+
 struct Client {
     http: reqwest::Client,
     conn: Connection,
@@ -634,19 +660,7 @@ impl Client {
             .is_some_and(|v| v.starts_with("application/json"));
         let text = resp.text().await.map_err(|e| Failure::new(7, e.to_string()))?;
         if !status.is_success() {
-            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            // Data-plane surfaces name the code `error_code` (functions, GoTrue).
-            let code = v["code"].as_str().or_else(|| v["error_code"].as_str()).unwrap_or("error");
-            let message = v["message"].as_str().unwrap_or(&text);
-            let exit = match status.as_u16() {
-                401 | 403 => 3,
-                404 => 4,
-                409 => 5,
-                402 | 429 => 6,
-                400 | 413 | 415 => 2,
-                _ => 1,
-            };
-            return Err(Failure::new(exit, format!("{code}: {message} (HTTP {})", status.as_u16())));
+            return Err(http_failure(status.as_u16(), &text));
         }
         Ok(if text.is_empty() {
             Reply::Empty
@@ -1337,6 +1351,7 @@ async fn dispatch(command: ClientCommand) -> Result<Option<ExitCode>, Failure> {
             }
         }
         ClientCommand::Apps { command, conn } => return apps(&Client::new(conn)?, command).await,
+        ClientCommand::Session { command, conn } => return session::run(&Client::new(conn)?, command).await,
         ClientCommand::Template { command, conn } => {
             let c = Client::new(conn)?;
             let names = |v: &Value| {

@@ -547,6 +547,12 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
         ("POST", "/v1/envs/{env}/sessions/{session}/messages") => {
             f("env_tenant", 400, "/v1/envs/tenant-a/sessions/s-fixture/messages".into(), Some(json!({"content": "hi"})))
         }
+        ("POST", "/v1/envs/{env}/sessions/{session}/approvals") => f(
+            "env_tenant",
+            404,
+            "/v1/envs/tenant-a/sessions/s-fixture/approvals".into(),
+            Some(json!({"tool_call_id": "call_none", "decision": "allow"})),
+        ),
         ("POST", "/v1/envs/{env}/sessions/{session}/interrupt") => {
             f("env_tenant", 404, "/v1/envs/tenant-a/sessions/no-such-session/interrupt".into(), None)
         }

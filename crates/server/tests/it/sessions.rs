@@ -223,7 +223,8 @@ async fn a_run_with_a_tool_call_streams_ag_ui_events_and_resumes_after_last_even
         all.iter().filter(|(_, e)| e["type"] == "TOOL_CALL_ARGS").map(|(_, e)| e["delta"].as_str().unwrap()).collect();
     assert!(args.contains("hello-from-sandbox > out.txt"), "{args}");
     let result = &all[8].1;
-    assert_eq!(result["toolCallId"], "call_x1");
+    assert_eq!(result["toolCallId"], all[3].1["toolCallId"], "the result answers the call");
+    assert!(result["toolCallId"].as_str().unwrap().starts_with("call_"));
     assert!(result["content"].as_str().unwrap().contains("hello-from-sandbox"), "{result}");
     let text = &all[11].1["delta"];
     assert!(text.as_str().unwrap().starts_with("saw: exit code: 0"), "{text}");
@@ -263,6 +264,9 @@ async fn a_run_with_a_tool_call_streams_ag_ui_events_and_resumes_after_last_even
 #[tokio::test]
 async fn ag_ui_entry_starts_and_continues_a_thread() {
     let (h, _mock, key) = setup().await;
+    let hook = json!({"url": "http://127.0.0.1:9/hook", "events": ["session.run_finished", "session.run_failed"], "env": "agent-a"});
+    let hook = h.call("POST", "/v1/webhooks", Some(&h.admin), Some(hook)).await;
+    assert_eq!(hook.status, StatusCode::CREATED, "{}", hook.text);
     let input = |text: &str| {
         json!({"threadId": "thread-1", "runId": format!("run-{}", text.len()), "state": {}, "tools": [], "context": [],
             "forwardedProps": {"model": "m"},
@@ -283,6 +287,11 @@ async fn ag_ui_entry_starts_and_continues_a_thread() {
     // The system prompt is the first message the model gets.
     assert_eq!(text, "echo: hello; messages: 2");
 
+    // The run's end and the session's release are one write: once a client has seen RUN_FINISHED, the
+    // session takes the next run.
+    let r = h.call("GET", "/v1/envs/agent-a/sessions/thread-1", Some(&key), None).await;
+    assert_eq!(r.json["status"], "idle", "{}", r.text);
+
     // The same threadId continues the session: the model sees the earlier exchange.
     let r = h.call("POST", "/v1/envs/agent-a/agent", Some(&key), Some(input("again!"))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
@@ -297,6 +306,12 @@ async fn ag_ui_entry_starts_and_continues_a_thread() {
     let r = h.call("GET", "/v1/envs/agent-a/sessions", Some(&key), None).await;
     assert_eq!(r.json["items"].as_array().unwrap().len(), 1);
     assert_eq!(r.json["items"][0]["id"], "thread-1");
+    // Each finished run queued its webhook, with the session and run.
+    let log = format!("/v1/webhooks/{}/deliveries", hook.json["id"].as_str().unwrap());
+    let log = h.call("GET", &log, Some(&h.admin), None).await;
+    let items = log.json["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{}", log.text);
+    assert!(items.iter().all(|d| d["event_type"] == "session.run_finished"), "{}", log.text);
 
     // Another env's key cannot post on this env's thread (the gate refuses before anything is read).
     let b = h.create_env("agent-b").await;
@@ -433,7 +448,7 @@ async fn another_instance_resumes_a_run_whose_driver_died_and_never_reruns_its_t
     );
     let result = &all[7].1;
     assert_eq!(result["toolCallId"], "call_dead");
-    assert_eq!(result["isError"], true);
+    assert_eq!(result["metadata"]["isError"], true);
     assert!(result["content"].as_str().unwrap().starts_with("interrupted"), "{result}");
     assert!(!k.contains(&"vibebase.sandbox_attach".to_owned()), "the unknown-outcome tool was not run again");
     assert_eq!(mock.calls.load(Ordering::SeqCst), 1);
@@ -516,7 +531,7 @@ async fn backend_tools_refuse_tables_without_rls_apply_safe_migrations_and_deplo
     let (_, results) = run("rls").await;
     let r = &results[seen];
     seen += 1;
-    assert_eq!(r["isError"], true, "{r}");
+    assert_eq!(r["metadata"]["isError"], true, "{r}");
     let text = r["content"].as_str().unwrap();
     assert!(text.contains("rls_required") && text.contains("notes"), "{text}");
     assert_ne!(anon("/env/agent-a/rest/v1/notes").await.status, StatusCode::OK);
@@ -546,6 +561,157 @@ async fn backend_tools_refuse_tables_without_rls_apply_safe_migrations_and_deplo
     assert!(!info.to_string().contains("vb_sk_"), "{info}");
     let audit = h.call("GET", "/v1/envs/agent-a/audit", Some(&h.admin), None).await;
     assert!(audit.text.contains("agent:b"), "backend tools are audited as the session: {}", audit.text);
+    if let Ok(s) = &h.sandboxes {
+        s.kill_all().await;
+    }
+}
+
+/// Polls the log until an event of `kind` (a type or a `vibebase.*` name) appears after `after`.
+async fn wait_for(h: &Harness, key: &str, session: &str, kind: &str, after: usize) -> Vec<(i64, Value)> {
+    for _ in 0..400 {
+        let all = history(h, key, session, None).await;
+        if kinds(&all).iter().skip(after).any(|k| k == kind) {
+            return all;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no {kind} in session {session}");
+}
+
+#[tokio::test]
+async fn approvals_allow_deny_and_allow_always_tool_calls() {
+    let (h, _mock, key) = setup().await;
+    let body = json!({"id": "ask", "model": "m", "require_approval": ["bash"]});
+    assert_eq!(h.call("POST", "/v1/envs/agent-a/sessions", Some(&key), Some(body)).await.status, StatusCode::CREATED);
+    let r = h.call("POST", "/v1/envs/agent-a/sessions", Some(&key), Some(json!({"require_approval": ["rm"]}))).await;
+    assert_eq!((r.status, r.json["code"].as_str()), (StatusCode::BAD_REQUEST, Some("unknown_tool")));
+    let send = |text: &'static str| {
+        let (h, key) = (&h, key.clone());
+        async move {
+            let r = h
+                .call("POST", "/v1/envs/agent-a/sessions/ask/messages", Some(&key), Some(json!({"content": text})))
+                .await;
+            assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+        }
+    };
+    let decide = |call: String, decision: &'static str| {
+        let (h, key) = (&h, key.clone());
+        async move {
+            let body = json!({"tool_call_id": call, "decision": decision});
+            h.call("POST", "/v1/envs/agent-a/sessions/ask/approvals", Some(&key), Some(body)).await
+        }
+    };
+    let asked = |events: &[(i64, Value)]| {
+        events
+            .iter()
+            .rev()
+            .find(|(_, e)| e["name"] == "vibebase.approval_requested")
+            .map(|(_, e)| e["value"]["toolCallId"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+
+    // Allowed: the call waits (nothing runs, the session stays running), then runs.
+    send("use a tool").await;
+    let events = wait_for(&h, &key, "ask", "vibebase.approval_requested", 0).await;
+    assert!(!kinds(&events).contains(&"TOOL_CALL_RESULT".to_owned()));
+    let r = h.call("GET", "/v1/envs/agent-a/sessions/ask", Some(&key), None).await;
+    assert_eq!(r.json["status"], "running");
+    let r = decide("call_nope".into(), "allow").await;
+    assert_eq!((r.status, r.json["code"].as_str()), (StatusCode::NOT_FOUND, Some("approval_not_found")));
+    let call = asked(&events);
+    assert_eq!(decide(call.clone(), "allow").await.status, StatusCode::OK);
+    let r = decide(call, "deny").await;
+    assert_ne!(r.status, StatusCode::OK, "a decided call cannot be decided again: {}", r.text);
+    wait_idle(&h, &key, "ask").await;
+    let events = history(&h, &key, "ask", None).await;
+    let result = events.iter().rev().find(|(_, e)| e["type"] == "TOOL_CALL_RESULT").unwrap();
+    assert!(result.1["content"].as_str().unwrap().contains("hello-from-sandbox"), "{}", result.1);
+
+    // Denied: the model hears so, and nothing ran.
+    let seen = events.len();
+    send("tool again").await;
+    let events = wait_for(&h, &key, "ask", "vibebase.approval_requested", seen).await;
+    assert_eq!(decide(asked(&events), "deny").await.status, StatusCode::OK);
+    wait_idle(&h, &key, "ask").await;
+    let events = history(&h, &key, "ask", None).await;
+    let result = events.iter().rev().find(|(_, e)| e["type"] == "TOOL_CALL_RESULT").unwrap();
+    assert_eq!(result.1["metadata"]["isError"], true);
+    assert!(result.1["content"].as_str().unwrap().starts_with("denied"), "{}", result.1);
+    assert_eq!(events.last().unwrap().1["type"], "RUN_FINISHED");
+
+    // Allowed always: this call and later ones of the tool run without asking.
+    let seen = events.len();
+    send("tool once more").await;
+    let events = wait_for(&h, &key, "ask", "vibebase.approval_requested", seen).await;
+    assert_eq!(decide(asked(&events), "allow_always").await.status, StatusCode::OK);
+    wait_idle(&h, &key, "ask").await;
+    let r = h.call("GET", "/v1/envs/agent-a/sessions/ask", Some(&key), None).await;
+    assert_eq!(r.json["always_allowed"], json!(["bash"]));
+    let seen = history(&h, &key, "ask", None).await.len();
+    send("tool without asking").await;
+    wait_idle(&h, &key, "ask").await;
+    let events = history(&h, &key, "ask", None).await;
+    let k = kinds(&events[seen..]);
+    assert!(
+        !k.contains(&"vibebase.approval_requested".to_owned()) && k.contains(&"TOOL_CALL_RESULT".to_owned()),
+        "{k:?}"
+    );
+    if let Ok(s) = &h.sandboxes {
+        s.kill_all().await;
+    }
+}
+
+#[tokio::test]
+async fn a_pending_approval_survives_the_driver_and_is_honoured_by_the_instance_that_resumes() {
+    let (h, _mock, key) = setup().await;
+    let env = protocol::EnvId::parse("agent-a").unwrap();
+    let body = json!({"id": "s", "model": "m", "require_approval": ["write_file"]});
+    assert_eq!(h.call("POST", "/v1/envs/agent-a/sessions", Some(&key), Some(body)).await.status, StatusCode::CREATED);
+    // A driver that asked for approval and died.
+    let log = agent::Log::new(h.platform.db().clone());
+    let now = h.platform.clock().now_ms();
+    assert!(log.acquire(&env, "s", "dead-instance", now, now + 15_000, Some("r1")).await.unwrap());
+    use agent::event::{Event, custom};
+    let args = json!({"path": "approved.txt", "content": "yes"}).to_string();
+    let events = vec![
+        Event::RunStarted { thread_id: "s".into(), run_id: "r1".into() },
+        Event::custom(custom::USER_MESSAGE, json!({"messageId": "u", "content": "write it"})),
+        Event::custom(custom::MODEL_REQUEST, json!({"model": "m", "turn": 0})),
+        Event::ToolCallStart {
+            tool_call_id: "call_w".into(),
+            tool_call_name: "write_file".into(),
+            parent_message_id: None,
+        },
+        Event::ToolCallArgs { tool_call_id: "call_w".into(), delta: args.clone() },
+        Event::ToolCallEnd { tool_call_id: "call_w".into() },
+        Event::custom(
+            custom::APPROVAL_REQUESTED,
+            json!({"toolCallId": "call_w", "toolName": "write_file", "arguments": args}),
+        ),
+    ];
+    log.append(&env, "s", "dead-instance", events, now).await.unwrap();
+    let survivor = agent::Agent::new(
+        h.platform.clone(),
+        h.gateway.clone().unwrap(),
+        h.sandboxes.as_ref().ok().cloned(),
+        agent::AgentConfig { default_model: Some("m".into()), ..Default::default() },
+    );
+    h.clock.advance(Duration::from_secs(16));
+    assert_eq!(survivor.sweep().await.unwrap(), 1);
+    // The survivor waits for the person instead of reporting the call as interrupted.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let k = kinds(&history(&h, &key, "s", None).await);
+    assert!(!k.contains(&"TOOL_CALL_RESULT".to_owned()), "{k:?}");
+    // The decision goes through the API (another runtime); the survivor finds it in the store.
+    let body = json!({"tool_call_id": "call_w", "decision": "allow"});
+    let r = h.call("POST", "/v1/envs/agent-a/sessions/s/approvals", Some(&key), Some(body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    wait_idle(&h, &key, "s").await;
+    let all = history(&h, &key, "s", None).await;
+    let result = all.iter().find(|(_, e)| e["type"] == "TOOL_CALL_RESULT").unwrap();
+    assert_eq!(result.1["toolCallId"], "call_w");
+    assert!(result.1["content"].as_str().unwrap().starts_with("wrote 3 bytes"), "{}", result.1);
+    assert_eq!(all.last().unwrap().1["type"], "RUN_FINISHED");
     if let Ok(s) = &h.sandboxes {
         s.kill_all().await;
     }
