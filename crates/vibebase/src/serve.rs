@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// The model of agent sessions that name none (a model of the models file).
     #[arg(long, env = "VIBEBASE_AGENT_MODEL")]
     agent_model: Option<String>,
+    /// How long an agent session's lease lasts without a heartbeat, in seconds: a session whose
+    /// driving instance died is resumed by another (or by this one after a restart) after it.
+    #[arg(long, default_value_t = 15, env = "VIBEBASE_AGENT_LEASE_SECONDS", value_parser = clap::value_parser!(u64).range(1..=600))]
+    agent_lease_seconds: u64,
     /// SMTP relay for end-user auth mail (smtp://host[:port]); without it mail goes to each env's outbox.
     #[arg(long, env = "VIBEBASE_SMTP_URL")]
     smtp_url: Option<String>,
@@ -196,7 +200,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_gateway(gateway.clone())
         .with_auth_config(auth::AuthConfig { smtp, hash_cost: auth::HashCost::OWASP })
         .with_functions_config(functions_config)
-        .with_agent_config(agent::AgentConfig { default_model: args.agent_model.clone(), ..Default::default() })
+        .with_agent_config(agent::AgentConfig {
+            default_model: args.agent_model.clone(),
+            lease_ttl: std::time::Duration::from_secs(args.agent_lease_seconds),
+            // Look for orphaned sessions several times per lease.
+            sweep_every: std::time::Duration::from_millis((args.agent_lease_seconds * 1000 / 4).clamp(250, 2000)),
+            ..Default::default()
+        })
         .with_apps_config(apps_config)
         .with_sandboxes(sandboxes.clone());
     let apps = state.apps.clone();

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod agent;
 mod apps;
 mod functions;
 mod hosting;
