@@ -19,8 +19,13 @@ pub mod custom {
     pub const SANDBOX_ATTACH: &str = "vibebase.sandbox_attach";
     /// A sandbox left the session: `{sandbox, reason}`.
     pub const SANDBOX_DETACH: &str = "vibebase.sandbox_detach";
-    /// The workspace was snapshotted at the end of a run that changed it: `{snapshot}`.
+    /// The end of a run that changed the workspace, schema or deployments: `{snapshot, migration,
+    /// deployment}` (the workspace snapshot, if a sandbox was used; the env's latest migration version;
+    /// the published site deployment). A revert names it by its sequence number.
     pub const CHECKPOINT: &str = "vibebase.checkpoint";
+    /// The session was reverted to a checkpoint: `{checkpoint, snapshot, deployment, schema}` (the
+    /// workspace and site are restored; the schema is not, `schema` says where it stands).
+    pub const REVERTED: &str = "vibebase.reverted";
     /// A tool call waits for a person's decision: `{toolCallId, toolName, arguments}`.
     pub const APPROVAL_REQUESTED: &str = "vibebase.approval_requested";
     /// A person decided: `{toolCallId, decision}` (`allow`, `allow_always`, `deny`).

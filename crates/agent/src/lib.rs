@@ -32,7 +32,8 @@ use tokio::sync::Notify;
 use crate::event::{Event, custom};
 pub use crate::log::{Caps, Log, Session, valid_session_id};
 pub use protocol::agent::{
-    ApprovalRequest, CreateSessionRequest, Decision, RunStarted, SendMessageRequest, SessionRecord,
+    ApprovalRequest, CreateSessionRequest, Decision, RevertRequest, RevertResult, RunStarted, SendMessageRequest,
+    SessionRecord,
 };
 
 /// Why an agent operation failed.
@@ -53,6 +54,12 @@ pub enum AgentError {
     /// The tool call was decided already.
     #[error("the tool call was decided already")]
     ApprovalDecided,
+    /// No checkpoint event of the session has this sequence number.
+    #[error("no checkpoint of this session has this sequence number")]
+    CheckpointNotFound,
+    /// The site could not be rolled back to the checkpoint's deployment (nothing was changed).
+    #[error("the site could not be rolled back: {0}")]
+    RevertFailed(String),
     /// The request is malformed.
     #[error("{message}")]
     Invalid { code: &'static str, message: String },
@@ -79,6 +86,8 @@ impl AgentError {
             Self::Busy => "session_busy",
             Self::ApprovalNotFound => "approval_not_found",
             Self::ApprovalDecided => "approval_decided",
+            Self::CheckpointNotFound => "checkpoint_not_found",
+            Self::RevertFailed(_) => "revert_failed",
             Self::Invalid { code, .. } => code,
             Self::NoModel => "no_model",
             Self::LeaseLost => "lease_lost",
@@ -90,8 +99,8 @@ impl AgentError {
     /// HTTP status.
     pub fn status(&self) -> u16 {
         match self {
-            Self::NotFound | Self::ApprovalNotFound => 404,
-            Self::Exists | Self::Busy | Self::LeaseLost | Self::ApprovalDecided => 409,
+            Self::NotFound | Self::ApprovalNotFound | Self::CheckpointNotFound => 404,
+            Self::Exists | Self::Busy | Self::LeaseLost | Self::ApprovalDecided | Self::RevertFailed(_) => 409,
             Self::Invalid { .. } | Self::NoModel => 400,
             Self::Corrupt(_) | Self::Store(_) => 500,
         }
@@ -345,6 +354,79 @@ impl Agent {
         }
         self.spawn_driver(env.clone(), id.to_owned(), run_id.clone());
         Ok(RunStarted { session: id.to_owned(), run_id, after_seq })
+    }
+
+    /// Returns the session's workspace and site to a checkpoint: its next sandbox starts from the
+    /// checkpoint's snapshot and the checkpoint's deployment is published again. The schema is not
+    /// reverted. Refused while a run is in progress; holds the lease meanwhile, so no run starts.
+    pub async fn revert(&self, env: &EnvId, id: &str, req: RevertRequest) -> Result<RevertResult, AgentError> {
+        let session = self.session(env, id).await?;
+        let checkpoint = match self.inner.log.read(env, id, req.checkpoint.saturating_sub(1), 1).await?.pop() {
+            Some((seq, Event::Custom { name, value })) if seq == req.checkpoint && name == custom::CHECKPOINT => value,
+            _ => return Err(AgentError::CheckpointNotFound),
+        };
+        let text = |k: &str| checkpoint.get(k).and_then(serde_json::Value::as_str).map(str::to_owned);
+        let (snapshot, deployment) = (text("snapshot"), text("deployment"));
+        let migration = checkpoint.get("migration").and_then(serde_json::Value::as_i64);
+        if session.status == "running" {
+            return Err(AgentError::Busy);
+        }
+        // A holder of its own: a run started on this instance meanwhile must not share the lease.
+        let holder = format!("{}_revert_{}", self.inner.holder, self.inner.platform.random_id(8));
+        if !self.inner.log.acquire(env, id, &holder, self.now(), self.lease_until(), None).await? {
+            return Err(AgentError::Busy);
+        }
+        let reverted = self.revert_held(env, id, &holder, req.checkpoint, snapshot, deployment, migration).await;
+        if let Err(e) = self.inner.log.release(env, id, &holder, self.now()).await {
+            tracing::warn!(error = %e, env = %env, session = %id, "could not release a session after a revert");
+        }
+        self.notifier(env, id).notify_waiters();
+        reverted
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn revert_held(
+        &self,
+        env: &EnvId,
+        id: &str,
+        holder: &str,
+        checkpoint: i64,
+        snapshot: Option<String>,
+        deployment: Option<String>,
+        migration: Option<i64>,
+    ) -> Result<RevertResult, AgentError> {
+        // Checked under the lease: a run that started between the first look and the lease shows here.
+        let session = self.session(env, id).await?;
+        if session.status == "running" {
+            return Err(AgentError::Busy);
+        }
+        // The site first: it is the step that can be refused, and then nothing has changed.
+        if let Some(d) = &deployment {
+            let Some(backend) = self.inner.backend.get() else {
+                return Err(AgentError::RevertFailed("site deployments are not available on this instance".into()));
+            };
+            backend.roll_back_site(env, id, d).await.map_err(AgentError::RevertFailed)?;
+        }
+        self.inner.log.restore_workspace(env, id, holder, snapshot.as_deref()).await?;
+        let mut events = Vec::new();
+        if let Some(sb) = &session.sandbox_id {
+            if let Some(sandboxes) = &self.inner.sandboxes {
+                // Nobody uses it any more; its workspace is the one being undone.
+                let _ = sandboxes.kill(env, sb).await;
+            }
+            events.push(Event::custom(custom::SANDBOX_DETACH, json!({"sandbox": sb, "reason": "reverted"})));
+        }
+        events.push(Event::custom(
+            custom::REVERTED,
+            json!({
+                "checkpoint": checkpoint,
+                "snapshot": snapshot,
+                "deployment": deployment,
+                "schema": {"reverted": false, "migration_at_checkpoint": migration},
+            }),
+        ));
+        let seq = self.inner.log.append(env, id, holder, events, self.now()).await?;
+        Ok(RevertResult { checkpoint, seq, snapshot, deployment, migration })
     }
 
     /// Asks the session's run to stop at its next step; false when no run is in progress.

@@ -394,6 +394,30 @@ impl Log {
         Ok(())
     }
 
+    /// Detaches the session's sandbox and sets the workspace its next sandbox starts from (`None`: an
+    /// empty one), as `holder` (a revert holds the lease).
+    pub async fn restore_workspace(
+        &self,
+        env: &EnvId,
+        id: &str,
+        holder: &str,
+        snapshot: Option<&str>,
+    ) -> Result<(), AgentError> {
+        let (env, id, holder, snapshot) =
+            (env.to_string(), id.to_owned(), holder.to_owned(), snapshot.map(str::to_owned));
+        let n = self
+            .db
+            .tx(move |c: &mut dyn Conn| {
+                c.execute(
+                    "UPDATE agent_sessions SET sandbox_id = NULL, workspace_snapshot = $4 \
+                     WHERE env_id = $1 AND id = $2 AND lease_holder = $3",
+                    &[env.as_str().into(), id.as_str().into(), holder.as_str().into(), snapshot.into()],
+                )
+            })
+            .await?;
+        if n == 1 { Ok(()) } else { Err(AgentError::LeaseLost) }
+    }
+
     /// Sets the model of the session's next messages.
     pub async fn set_model(&self, env: &EnvId, id: &str, model: &str) -> Result<(), AgentError> {
         let (env, id, model) = (env.to_string(), id.to_owned(), model.to_owned());

@@ -208,7 +208,7 @@ impl Agent {
                 self.append(env, id, vec![decided]).await?;
             }
             let outcome = self.run_tool(env, id, name, arguments).await?;
-            changed |= tools::mutates_workspace(name);
+            changed |= tools::mutates_workspace(name) || tools::changes_backend(name);
             self.append(env, id, vec![result(call_id, outcome)]).await?;
         }
         Ok(changed)
@@ -396,18 +396,31 @@ impl Agent {
         Ok(self.run_tool_for(env, &holder, name, arguments).await?)
     }
 
-    /// Snapshots the workspace so a fresh sandbox (after a crash, or a revert) starts from it.
+    /// Records a checkpoint: the workspace snapshot (so a fresh sandbox, after a crash or a revert,
+    /// starts from it), the env's migration position and its published deployment.
     async fn checkpoint(&self, env: &EnvId, id: &str) -> Result<(), AgentError> {
-        let (Some(sandboxes), Some(sb)) = (&self.inner.sandboxes, self.session(env, id).await?.sandbox_id) else {
-            return Ok(());
-        };
-        match sandboxes.snapshot(env, &sb).await {
-            Ok(snap) => {
-                self.inner.log.set_sandbox(env, id, Some(&sb), Some(&snap.id)).await?;
-                self.append(env, id, vec![Event::custom(custom::CHECKPOINT, json!({"snapshot": snap.id}))]).await?;
+        let mut snapshot = None;
+        if let (Some(sandboxes), Some(sb)) = (&self.inner.sandboxes, self.session(env, id).await?.sandbox_id) {
+            match sandboxes.snapshot(env, &sb).await {
+                Ok(snap) => {
+                    self.inner.log.set_sandbox(env, id, Some(&sb), Some(&snap.id)).await?;
+                    snapshot = Some(snap.id);
+                }
+                Err(e) => tracing::warn!(error = %e, env = %env, session = %id, "workspace checkpoint failed"),
             }
-            Err(e) => tracing::warn!(error = %e, env = %env, session = %id, "workspace checkpoint failed"),
         }
+        let position = match self.inner.backend.get() {
+            Some(backend) => match backend.position(env).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, env = %env, session = %id, "checkpoint: backend position unknown");
+                    tools::BackendPosition::default()
+                }
+            },
+            None => tools::BackendPosition::default(),
+        };
+        let value = json!({"snapshot": snapshot, "migration": position.migration, "deployment": position.deployment});
+        self.append(env, id, vec![Event::custom(custom::CHECKPOINT, value)]).await?;
         Ok(())
     }
 }

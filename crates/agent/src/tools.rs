@@ -51,6 +51,30 @@ pub struct BackendCall<'a> {
 /// implements it over the same services its API handlers use.
 pub trait Backend: Send + Sync {
     fn call<'a>(&'a self, call: BackendCall<'a>) -> std::pin::Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
+
+    /// Where the env's backend stands now, for a checkpoint.
+    fn position<'a>(
+        &'a self,
+        env: &'a protocol::EnvId,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<BackendPosition, String>> + Send + 'a>>;
+
+    /// Publishes `deployment` again as the env's site (a revert to a checkpoint); the error is the
+    /// refusal as the API would state it.
+    fn roll_back_site<'a>(
+        &'a self,
+        env: &'a protocol::EnvId,
+        session: &'a str,
+        deployment: &'a str,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
+/// The env's backend state a checkpoint records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendPosition {
+    /// The version of the latest applied migration.
+    pub migration: Option<i64>,
+    /// The published site deployment.
+    pub deployment: Option<String>,
 }
 
 /// Backend tools: (name, needs the sandbox).

@@ -406,6 +406,27 @@ impl AppDbs {
     }
 }
 
+impl AppDbs {
+    /// The version of the env's latest applied migration; `None` when none was applied (or the env has
+    /// no database yet, which is not created for asking).
+    pub async fn migration_position(&self, env: &protocol::EnvId) -> Result<Option<i64>, MigrateError> {
+        if !self.exists(env).await? {
+            return Ok(None);
+        }
+        self.run(env, |db| {
+            db.tx(&Role::Owner, |tx: &mut Tx<'_>| {
+                let sql = match tx.dialect() {
+                    Dialect::Sqlite => "SELECT CAST(MAX(version) AS TEXT) FROM _vb_migrations",
+                    Dialect::Postgres => "SELECT MAX(version)::text FROM _vb.migrations",
+                };
+                let rows = tx.rows(sql, &[]).map_err(|error| MigrateError::Database { index: 0, error })?;
+                Ok(rows.first().and_then(|r| r.first().cloned().flatten()).and_then(|v| v.parse().ok()))
+            })
+        })
+        .await
+    }
+}
+
 /// What a migration becomes on SQLite, statement by statement (checks and bookkeeping left out):
 /// for tests, and for showing a user what runs.
 pub fn sqlite_translation(sql: &str) -> Result<Vec<String>, MigrateError> {

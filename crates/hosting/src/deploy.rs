@@ -452,6 +452,12 @@ impl Hosting {
         Ok(self.record(env, &row, Some(deployment)))
     }
 
+    /// The env's published deployment, if any.
+    pub async fn published(&self, env: &EnvId) -> Result<Option<String>> {
+        let e = env.to_string();
+        self.platform.db().tx(move |conn: &mut dyn Conn| published_id(conn, &e)).await
+    }
+
     /// The env's deployments, newest first.
     pub async fn list(&self, env: &EnvId, limit: u32) -> Result<DeploymentList> {
         let e = env.to_string();

@@ -84,6 +84,28 @@ pub struct InterruptResult {
     pub interrupted: bool,
 }
 
+/// `POST …/revert`: the checkpoint to return the session's workspace and site to.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevertRequest {
+    /// The sequence number of a `vibebase.checkpoint` event of the session.
+    pub checkpoint: i64,
+}
+
+/// What a revert restored. The schema is not reverted: `migration` is where it stood at the checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RevertResult {
+    pub checkpoint: i64,
+    /// The sequence number of the `vibebase.reverted` event.
+    pub seq: i64,
+    /// The workspace snapshot the session's next sandbox starts from (none: an empty workspace).
+    pub snapshot: Option<String>,
+    /// The deployment published again (none: the checkpoint had no site, which is left as it is).
+    pub deployment: Option<String>,
+    /// The migration version at the checkpoint (the schema itself is not reverted).
+    pub migration: Option<i64>,
+}
+
 /// A person's decision on a tool call waiting for approval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use agent::tools::{Backend, BackendCall, Outcome};
+use agent::tools::{Backend, BackendCall, BackendPosition, Outcome};
 use bytes::Bytes;
 use platform::{Actor, Platform};
 use serde::Deserialize;
@@ -56,6 +56,36 @@ fn refused(e: impl Into<ApiError>) -> Outcome {
 impl Backend for AgentBackend {
     fn call<'a>(&'a self, call: BackendCall<'a>) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> {
         Box::pin(async move { self.run(call).await.unwrap_or_else(|o| o) })
+    }
+
+    fn position<'a>(
+        &'a self,
+        env: &'a protocol::EnvId,
+    ) -> Pin<Box<dyn Future<Output = Result<BackendPosition, String>> + Send + 'a>> {
+        Box::pin(async move {
+            let migration = self.appdb.migration_position(env).await.map_err(|e| e.to_string())?;
+            let deployment = self.hosting.published(env).await.map_err(|e| e.to_string())?;
+            Ok(BackendPosition { migration, deployment })
+        })
+    }
+
+    fn roll_back_site<'a>(
+        &'a self,
+        env: &'a protocol::EnvId,
+        session: &'a str,
+        deployment: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            let actor = Actor { name: format!("agent:{session}"), request_id: format!("agent-{session}") };
+            self.hosting
+                .publish(&actor, env, deployment, hosting::deploy::PublishKind::Rollback)
+                .await
+                .map(drop)
+                .map_err(|e| {
+                    let e = ApiError::from(e);
+                    format!("error {}: {}", e.code, e.message)
+                })
+        })
     }
 }
 

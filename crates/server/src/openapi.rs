@@ -90,6 +90,8 @@ fn components() -> utoipa::openapi::Components {
         .schema_from::<protocol::agent::InterruptResult>()
         .schema_from::<protocol::agent::Decision>()
         .schema_from::<protocol::agent::ApprovalRequest>()
+        .schema_from::<protocol::agent::RevertRequest>()
+        .schema_from::<protocol::agent::RevertResult>()
         .schema_from::<protocol::sandbox::CreateSandboxRequest>()
         .schema_from::<protocol::sandbox::SandboxState>()
         .schema_from::<protocol::sandbox::SandboxRecord>()

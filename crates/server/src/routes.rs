@@ -1395,6 +1395,16 @@ fn session_routes() -> Vec<R> {
             post(sessions::approve),
         ),
         r(
+            "POST",
+            "/v1/envs/{env}/sessions/{session}/revert",
+            control("sessions:Revert", Secret),
+            Env,
+            "Return the session's workspace and site to a checkpoint (the seq of a vibebase.checkpoint event); the schema is not reverted.",
+            Some("RevertRequest"),
+            (200, Some("RevertResult")),
+            post(sessions::revert),
+        ),
+        r(
             "GET",
             "/v1/envs/{env}/sessions/{session}/events",
             control("sessions:Get", Secret),

@@ -18,7 +18,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use protocol::EnvId;
 use protocol::agent::{
-    ApprovalRequest, CreateSessionRequest, InterruptResult, RunStarted, SendMessageRequest, SessionList, SessionRecord,
+    ApprovalRequest, CreateSessionRequest, InterruptResult, RevertRequest, RevertResult, RunStarted,
+    SendMessageRequest, SessionList, SessionRecord,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -127,6 +128,19 @@ pub async fn approve(
     state.agent.approve(env, &p.session, req.clone()).await?;
     audit(&state, &caller, "sessions:Approve", env, &p.session).await;
     Ok(Json(req))
+}
+
+/// Returns the session's workspace and site to one of its checkpoints (the schema is not reverted).
+pub async fn revert(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(p): Path<SessionPath>,
+    Body(req): Body<RevertRequest>,
+) -> ApiResult<Json<RevertResult>> {
+    let env = env_of(&caller)?;
+    let reverted = state.agent.revert(env, &p.session, req).await?;
+    audit(&state, &caller, "sessions:Revert", env, &p.session).await;
+    Ok(Json(reverted))
 }
 
 /// The session's events as SSE, from `Last-Event-ID` (or `?after=`), following the log.

@@ -553,6 +553,10 @@ fn fixture(method: &str, path: &str, w: &World) -> Option<Fixture> {
             "/v1/envs/tenant-a/sessions/s-fixture/approvals".into(),
             Some(json!({"tool_call_id": "call_none", "decision": "allow"})),
         ),
+        // A seq that is no checkpoint: refused, nothing written (the session's log is unchanged).
+        ("POST", "/v1/envs/{env}/sessions/{session}/revert") => {
+            f("env_tenant", 404, "/v1/envs/tenant-a/sessions/s-fixture/revert".into(), Some(json!({"checkpoint": 1})))
+        }
         ("POST", "/v1/envs/{env}/sessions/{session}/interrupt") => {
             f("env_tenant", 404, "/v1/envs/tenant-a/sessions/no-such-session/interrupt".into(), None)
         }

@@ -32,7 +32,7 @@ fn script(user_text: &str) -> Vec<(&'static str, Value)> {
     let safe = "create table notes (id bigint primary key, body text, owner uuid default auth.uid()); \
                 alter table notes enable row level security; \
                 create policy own on notes for all using (owner = auth.uid());";
-    let scripts: [(&str, Vec<(&str, Value)>); 5] = [
+    let scripts: [(&str, Vec<(&str, Value)>); 7] = [
         ("tool", vec![("bash", json!({"command": "echo hello-from-sandbox > out.txt && cat out.txt"}))]),
         ("rls", vec![("apply_migration", json!({"sql": open}))]),
         ("safe", vec![("apply_migration", json!({"sql": safe}))]),
@@ -44,6 +44,14 @@ fn script(user_text: &str) -> Vec<(&'static str, Value)> {
             ],
         ),
         ("info", vec![("env_info", json!({}))]),
+        (
+            "redo",
+            vec![
+                ("write_file", json!({"path": "dist/index.html", "content": "<h1>second site</h1>"})),
+                ("deploy_site", json!({"dir": "dist"})),
+            ],
+        ),
+        ("peek", vec![("read_file", json!({"path": "dist/index.html"}))]),
     ];
     scripts.into_iter().find(|(k, _)| user_text.contains(k)).map(|(_, s)| s).unwrap_or_default()
 }
@@ -715,4 +723,123 @@ async fn a_pending_approval_survives_the_driver_and_is_honoured_by_the_instance_
     if let Ok(s) = &h.sandboxes {
         s.kill_all().await;
     }
+}
+
+/// The checkpoint events of a session's log: (seq, value).
+fn checkpoints(events: &[(i64, Value)]) -> Vec<(i64, Value)> {
+    events.iter().filter(|(_, e)| e["name"] == "vibebase.checkpoint").map(|(s, e)| (*s, e["value"].clone())).collect()
+}
+
+#[tokio::test]
+async fn revert_restores_the_workspace_and_the_site_of_a_checkpoint_but_not_the_schema() {
+    let (h, _mock, key) = setup().await;
+    if h.sandboxes.is_err() {
+        panic!("this test needs real sandboxes (root, bubblewrap): {:?}", h.sandboxes.as_ref().err());
+    }
+    let r = h.call("POST", "/v1/envs/agent-a/sessions", Some(&key), Some(json!({"id": "cp", "model": "m"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let run = |text: &'static str| {
+        let h = &h;
+        let key = key.clone();
+        async move {
+            let r = h
+                .call("POST", "/v1/envs/agent-a/sessions/cp/messages", Some(&key), Some(json!({"content": text})))
+                .await;
+            assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+            wait_idle(h, &key, "cp").await;
+            history(h, &key, "cp", None).await
+        }
+    };
+    let site = || async { h.send("GET", "/env/agent-a/site/index.html", &[], None).await.text };
+    let revert = |body: Value| {
+        let h = &h;
+        let key = key.clone();
+        async move { h.call("POST", "/v1/envs/agent-a/sessions/cp/revert", Some(&key), Some(body)).await }
+    };
+
+    // Run 1 writes and deploys; a schema change; run 2 overwrites and deploys again.
+    let events = run("site").await;
+    let first = checkpoints(&events);
+    assert_eq!(first.len(), 1, "{events:#?}");
+    let (cp1, v1) = first[0].clone();
+    assert!(v1["snapshot"].as_str().is_some_and(|s| !s.is_empty()), "{v1}");
+    assert!(v1["deployment"].as_str().is_some(), "{v1}");
+    assert_eq!(v1["migration"], Value::Null, "no migration yet: {v1}");
+    assert_eq!(site().await, "<h1>agent site</h1>");
+    // A run that only changed the schema records a checkpoint too, with the migration position.
+    let events = run("safe").await;
+    let cps = checkpoints(&events);
+    assert_eq!(cps.len(), 2, "{events:#?}");
+    assert_eq!(cps[1].1["migration"], json!(1), "{}", cps[1].1);
+    assert_eq!(cps[1].1["deployment"], v1["deployment"]);
+    let events = run("redo").await;
+    let cps = checkpoints(&events);
+    let v3 = cps.last().unwrap().1.clone();
+    assert_ne!(v3["deployment"], v1["deployment"]);
+    assert_ne!(v3["snapshot"], v1["snapshot"]);
+    assert_eq!(v3["migration"], json!(1));
+    assert_eq!(site().await, "<h1>second site</h1>");
+
+    // Bad input is refused and writes nothing.
+    let before = history(&h, &key, "cp", None).await.len();
+    let not_checkpoint = events.iter().find(|(_, e)| e["type"] == "TOOL_CALL_RESULT").unwrap().0;
+    for seq in [not_checkpoint, 1, 0, -1, 1_000_000, i64::MAX, i64::MIN] {
+        let r = revert(json!({"checkpoint": seq})).await;
+        assert_eq!((r.status, r.json["code"].as_str()), (StatusCode::NOT_FOUND, Some("checkpoint_not_found")), "{seq}");
+    }
+    for body in [json!({}), json!({"checkpoint": "1"}), json!({"checkpoint": cp1, "extra": true})] {
+        let r = revert(body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
+    }
+    let r = h.call("POST", "/v1/envs/agent-a/sessions/nope/revert", Some(&key), Some(json!({"checkpoint": cp1}))).await;
+    assert_eq!((r.status, r.json["code"].as_str()), (StatusCode::NOT_FOUND, Some("session_not_found")));
+    assert_eq!(history(&h, &key, "cp", None).await.len(), before, "refused reverts write nothing");
+    assert_eq!(site().await, "<h1>second site</h1>");
+
+    // Refused while a run is in progress.
+    let r = h.call("POST", "/v1/envs/agent-a/sessions/cp/messages", Some(&key), Some(json!({"content": "slow"}))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let r = revert(json!({"checkpoint": cp1})).await;
+    assert_eq!((r.status, r.json["code"].as_str()), (StatusCode::CONFLICT, Some("session_busy")), "{}", r.text);
+    h.call("POST", "/v1/envs/agent-a/sessions/cp/interrupt", Some(&key), None).await;
+    wait_idle(&h, &key, "cp").await;
+    assert_eq!(site().await, "<h1>second site</h1>");
+
+    // Revert to run 1: the site is run 1's at once, and the next run's sandbox has run 1's file.
+    let old_sandbox = wait_idle(&h, &key, "cp").await["sandbox_id"].as_str().unwrap().to_owned();
+    let r = revert(json!({"checkpoint": cp1})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["deployment"], v1["deployment"]);
+    assert_eq!(r.json["snapshot"], v1["snapshot"]);
+    assert_eq!(site().await, "<h1>agent site</h1>");
+    let session = wait_idle(&h, &key, "cp").await;
+    assert_eq!(session["sandbox_id"], Value::Null, "the reverted workspace's sandbox is detached");
+    let all = history(&h, &key, "cp", None).await;
+    let (seq, reverted) = all.last().unwrap();
+    assert_eq!(*seq, r.json["seq"].as_i64().unwrap());
+    assert_eq!(reverted["name"], "vibebase.reverted");
+    assert_eq!(reverted["value"]["checkpoint"], json!(cp1));
+    assert_eq!(reverted["value"]["schema"]["reverted"], json!(false), "{reverted}");
+    let detach = &all[all.len() - 2].1;
+    assert_eq!(
+        (detach["name"].as_str(), detach["value"]["sandbox"].as_str()),
+        (Some("vibebase.sandbox_detach"), Some(old_sandbox.as_str()))
+    );
+    let events = run("peek").await;
+    let read = events.iter().rev().find(|(_, e)| e["type"] == "TOOL_CALL_RESULT").unwrap();
+    assert_eq!(read.1["content"].as_str().unwrap().trim(), "<h1>agent site</h1>", "{}", read.1);
+    assert_ne!(wait_idle(&h, &key, "cp").await["sandbox_id"].as_str().unwrap(), old_sandbox);
+    // The schema stays where it was: the table of the migration after checkpoint 1 is still there.
+    let record = h.call("GET", "/v1/envs/agent-a", Some(&h.admin), None).await;
+    let pk = record.json["keys"]["publishable"].as_str().unwrap().to_owned();
+    let notes = h
+        .send(
+            "GET",
+            "/env/agent-a/rest/v1/notes",
+            &[("apikey", pk.clone()), ("authorization", format!("Bearer {pk}"))],
+            None,
+        )
+        .await;
+    assert_eq!(notes.status, StatusCode::OK, "{}", notes.text);
+    h.sandboxes.as_ref().unwrap().kill_all().await;
 }
