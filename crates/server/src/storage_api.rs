@@ -565,10 +565,13 @@ async fn serve_object(
 
 /// An RFC 3339 time as an HTTP date (`Last-Modified`); empty if it does not parse.
 fn http_date(rfc3339: &str) -> String {
-    let Ok(t) = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339) else {
-        return String::new();
-    };
-    let t = t.to_offset(time::UtcOffset::UTC);
+    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .map(|t| imf_fixdate(t.to_offset(time::UtcOffset::UTC)))
+        .unwrap_or_default()
+}
+
+/// A UTC time in HTTP's date format (RFC 9110 IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`).
+pub(crate) fn imf_fixdate(t: time::OffsetDateTime) -> String {
     let (wd, mo) = (t.weekday().to_string(), t.month().to_string());
     format!(
         "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",

@@ -58,17 +58,7 @@ fn version_refusal(h: &HeaderMap) -> Option<Response> {
 /// An HTTP date for `Upload-Expires`.
 fn http_date(ms: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp(ms / 1000).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let (wd, mo) = (t.weekday().to_string(), t.month().to_string());
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
-        &wd[..3.min(wd.len())],
-        t.day(),
-        &mo[..3.min(mo.len())],
-        t.year(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    crate::storage_api::imf_fixdate(t)
 }
 
 fn progress(status: StatusCode, s: &UploadState) -> Response {
