@@ -518,16 +518,7 @@ impl Log {
 
     /// Removes every session of `env` (the env is being deleted).
     pub async fn delete_env(&self, env: &EnvId) -> Result<(), AgentError> {
-        let env = env.to_string();
-        self.db
-            .tx(move |c: &mut dyn Conn| {
-                for table in ["agent_events", "agent_approvals", "agent_sessions"] {
-                    c.execute(&format!("DELETE FROM {table} WHERE env_id = $1"), &[env.as_str().into()])?;
-                }
-                Ok::<_, StoreError>(())
-            })
-            .await?;
-        Ok(())
+        Ok(self.db.delete_env_rows(env.as_str(), &["agent_events", "agent_approvals", "agent_sessions"]).await?)
     }
 }
 

@@ -430,14 +430,7 @@ impl Apps {
                 for inst in mine {
                     apps.stop_and_wait(&inst).await;
                 }
-                let id = env.to_string();
-                apps.inner
-                    .platform
-                    .db()
-                    .tx(move |conn| conn.execute("DELETE FROM apps WHERE env_id = $1", &[id.as_str().into()]))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                apps.inner.platform.db().delete_env_rows(env.as_str(), &["apps"]).await.map_err(|e| e.to_string())
             })
         }));
     }

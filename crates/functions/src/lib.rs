@@ -332,16 +332,13 @@ impl Functions {
                 let Some(inner) = inner else { return Ok(()) };
                 let f = Functions { inner };
                 f.evict(&env, None).await;
-                let id = env.to_string();
                 f.inner
                     .platform
                     .db()
-                    .tx(move |conn| {
-                        for table in ["functions", "function_versions", "function_secrets", "function_logs"] {
-                            conn.execute(&format!("DELETE FROM {table} WHERE env_id = $1"), &[id.as_str().into()])?;
-                        }
-                        Ok::<_, StoreError>(())
-                    })
+                    .delete_env_rows(
+                        env.as_str(),
+                        &["functions", "function_versions", "function_secrets", "function_logs"],
+                    )
                     .await
                     .map_err(|e| e.to_string())
             })

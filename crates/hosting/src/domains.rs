@@ -619,15 +619,9 @@ impl Domains {
             let db = db.clone();
             let cache = cache.clone();
             Box::pin(async move {
-                let id = env.to_string();
-                db.tx(move |conn| {
-                    for table in ["custom_domains", "tls_certificates"] {
-                        conn.execute(&format!("DELETE FROM {table} WHERE env_id = $1"), &[id.as_str().into()])?;
-                    }
-                    Ok::<_, store::StoreError>(())
-                })
-                .await
-                .map_err(|e| e.to_string())?;
+                db.delete_env_rows(env.as_str(), &["custom_domains", "tls_certificates"])
+                    .await
+                    .map_err(|e| e.to_string())?;
                 if let Some(c) = cache.upgrade() {
                     lock(&c).retain(|_, (owner, _)| owner.as_ref() != Some(&env));
                 }

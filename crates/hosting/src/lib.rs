@@ -97,15 +97,9 @@ impl Hosting {
             let db = db.clone();
             let caches = caches.clone();
             Box::pin(async move {
-                let id = env.to_string();
-                db.tx(move |conn| {
-                    for table in ["site_aliases", "site_deployments", "site_files"] {
-                        conn.execute(&format!("DELETE FROM {table} WHERE env_id = $1"), &[id.as_str().into()])?;
-                    }
-                    Ok::<_, store::StoreError>(())
-                })
-                .await
-                .map_err(|e| e.to_string())?;
+                db.delete_env_rows(env.as_str(), &["site_aliases", "site_deployments", "site_files"])
+                    .await
+                    .map_err(|e| e.to_string())?;
                 if let Some(c) = caches.upgrade() {
                     c.forget_env(&env);
                 }

@@ -355,13 +355,7 @@ impl Storage {
         self.platform().on_env_delete(std::sync::Arc::new(move |env: EnvId| {
             let db = db.clone();
             Box::pin(async move {
-                let id = env.to_string();
-                db.tx(move |c: &mut dyn Conn| {
-                    c.execute("DELETE FROM storage_uploads WHERE env_id = $1", &[id.as_str().into()])?;
-                    Ok::<_, store::StoreError>(())
-                })
-                .await
-                .map_err(|e| e.to_string())
+                db.delete_env_rows(env.as_str(), &["storage_uploads"]).await.map_err(|e| e.to_string())
             })
         }));
     }

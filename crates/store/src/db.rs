@@ -214,6 +214,19 @@ impl Db {
         }
     }
 
+    /// Deletes every row of `env` from `tables` (each has an `env_id` column) in one transaction: what a
+    /// capability's env-delete hook does with its platform tables.
+    pub async fn delete_env_rows(&self, env: &str, tables: &'static [&'static str]) -> Result<(), StoreError> {
+        let env = env.to_owned();
+        self.tx(move |c: &mut dyn Conn| {
+            for table in tables {
+                c.execute(&format!("DELETE FROM {table} WHERE env_id = $1"), &[env.as_str().into()])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Runs `f` in one transaction on the blocking pool: committed if it returns `Ok`, rolled back if not.
     pub async fn tx<T, E, F>(&self, f: F) -> Result<T, E>
     where
