@@ -213,15 +213,10 @@ impl Agent {
     }
 
     fn register_delete_hook(&self) {
-        let weak = Arc::downgrade(&self.inner);
-        self.inner.platform.on_env_delete(Arc::new(move |env| {
-            let inner = weak.upgrade();
-            Box::pin(async move {
-                let Some(inner) = inner else { return Ok(()) };
-                Agent { inner: inner.clone() }.end_mcp_of_env(&env).await;
-                inner.log.delete_env(&env).await.map_err(|e| e.to_string())
-            })
-        }));
+        self.inner.platform.on_env_delete_weak(&self.inner, |inner, env| async move {
+            Agent { inner: inner.clone() }.end_mcp_of_env(&env).await;
+            inner.log.delete_env(&env).await.map_err(|e| e.to_string())
+        });
     }
 
     pub async fn create_session(&self, env: &EnvId, req: CreateSessionRequest) -> Result<Session, AgentError> {

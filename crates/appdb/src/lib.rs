@@ -217,16 +217,9 @@ impl AppDbs {
     /// Registers the hook that drops an env's database when the platform deletes the env. The hook
     /// holds the databases weakly: the platform must not keep them alive (nor they it) in a cycle.
     pub fn register_delete_hook(&self) {
-        let weak = Arc::downgrade(&self.inner);
-        self.inner.platform.on_env_delete(Arc::new(move |env| {
-            let inner = weak.upgrade();
-            Box::pin(async move {
-                match inner {
-                    Some(inner) => AppDbs { inner }.drop_env(&env).await.map_err(|e| e.to_string()),
-                    None => Ok(()),
-                }
-            })
-        }));
+        self.inner.platform.on_env_delete_weak(&self.inner, |inner, env| async move {
+            AppDbs { inner }.drop_env(&env).await.map_err(|e| e.to_string())
+        });
     }
 
     pub fn platform(&self) -> &Platform {

@@ -416,23 +416,18 @@ impl Apps {
     }
 
     fn register_delete_hook(&self) {
-        let weak = Arc::downgrade(&self.inner);
-        self.inner.platform.on_env_delete(Arc::new(move |env| {
-            let inner = weak.upgrade();
-            Box::pin(async move {
-                let Some(inner) = inner else { return Ok(()) };
-                let apps = Apps { inner };
-                let mine: Vec<Arc<Instance>> = {
-                    let mut all = lock(&apps.inner.instances);
-                    let keys: Vec<_> = all.keys().filter(|(e, _)| e == env.as_str()).cloned().collect();
-                    keys.iter().filter_map(|k| all.remove(k)).collect()
-                };
-                for inst in mine {
-                    apps.stop_and_wait(&inst).await;
-                }
-                apps.inner.platform.db().delete_env_rows(env.as_str(), &["apps"]).await.map_err(|e| e.to_string())
-            })
-        }));
+        self.inner.platform.on_env_delete_weak(&self.inner, |inner, env| async move {
+            let apps = Apps { inner };
+            let mine: Vec<Arc<Instance>> = {
+                let mut all = lock(&apps.inner.instances);
+                let keys: Vec<_> = all.keys().filter(|(e, _)| e == env.as_str()).cloned().collect();
+                keys.iter().filter_map(|k| all.remove(k)).collect()
+            };
+            for inst in mine {
+                apps.stop_and_wait(&inst).await;
+            }
+            apps.inner.platform.db().delete_env_rows(env.as_str(), &["apps"]).await.map_err(|e| e.to_string())
+        });
     }
 
     fn blob_prefix(&self, env: &EnvId, name: &str) -> String {

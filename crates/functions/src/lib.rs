@@ -325,24 +325,12 @@ impl Functions {
     }
 
     fn register_delete_hook(&self) {
-        let weak = Arc::downgrade(&self.inner);
-        self.inner.platform.on_env_delete(Arc::new(move |env| {
-            let inner = weak.upgrade();
-            Box::pin(async move {
-                let Some(inner) = inner else { return Ok(()) };
-                let f = Functions { inner };
-                f.evict(&env, None).await;
-                f.inner
-                    .platform
-                    .db()
-                    .delete_env_rows(
-                        env.as_str(),
-                        &["functions", "function_versions", "function_secrets", "function_logs"],
-                    )
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        }));
+        self.inner.platform.on_env_delete_weak(&self.inner, |inner, env| async move {
+            let f = Functions { inner };
+            f.evict(&env, None).await;
+            let tables = &["functions", "function_versions", "function_secrets", "function_logs"];
+            f.inner.platform.db().delete_env_rows(env.as_str(), tables).await.map_err(|e| e.to_string())
+        });
     }
 
     fn blob_prefix(&self, env: &EnvId, name: &str) -> String {

@@ -164,6 +164,28 @@ impl Platform {
         self.inner.env_delete_hooks.write().unwrap_or_else(std::sync::PoisonError::into_inner).push(hook);
     }
 
+    /// Registers a delete hook on behalf of a service that holds the platform: the hook holds the
+    /// service's state (`owner`) weakly, so the two never keep each other alive, and does nothing once
+    /// the service is gone.
+    pub fn on_env_delete_weak<T, F, Fut>(&self, owner: &Arc<T>, hook: F)
+    where
+        T: Send + Sync + 'static,
+        F: Fn(Arc<T>, EnvId) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<(), String>> + Send + 'static,
+    {
+        let weak = Arc::downgrade(owner);
+        let hook = Arc::new(hook);
+        self.on_env_delete(Arc::new(move |env| {
+            let (owner, hook) = (weak.upgrade(), hook.clone());
+            Box::pin(async move {
+                match owner {
+                    Some(owner) => hook(owner, env).await,
+                    None => Ok(()),
+                }
+            })
+        }));
+    }
+
     pub(crate) fn env_delete_hooks(&self) -> Vec<EnvDeleteHook> {
         self.inner.env_delete_hooks.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }

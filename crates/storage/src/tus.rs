@@ -354,9 +354,9 @@ impl Storage {
         let db = self.platform().db().clone();
         self.platform().on_env_delete(std::sync::Arc::new(move |env: EnvId| {
             let db = db.clone();
-            Box::pin(async move {
-                db.delete_env_rows(env.as_str(), &["storage_uploads"]).await.map_err(|e| e.to_string())
-            })
+            Box::pin(
+                async move { db.delete_env_rows(env.as_str(), &["storage_uploads"]).await.map_err(|e| e.to_string()) },
+            )
         }));
     }
 
