@@ -347,11 +347,45 @@ pub async fn serve_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     header_read_timeout: std::time::Duration,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let apps_domain = state.platform.config().apps_domain.clone();
     let router = router(state);
     let app = tower::util::MapRequestLayer::new(move |req: Request| rewrite_host(&apps_domain, req));
     let service = tower::Layer::layer(&app, router);
+    accept_loop(listener, shutdown, header_read_timeout, move |tcp, peer, builder, watcher| {
+        let service = service.clone();
+        async move {
+            let hyper_service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                service.clone().oneshot(req.map(axum::body::Body::new))
+            });
+            let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tcp), hyper_service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+    })
+    .await
+}
+
+/// Accepts connections until `shutdown`, hands each (with the shared HTTP/1 connection builder and a
+/// graceful-shutdown watcher) to `handle` on a task of its own, then waits for open connections to end.
+/// The plain listener and the TLS listener share it.
+pub(crate) async fn accept_loop<H, Fut>(
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    header_read_timeout: std::time::Duration,
+    handle: H,
+) -> std::io::Result<()>
+where
+    H: Fn(
+        tokio::net::TcpStream,
+        std::net::SocketAddr,
+        hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+        hyper_util::server::graceful::Watcher,
+    ) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -374,18 +408,7 @@ pub async fn serve_with(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
-        let service = service.clone();
-        let hyper_service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-            service.clone().oneshot(req.map(axum::body::Body::new))
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), hyper_service).into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+        tokio::spawn(handle(tcp, peer, builder.clone(), graceful.watcher()));
     }
     drop(listener);
     graceful.shutdown().await;

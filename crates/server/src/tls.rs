@@ -347,29 +347,11 @@ pub async fn serve_tls(
     manager: Arc<TlsManager>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt as _;
     let router = crate::router(state);
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(crate::HEADER_READ_TIMEOUT);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let (manager, router, builder) = (manager.clone(), router.clone(), builder.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
+    crate::accept_loop(listener, shutdown, crate::HEADER_READ_TIMEOUT, move |tcp, peer, builder, watcher| {
+        let (manager, router) = (manager.clone(), router.clone());
+        async move {
             let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
             let Ok(Ok(start)) = tokio::time::timeout(crate::HEADER_READ_TIMEOUT, acceptor).await else { return };
             let Some(sni) = start.client_hello().server_name().map(str::to_ascii_lowercase) else { return };
@@ -382,13 +364,11 @@ pub async fn serve_tls(
                 req.headers_mut().insert(http::header::HOST, host.clone());
                 router.clone().oneshot(req.map(axum::body::Body::new))
             });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-            if let Err(e) = watcher.watch(conn).await {
+            let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(error = %e, "TLS connection ended with an error");
             }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
+        }
+    })
+    .await
 }
