@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const ADMIN: &str = "bench-admin-key-0123456789abcdef";
+use common::ADMIN;
 const ROWS: u64 = 10_000;
 
 const SCHEMA: &str = "

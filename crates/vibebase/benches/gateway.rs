@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-const ADMIN: &str = "bench-admin-key-0123456789abcdef";
+use common::ADMIN;
 
 /// A documented-shape OpenAI stream: role chunk, five content chunks, finish, usage, [DONE].
 fn mock_stream() -> String {

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ADMIN: &str = "bench-admin-key-0123456789abcdef";
+use common::ADMIN;
 const FILES: usize = 1000;
 /// The file both servers are asked for (about 2 KiB of HTML).
 const SMALL: &str = "/f/0001.html";

@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-const ADMIN: &str = "bench-admin-key-0123456789abcdef";
+use common::ADMIN;
 
 fn proc_field(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

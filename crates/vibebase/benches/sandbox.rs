@@ -16,11 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const ADMIN: &str = "bench-admin-key-0123456789abcdef";
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
+use common::{ADMIN, ms};
 
 struct Api {
     base: String,

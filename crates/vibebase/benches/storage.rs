@@ -12,7 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-const ADMIN: &str = "bench-admin-key-0123456789abcdef";
+use common::ADMIN;
 
 fn mb_per_s(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / d.as_secs_f64()

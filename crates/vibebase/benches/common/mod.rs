@@ -8,6 +8,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vibebase");
+/// The admin key every bench's server runs with.
+pub const ADMIN: &str = "bench-admin-key-0123456789abcdef";
+
+/// A latency for the report, in milliseconds.
+pub fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
 
 /// Starts `vibebase serve` on `data_dir` with the admin key `admin` and `extra` flags, and returns it
 /// with its base URL once `/healthz` answers.
