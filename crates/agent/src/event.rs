@@ -30,6 +30,9 @@ pub mod custom {
     pub const APPROVAL_REQUESTED: &str = "vibebase.approval_requested";
     /// A person decided: `{toolCallId, decision}` (`allow`, `allow_always`, `deny`).
     pub const APPROVAL: &str = "vibebase.approval";
+    /// The conversation before `upTo` (a sequence number) was summarized for the model, whose context
+    /// window filled: `{summary, upTo}`. The raw log is kept; the model sees the summary instead.
+    pub const COMPACTION: &str = "vibebase.compaction";
     /// Another instance took the session over after its driver stopped: `{holder}`.
     pub const RESUMED: &str = "vibebase.resumed";
 }

@@ -25,6 +25,8 @@ pub struct History {
     pub turns_in_run: u32,
     /// Model requests over the session's life.
     pub turns_total: u64,
+    /// The sequence number the latest compaction covers (0: none).
+    pub compacted_up_to: i64,
 }
 
 /// A tool call as the fold tracks it.
@@ -41,7 +43,34 @@ struct Call {
     decided: bool,
 }
 
+/// How a summary stands in for the conversation it replaced.
+pub const SUMMARY_PREFIX: &str = "[Summary of the earlier conversation, written when the context window filled]\n";
+
 impl History {
+    /// Folds a whole log (sequence numbers with events). State (open run, pending calls, turns) comes
+    /// from every event; the conversation starts from the latest compaction when there is one: its
+    /// summary, then the events after the sequence number it covers.
+    pub fn fold_log(events: &[(i64, Event)]) -> Self {
+        let mut h = Self::fold(events.iter().map(|(_, e)| e));
+        let latest = events.iter().rev().find_map(|(_, e)| match e {
+            Event::Custom { name, value } if name == custom::COMPACTION => {
+                Some((value["upTo"].as_i64().unwrap_or(0), value["summary"].as_str().unwrap_or_default().to_owned()))
+            }
+            _ => None,
+        });
+        if let Some((up_to, summary)) = latest {
+            let rest = Self::fold(events.iter().filter(|(s, _)| *s > up_to).map(|(_, e)| e));
+            let mut messages = vec![Message {
+                role: Role::User,
+                content: vec![Part::Text { text: format!("{SUMMARY_PREFIX}{summary}") }],
+            }];
+            messages.extend(rest.messages);
+            h.messages = messages;
+            h.compacted_up_to = up_to;
+        }
+        h
+    }
+
     pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
         let mut h = History::default();
         let mut assistant: Option<Message> = None;

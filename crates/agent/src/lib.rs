@@ -122,6 +122,9 @@ pub struct AgentConfig {
     pub lease_ttl: Duration,
     /// How often the sweeper looks for sessions whose driver died.
     pub sweep_every: Duration,
+    /// The share of the model's context window a prompt may fill before the loop compacts the older
+    /// conversation into a summary.
+    pub compact_at: f64,
     /// Sandbox settings of a session's sandbox.
     pub sandbox_timeout: Duration,
     /// An MCP session unused this long ends (and its sandbox is killed).
@@ -135,6 +138,7 @@ impl Default for AgentConfig {
             max_turns: 50,
             lease_ttl: Duration::from_secs(15),
             sweep_every: Duration::from_secs(2),
+            compact_at: 0.75,
             sandbox_timeout: Duration::from_secs(3600),
             mcp_idle_timeout: Duration::from_secs(30 * 60),
         }
@@ -269,7 +273,7 @@ impl Agent {
     pub async fn approve(&self, env: &EnvId, id: &str, req: ApprovalRequest) -> Result<(), AgentError> {
         self.session(env, id).await?;
         let events = self.inner.log.read_all(env, id).await?;
-        let history = history::History::fold(events.iter().map(|(_, e)| e));
+        let history = history::History::fold_log(&events);
         let Some((_, tool, _)) = history.awaiting_approval.iter().find(|(c, _, _)| *c == req.tool_call_id) else {
             return Err(AgentError::ApprovalNotFound);
         };

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use gateway::ir::{ChatRequest, Event as ModelEvent};
+use gateway::ir::{ChatRequest, Event as ModelEvent, Message, Part, Role};
 use protocol::EnvId;
 use serde_json::json;
 use tokio::sync::watch;
@@ -138,25 +138,15 @@ impl Agent {
                 });
             }
             let model = session.model.clone().or(self.inner.config.default_model.clone()).ok_or(AgentError::NoModel)?;
+            let caps = gateway::SessionCaps { tokens: session.caps.max_tokens, cost: session.caps.max_cost };
+            let history = self.compact_if_full(env, id, &model, caps, history).await?;
             self.append(
                 env,
                 id,
                 vec![Event::custom(custom::MODEL_REQUEST, json!({"model": model, "turn": history.turns_in_run}))],
             )
             .await?;
-            let req = ChatRequest {
-                model,
-                system: Some(SYSTEM_PROMPT.to_owned()),
-                messages: history.messages,
-                tools: tools::specs(),
-                tool_choice: None,
-                max_tokens: None,
-                temperature: None,
-                top_p: None,
-                stop: Vec::new(),
-                extra: Default::default(),
-            };
-            let caps = gateway::SessionCaps { tokens: session.caps.max_tokens, cost: session.caps.max_cost };
+            let req = chat_request(model, SYSTEM_PROMPT, history.messages, tools::specs());
             let calls = self.stream_answer(env, id, caps, req, &mut signal).await?;
             if calls.is_empty() {
                 break;
@@ -167,6 +157,49 @@ impl Agent {
             self.checkpoint(env, id).await?;
         }
         Ok(())
+    }
+
+    /// Compacts the conversation when the next prompt would fill more than `compact_at` of the model's
+    /// context window: everything before the latest user message (that no compaction covers yet) is
+    /// summarized by the model, and the summary — a durable `vibebase.compaction` event; the raw log is
+    /// kept — stands in for it from then on. The cut is at a user message, so a tool call is never
+    /// separated from its result.
+    async fn compact_if_full(
+        &self,
+        env: &EnvId,
+        id: &str,
+        model: &str,
+        caps: gateway::SessionCaps,
+        history: History,
+    ) -> Result<History, Stop> {
+        let Some(window) = self.inner.gateway.config().model(model).map(|m| m.context_window) else {
+            return Ok(history);
+        };
+        let probe = chat_request(model.to_owned(), SYSTEM_PROMPT, history.messages.clone(), tools::specs());
+        if (probe.estimate_input_tokens() as f64) < window as f64 * self.inner.config.compact_at {
+            return Ok(history);
+        }
+        let events = self.inner.log.read_all(env, id).await?;
+        let latest_user = events
+            .iter()
+            .rev()
+            .find(|(_, e)| matches!(e, Event::Custom { name, .. } if name == custom::USER_MESSAGE))
+            .map(|(s, _)| *s);
+        let Some(cut) = latest_user.filter(|c| c - 1 > history.compacted_up_to) else { return Ok(history) };
+        let before: Vec<(i64, Event)> = events.iter().filter(|(s, _)| *s < cut).cloned().collect();
+        let mut messages = History::fold_log(&before).messages;
+        if messages.is_empty() {
+            return Ok(history);
+        }
+        messages.push(Message { role: Role::User, content: vec![Part::Text { text: SUMMARIZE.to_owned() }] });
+        let req = chat_request(model.to_owned(), SUMMARIZER, messages, Vec::new());
+        let summary = match self.inner.gateway.chat_capped(env, Some(id), caps, req).await {
+            Ok(answer) => answer.collect().await.map_err(|e| Stop::Failed { code: e.code, message: e.message })?.text,
+            Err(e) => return Err(Stop::Failed { code: e.code, message: e.message }),
+        };
+        let event = Event::custom(custom::COMPACTION, json!({"summary": summary, "upTo": cut - 1}));
+        self.append(env, id, vec![event]).await?;
+        Ok(History::fold_log(&self.inner.log.read_all(env, id).await?))
     }
 
     /// Runs recorded tool calls (id, name, arguments) in order, asking a person first where the session
@@ -254,7 +287,7 @@ impl Agent {
     /// model as interrupted, never run again).
     async fn close_open(&self, env: &EnvId, id: &str) -> Result<History, AgentError> {
         let events = self.inner.log.read_all(env, id).await?;
-        let history = History::fold(events.iter().map(|(_, e)| e));
+        let history = History::fold_log(&events);
         let mut fix = Vec::new();
         if let Some(m) = &history.open_text {
             fix.push(Event::TextMessageEnd { message_id: m.clone() });
@@ -280,7 +313,7 @@ impl Agent {
         }
         self.append(env, id, fix).await?;
         let events = self.inner.log.read_all(env, id).await?;
-        Ok(History::fold(events.iter().map(|(_, e)| e)))
+        Ok(History::fold_log(&events))
     }
 
     /// Calls the model and writes its answer as it streams; returns the complete tool calls (id, name,
@@ -458,6 +491,27 @@ impl SandboxHolder for LoopHolder<'_> {
         let detach = Event::custom(custom::SANDBOX_DETACH, json!({"sandbox": sandbox, "reason": reason}));
         self.agent.append(self.env, self.id, vec![detach]).await?;
         Ok(())
+    }
+}
+
+/// What the summarizing model call is told.
+const SUMMARIZER: &str = "You summarize a conversation between a user and a coding agent so the agent can go on \
+     without it: the user's goals, decisions taken, files and database objects created or changed, \
+     deployments, and what is still open. Be concise and factual.";
+const SUMMARIZE: &str = "Summarize the conversation above.";
+
+fn chat_request(model: String, system: &str, messages: Vec<Message>, tools: Vec<gateway::ir::Tool>) -> ChatRequest {
+    ChatRequest {
+        model,
+        system: Some(system.to_owned()),
+        messages,
+        tools,
+        tool_choice: None,
+        max_tokens: None,
+        temperature: None,
+        top_p: None,
+        stop: Vec::new(),
+        extra: Default::default(),
     }
 }
 

@@ -286,9 +286,11 @@ fn operation(spec: &RouteSpec) -> utoipa::openapi::path::Operation {
     op.build()
 }
 
-/// Whether a route of the table is in the document.
+/// Whether a route of the table is in the document. Supabase Storage's routes (its catch-all and TUS's
+/// resumable-upload routes) speak that protocol, with its own error shape and statuses (TUS's 412, 460
+/// …): they are the protocol's, not this document's.
 pub fn documented(spec: &crate::routes::RouteSpec) -> bool {
-    spec.method != "ANY" && spec.built && !spec.path.contains("{*")
+    spec.method != "ANY" && spec.built && !spec.path.contains("{*") && spec.surface != Surface::Storage
 }
 
 /// Builds the document.

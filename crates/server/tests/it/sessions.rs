@@ -18,6 +18,8 @@ use crate::harness::{EnvKeysExt, Harness};
 #[derive(Clone, Default)]
 struct Mock {
     calls: Arc<AtomicUsize>,
+    /// The message list of each request, in order.
+    requests: Arc<std::sync::Mutex<Vec<Value>>>,
 }
 
 fn chunk(delta: Value, finish: Option<&str>) -> String {
@@ -63,7 +65,16 @@ async fn completions(State(m): State<Mock>, body: String) -> Response {
     m.calls.fetch_add(1, Ordering::SeqCst);
     let body: Value = serde_json::from_str(&body).unwrap();
     let messages = body["messages"].as_array().unwrap().clone();
+    m.requests.lock().unwrap().push(Value::Array(messages.clone()));
     let last = messages.last().unwrap().clone();
+    if last["content"] == "Summarize the conversation above." {
+        let frames = format!(
+            "{}{}data: [DONE]\n\n",
+            chunk(json!({"role": "assistant", "content": "SUMMARY-OF-EARLIER"}), None),
+            chunk(json!({}), Some("stop"))
+        );
+        return Response::builder().header("content-type", "text/event-stream").body(Body::from(frames)).unwrap();
+    }
     let user_at = messages.iter().rposition(|m| m["role"] == "user").unwrap();
     let user_text = messages[user_at]["content"].as_str().unwrap_or_default().to_owned();
     let step = messages[user_at..].iter().filter(|m| m["role"] == "tool").count();
@@ -123,7 +134,8 @@ async fn setup() -> (Harness, Mock, String) {
     let mut h = Harness::new().await;
     let models = json!({
         "providers": {"mock": {"kind": "openai", "base_url": format!("http://{addr}/v1")}},
-        "models": [{"name": "m", "routes": [{"provider": "mock"}]}, {"name": "m2", "routes": [{"provider": "mock"}]}],
+        "models": [{"name": "m", "routes": [{"provider": "mock"}]}, {"name": "m2", "routes": [{"provider": "mock"}]},
+            {"name": "tiny", "routes": [{"provider": "mock"}], "context_window": 6000}],
     });
     h.use_models(&models.to_string());
     let env = h.create_env("agent-a").await;
@@ -842,4 +854,41 @@ async fn revert_restores_the_workspace_and_the_site_of_a_checkpoint_but_not_the_
         .await;
     assert_eq!(notes.status, StatusCode::OK, "{}", notes.text);
     h.sandboxes.as_ref().unwrap().kill_all().await;
+}
+
+#[tokio::test]
+async fn a_filling_context_window_is_compacted_into_a_durable_summary() {
+    let (h, mock, key) = setup().await;
+    let r = h.call("POST", "/v1/envs/agent-a/sessions", Some(&key), Some(json!({"id": "c", "model": "tiny"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let send = |text: String| {
+        let (h, key) = (&h, key.clone());
+        async move {
+            let body = json!({"content": text});
+            let r = h.call("POST", "/v1/envs/agent-a/sessions/c/messages", Some(&key), Some(body)).await;
+            assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+            wait_idle(h, &key, "c").await;
+        }
+    };
+    // About 2,250 tokens, echoed back by the model: the second prompt passes 75% of the window.
+    send("alpha ".repeat(1500)).await;
+    send("second".to_owned()).await;
+    let all = history(&h, &key, "c", None).await;
+    let compaction = all.iter().find(|(_, e)| e["name"] == "vibebase.compaction").expect("a compaction event");
+    assert_eq!(compaction.1["value"]["summary"], "SUMMARY-OF-EARLIER");
+    let up_to = compaction.1["value"]["upTo"].as_i64().unwrap();
+    let second_user = all.iter().rfind(|(_, e)| e["name"] == "vibebase.user_message").unwrap();
+    assert_eq!(up_to, second_user.0 - 1, "the cut is just before the latest user message");
+    assert_eq!(all.last().unwrap().1["type"], "RUN_FINISHED", "{all:#?}");
+    // The model's last request carried the summary instead of the old exchange; the log kept it all.
+    let last = mock.requests.lock().unwrap().last().unwrap().to_string();
+    assert!(last.contains("SUMMARY-OF-EARLIER") && !last.contains("alpha alpha"), "{last}");
+    assert!(all.iter().any(|(_, e)| e["value"]["content"].as_str().is_some_and(|c| c.starts_with("alpha"))));
+    // The summary stays in force for the next turn too (no second compaction for the same part).
+    send("third".to_owned()).await;
+    let all = history(&h, &key, "c", None).await;
+    let compactions = all.iter().filter(|(_, e)| e["name"] == "vibebase.compaction").count();
+    let last = mock.requests.lock().unwrap().last().unwrap().to_string();
+    assert!(last.contains("SUMMARY-OF-EARLIER") && !last.contains("alpha alpha"), "{last}");
+    assert!(compactions <= 2, "{compactions}");
 }
