@@ -141,6 +141,22 @@ pub fn specs() -> Vec<Tool> {
             }, "required": ["pattern"]}),
         ),
         tool(
+            "start_process",
+            "Start a long-running command in the background (a dev server, a watcher) and return its process \
+             id at once; its output goes to a log that process_output reads.",
+            json!({"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}),
+        ),
+        tool(
+            "process_output",
+            "Whether a background process still runs, and the end of its output.",
+            json!({"type": "object", "properties": {"pid": {"type": "integer"}}, "required": ["pid"]}),
+        ),
+        tool(
+            "stop_process",
+            "Stop a background process and everything it started.",
+            json!({"type": "object", "properties": {"pid": {"type": "integer"}}, "required": ["pid"]}),
+        ),
+        tool(
             "env_info",
             "The environment's facts: the API URL (for supabase-js), the publishable key (safe in a browser), \
              the site URL, and the database's migration history.",
@@ -179,7 +195,7 @@ pub fn changes_backend(name: &str) -> bool {
 
 /// True when the tool can change the workspace (the turn then ends with a checkpoint).
 pub fn mutates_workspace(name: &str) -> bool {
-    matches!(name, "bash" | "write_file" | "edit_file")
+    matches!(name, "bash" | "write_file" | "edit_file" | "start_process")
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(arguments: &str) -> Result<T, Outcome> {
@@ -213,6 +229,14 @@ struct EditArgs {
 struct GlobArgs {
     pattern: String,
 }
+#[derive(Deserialize)]
+struct ProcessArgs {
+    pid: u32,
+}
+
+/// Where background processes write their output, inside the sandbox.
+const PROCESS_LOGS: &str = "/tmp/vb-processes";
+
 #[derive(Deserialize)]
 struct GrepArgs {
     pattern: String,
@@ -254,6 +278,47 @@ pub async fn run_in_sandbox(client: &AgentClient, name: &str, arguments: &str) -
                 // The pattern is an argument, never shell text: bash expands `$1` as a glob only.
                 let script = "shopt -s globstar nullglob dotglob; for f in $1; do printf '%s\\n' \"$f\"; done";
                 exec(client, vec!["bash".into(), "-c".into(), script.into(), "glob".into(), a.pattern], 60).await?
+            }
+            Err(o) => o,
+        },
+        // Background processes run in a session of their own (setsid), so the exec that started them
+        // returns at once and stopping one stops its whole process group; output goes to a log file.
+        "start_process" => match parse::<BashArgs>(arguments) {
+            Ok(a) => {
+                // The log is named before the process starts (the child opens it after the fork), and
+                // `<pid>.log` links to it once the pid is known.
+                let script = format!(
+                    "mkdir -p {PROCESS_LOGS}; log={PROCESS_LOGS}/run-$$.log; \
+                     setsid bash -lc \"$1\" > \"$log\" 2>&1 < /dev/null & \
+                     pid=$!; ln -sf \"$log\" {PROCESS_LOGS}/$pid.log; echo $pid"
+                );
+                let argv = vec!["bash".into(), "-c".into(), script, "start".into(), a.command];
+                match exec(client, argv, 30).await? {
+                    o if o.is_error => o,
+                    o => {
+                        let pid = o.content.lines().last().unwrap_or_default().trim().to_owned();
+                        Outcome::ok(format!("started process {pid}; read its output with process_output"))
+                    }
+                }
+            }
+            Err(o) => o,
+        },
+        "process_output" => match parse::<ProcessArgs>(arguments) {
+            Ok(a) => {
+                let pid = a.pid;
+                let script = format!(
+                    "if kill -0 {pid} 2>/dev/null; then echo running; else echo exited; fi; \
+                     tail -c 16384 {PROCESS_LOGS}/{pid}.log 2>/dev/null || echo '(no log)'"
+                );
+                exec(client, vec!["bash".into(), "-c".into(), script], 30).await?
+            }
+            Err(o) => o,
+        },
+        "stop_process" => match parse::<ProcessArgs>(arguments) {
+            Ok(a) => {
+                let pid = a.pid;
+                let script = format!("kill -TERM -- -{pid} 2>/dev/null || kill -TERM {pid}; echo stopped {pid}");
+                exec(client, vec!["bash".into(), "-c".into(), script], 30).await?
             }
             Err(o) => o,
         },

@@ -34,7 +34,7 @@ fn script(user_text: &str) -> Vec<(&'static str, Value)> {
     let safe = "create table notes (id bigint primary key, body text, owner uuid default auth.uid()); \
                 alter table notes enable row level security; \
                 create policy own on notes for all using (owner = auth.uid());";
-    let scripts: [(&str, Vec<(&str, Value)>); 7] = [
+    let scripts: [(&str, Vec<(&str, Value)>); 8] = [
         ("tool", vec![("bash", json!({"command": "echo hello-from-sandbox > out.txt && cat out.txt"}))]),
         ("rls", vec![("apply_migration", json!({"sql": open}))]),
         ("safe", vec![("apply_migration", json!({"sql": safe}))]),
@@ -46,6 +46,17 @@ fn script(user_text: &str) -> Vec<(&'static str, Value)> {
             ],
         ),
         ("info", vec![("env_info", json!({}))]),
+        (
+            "background",
+            vec![
+                ("start_process", json!({"command": "echo bg-started; sleep 60"})),
+                ("bash", json!({"command": "sleep 1"})),
+                // The mock fills in the pid from the first result (see `completions`).
+                ("process_output", json!({"pid": 0})),
+                ("stop_process", json!({"pid": 0})),
+                ("process_output", json!({"pid": 0})),
+            ],
+        ),
         (
             "redo",
             vec![
@@ -80,6 +91,14 @@ async fn completions(State(m): State<Mock>, body: String) -> Response {
     let step = messages[user_at..].iter().filter(|m| m["role"] == "tool").count();
     let script = script(&user_text);
     let frames: Vec<(String, u64)> = if let Some((name, args)) = script.get(step) {
+        let mut args = args.clone();
+        if args.get("pid").is_some() {
+            // The pid the first tool of the script started.
+            let started = messages[user_at..].iter().find(|m| m["role"] == "tool").unwrap();
+            let text = started["content"].as_str().unwrap();
+            let pid: u64 = text.split_whitespace().nth(2).unwrap().trim_end_matches(';').parse().unwrap();
+            args["pid"] = json!(pid);
+        }
         let args = args.to_string();
         let (a, b) = args.split_at(args.len() / 2);
         vec![
@@ -891,4 +910,30 @@ async fn a_filling_context_window_is_compacted_into_a_durable_summary() {
     let last = mock.requests.lock().unwrap().last().unwrap().to_string();
     assert!(last.contains("SUMMARY-OF-EARLIER") && !last.contains("alpha alpha"), "{last}");
     assert!(compactions <= 2, "{compactions}");
+}
+
+#[tokio::test]
+async fn background_processes_start_report_their_output_and_stop() {
+    let (h, _mock, key) = setup().await;
+    let r = h.call("POST", "/v1/envs/agent-a/sessions", Some(&key), Some(json!({"id": "bg", "model": "m"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let body = json!({"content": "run it in the background"});
+    let r = h.call("POST", "/v1/envs/agent-a/sessions/bg/messages", Some(&key), Some(body)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    wait_idle(&h, &key, "bg").await;
+    let all = history(&h, &key, "bg", None).await;
+    let results: Vec<String> = all
+        .iter()
+        .filter(|(_, e)| e["type"] == "TOOL_CALL_RESULT")
+        .map(|(_, e)| e["content"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(results.len(), 5, "{results:#?}");
+    assert!(results[0].starts_with("started process "), "{}", results[0]);
+    assert!(results[2].contains("running") && results[2].contains("bg-started"), "{}", results[2]);
+    assert!(results[3].contains("stopped"), "{}", results[3]);
+    assert!(results[4].contains("exited"), "the process is gone after stop: {}", results[4]);
+    assert_eq!(all.last().unwrap().1["type"], "RUN_FINISHED");
+    if let Ok(s) = &h.sandboxes {
+        s.kill_all().await;
+    }
 }
