@@ -78,8 +78,13 @@ pub struct BackendPosition {
 }
 
 /// Backend tools: (name, needs the sandbox).
-const BACKEND_TOOLS: [(&str, bool); 4] =
-    [("env_info", false), ("apply_migration", false), ("deploy_site", true), ("deploy_function", true)];
+const BACKEND_TOOLS: [(&str, bool); 5] = [
+    ("env_info", false),
+    ("apply_migration", false),
+    ("query_data", false),
+    ("deploy_site", true),
+    ("deploy_function", true),
+];
 
 /// The most a tool answer carries back to the model (longer output is cut, saying so).
 pub const MAX_OUTPUT: usize = 64 * 1024;
@@ -168,6 +173,15 @@ pub fn specs() -> Vec<Tool> {
              Refused, with nothing applied, when a table the anon or authenticated roles can reach is left \
              without row-level security.",
             json!({"type": "object", "properties": {"sql": {"type": "string"}}, "required": ["sql"]}),
+        ),
+        tool(
+            "query_data",
+            "Read rows of a table of the environment's database with PostgREST's query language (for example \
+             select=id,title&done=eq.false&order=id&limit=20), as the service role (row-level security does \
+             not apply: use it to check data, never to show it to users).",
+            json!({"type": "object", "properties": {
+                "table": {"type": "string"}, "query": {"type": "string"}
+            }, "required": ["table"]}),
         ),
         tool(
             "deploy_site",

@@ -30,6 +30,17 @@ struct MigrationArgs {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct QueryArgs {
+    table: String,
+    #[serde(default)]
+    query: String,
+}
+
+/// The most of a query's answer the model gets back.
+const MAX_QUERY_ANSWER: usize = 32 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SiteArgs {
     dir: String,
     publish: Option<bool>,
@@ -119,6 +130,33 @@ impl AgentBackend {
                     .map_err(|e| refused(crate::data::migrate_error(e)))?;
                 crate::data::audit_migration(&self.platform, &actor, env, applied.version).await;
                 Ok(Outcome::ok(format!("applied migration {} ({} statements)", applied.version, applied.statements)))
+            }
+            "query_data" => {
+                let a: QueryArgs = parse(call.arguments)?;
+                if a.table.is_empty() || a.table.contains('/') || a.query.contains('\0') {
+                    return Err(Outcome::error("table must name one table; query is a PostgREST query string"));
+                }
+                let request = appdb::api::RestRequest {
+                    method: appdb::api::Method::Get,
+                    table: a.table,
+                    query: a.query.trim_start_matches('?').to_owned(),
+                    prefer: None,
+                    accept: None,
+                    range: None,
+                    body: Vec::new(),
+                };
+                let r = self.appdb.rest(env, appdb::RequestAuth::service_role(), request).await;
+                self.platform.meter(env, protocol::Meter::DbRowsRead, ("surface", "agent"), r.rows_read);
+                let mut body = r.body;
+                if body.len() > MAX_QUERY_ANSWER {
+                    let cut = (0..=MAX_QUERY_ANSWER).rev().find(|i| body.is_char_boundary(*i)).unwrap_or(0);
+                    body.truncate(cut);
+                    body.push_str("\n[answer truncated]");
+                }
+                if r.status >= 400 {
+                    return Err(Outcome::error(format!("HTTP {}: {body}", r.status)));
+                }
+                Ok(Outcome::ok(body))
             }
             "deploy_site" => {
                 let a: SiteArgs = parse(call.arguments)?;

@@ -34,7 +34,7 @@ fn script(user_text: &str) -> Vec<(&'static str, Value)> {
     let safe = "create table notes (id bigint primary key, body text, owner uuid default auth.uid()); \
                 alter table notes enable row level security; \
                 create policy own on notes for all using (owner = auth.uid());";
-    let scripts: [(&str, Vec<(&str, Value)>); 8] = [
+    let scripts: [(&str, Vec<(&str, Value)>); 9] = [
         ("tool", vec![("bash", json!({"command": "echo hello-from-sandbox > out.txt && cat out.txt"}))]),
         ("rls", vec![("apply_migration", json!({"sql": open}))]),
         ("safe", vec![("apply_migration", json!({"sql": safe}))]),
@@ -46,6 +46,7 @@ fn script(user_text: &str) -> Vec<(&'static str, Value)> {
             ],
         ),
         ("info", vec![("env_info", json!({}))]),
+        ("query rows", vec![("query_data", json!({"table": "notes", "query": "select=id,body"}))]),
         (
             "background",
             vec![
@@ -582,6 +583,15 @@ async fn backend_tools_refuse_tables_without_rls_apply_safe_migrations_and_deplo
     assert!(r["content"].as_str().unwrap().starts_with("applied migration"), "{r}");
     let notes = anon("/env/agent-a/rest/v1/notes").await;
     assert_eq!((notes.status, notes.json.clone()), (StatusCode::OK, json!([])), "{}", notes.text);
+    // The loop reads data as the service role (a row no end user owns is visible to it).
+    let migration = json!({"query": "insert into notes (id, body) values (7, 'hidden from anon')"});
+    let r = h.call("POST", "/v1/envs/agent-a/sql", Some(&key), Some(migration)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let (_, results) = run("query rows").await;
+    let rows: Value = serde_json::from_str(results[seen]["content"].as_str().unwrap()).unwrap();
+    seen += 1;
+    assert_eq!(rows, json!([{"id": 7, "body": "hidden from anon"}]));
+    assert_eq!(anon("/env/agent-a/rest/v1/notes").await.json, json!([]), "anon still sees nothing");
 
     // Files written in the sandbox, deployed and published as the env's site.
     let (events, results) = run("site").await;
