@@ -78,12 +78,14 @@ pub struct BackendPosition {
 }
 
 /// Backend tools: (name, needs the sandbox).
-const BACKEND_TOOLS: [(&str, bool); 5] = [
+const BACKEND_TOOLS: [(&str, bool); 7] = [
     ("env_info", false),
     ("apply_migration", false),
     ("query_data", false),
     ("deploy_site", true),
     ("deploy_function", true),
+    ("deploy_app", true),
+    ("read_logs", false),
 ];
 
 /// The most a tool answer carries back to the model (longer output is cut, saying so).
@@ -199,12 +201,30 @@ pub fn specs() -> Vec<Tool> {
                 "name": {"type": "string"}, "dir": {"type": "string"}
             }, "required": ["name", "dir"]}),
         ),
+        tool(
+            "deploy_app",
+            "Run a directory of the workspace as a long-lived web server of the environment (a container app): \
+             the command (e.g. `node server.js`) must listen on `port`; it starts on the first request and \
+             scales to zero when idle.",
+            json!({"type": "object", "properties": {
+                "name": {"type": "string"}, "dir": {"type": "string"}, "command": {"type": "string"},
+                "port": {"type": "integer", "minimum": 1, "maximum": 65535}
+            }, "required": ["name", "dir", "command", "port"]}),
+        ),
+        tool(
+            "read_logs",
+            "The latest logs of a cloud function (its invocations of the last hour, with stdout and stderr) \
+             or of a container app (its process output and restarts).",
+            json!({"type": "object", "properties": {
+                "kind": {"type": "string", "enum": ["function", "app"]}, "name": {"type": "string"}
+            }, "required": ["kind", "name"]}),
+        ),
     ]
 }
 
 /// True for the tools whose effect a checkpoint records beyond the workspace (schema, deployments).
 pub fn changes_backend(name: &str) -> bool {
-    matches!(name, "apply_migration" | "deploy_site" | "deploy_function")
+    matches!(name, "apply_migration" | "deploy_site" | "deploy_function" | "deploy_app")
 }
 
 /// True when the tool can change the workspace (the turn then ends with a checkpoint).

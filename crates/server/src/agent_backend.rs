@@ -20,12 +20,29 @@ pub struct AgentBackend {
     pub hosting: hosting::Hosting,
     pub sandboxes: Option<sandbox::Sandboxes>,
     pub functions: Option<functions::Functions>,
+    pub apps: Option<functions::apps::Apps>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MigrationArgs {
     sql: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppArgs {
+    name: String,
+    dir: String,
+    command: String,
+    port: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogArgs {
+    kind: String,
+    name: String,
 }
 
 #[derive(Deserialize)]
@@ -157,6 +174,56 @@ impl AgentBackend {
                     return Err(Outcome::error(format!("HTTP {}: {body}", r.status)));
                 }
                 Ok(Outcome::ok(body))
+            }
+            "deploy_app" => {
+                let a: AppArgs = parse(call.arguments)?;
+                let Some(apps) = &self.apps else {
+                    return Err(Outcome::error("container apps are not available on this platform instance"));
+                };
+                let def = protocol::apps::PutAppRequest {
+                    command: a.command,
+                    port: a.port,
+                    env: Default::default(),
+                    health_check: None,
+                    idle_timeout_seconds: None,
+                    memory_mb: None,
+                };
+                apps.put(&actor, env, &a.name, def).await.map_err(refused)?;
+                let archive = self.archive(&call, &a.dir, crate::apps_api::MAX_ARCHIVE_BYTES).await?;
+                let app = apps.upload(&actor, env, &a.name, archive).await.map_err(refused)?;
+                Ok(Outcome::ok(format!(
+                    "deployed app {}: {} (path form {}); it starts on the first request",
+                    app.name, app.urls.site, app.urls.path
+                )))
+            }
+            "read_logs" => {
+                let a: LogArgs = parse(call.arguments)?;
+                let text = match a.kind.as_str() {
+                    "function" => {
+                        let Some(functions) = &self.functions else {
+                            return Err(Outcome::error("functions are not available on this platform instance"));
+                        };
+                        let now = self.platform.clock().now_ms();
+                        let logs = functions.logs(env, &a.name, now - 3_600_000, now + 1, 20).await.map_err(refused)?;
+                        serde_json::to_string_pretty(&logs).unwrap_or_default()
+                    }
+                    "app" => {
+                        let Some(apps) = &self.apps else {
+                            return Err(Outcome::error("container apps are not available on this platform instance"));
+                        };
+                        let logs = apps.logs(env, &a.name, 200).await.map_err(refused)?;
+                        logs.items
+                            .iter()
+                            .map(|l| format!("{} {} {}", l.at, l.stream, l.line))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    }
+                    other => return Err(Outcome::error(format!("kind is function or app, not {other:?}"))),
+                };
+                // The newest lines matter most: keep the end.
+                let start = text.len().saturating_sub(MAX_QUERY_ANSWER);
+                let start = (start..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+                Ok(Outcome::ok(if text.is_empty() { "(no logs)".to_owned() } else { text[start..].to_owned() }))
             }
             "deploy_site" => {
                 let a: SiteArgs = parse(call.arguments)?;

@@ -153,6 +153,7 @@ impl AppState {
             hosting: self.hosting.clone(),
             sandboxes: self.sandboxes.as_ref().ok().cloned(),
             functions: self.functions.as_ref().ok().cloned(),
+            apps: self.apps.as_ref().ok().cloned(),
         }));
     }
 

@@ -34,7 +34,7 @@ fn script(user_text: &str) -> Vec<(&'static str, Value)> {
     let safe = "create table notes (id bigint primary key, body text, owner uuid default auth.uid()); \
                 alter table notes enable row level security; \
                 create policy own on notes for all using (owner = auth.uid());";
-    let scripts: [(&str, Vec<(&str, Value)>); 9] = [
+    let scripts: [(&str, Vec<(&str, Value)>); 11] = [
         ("tool", vec![("bash", json!({"command": "echo hello-from-sandbox > out.txt && cat out.txt"}))]),
         ("rls", vec![("apply_migration", json!({"sql": open}))]),
         ("safe", vec![("apply_migration", json!({"sql": safe}))]),
@@ -47,6 +47,17 @@ fn script(user_text: &str) -> Vec<(&'static str, Value)> {
         ),
         ("info", vec![("env_info", json!({}))]),
         ("query rows", vec![("query_data", json!({"table": "notes", "query": "select=id,body"}))]),
+        (
+            "container",
+            vec![
+                (
+                    "write_file",
+                    json!({"path": "api/server.js", "content": "require('http').createServer((q, r) => r.end('from the app ' + q.url)).listen(process.env.PORT, '127.0.0.1');"}),
+                ),
+                ("deploy_app", json!({"name": "api", "dir": "api", "command": "node server.js", "port": 3000})),
+            ],
+        ),
+        ("app logs", vec![("read_logs", json!({"kind": "app", "name": "api"}))]),
         (
             "background",
             vec![
@@ -943,6 +954,36 @@ async fn background_processes_start_report_their_output_and_stop() {
     assert!(results[3].contains("stopped"), "{}", results[3]);
     assert!(results[4].contains("exited"), "the process is gone after stop: {}", results[4]);
     assert_eq!(all.last().unwrap().1["type"], "RUN_FINISHED");
+    if let Ok(s) = &h.sandboxes {
+        s.kill_all().await;
+    }
+}
+
+#[tokio::test]
+async fn the_loop_deploys_a_container_app_from_the_workspace_and_reads_its_logs() {
+    let (h, _mock, key) = setup().await;
+    let r = h.call("POST", "/v1/envs/agent-a/sessions", Some(&key), Some(json!({"id": "app", "model": "m"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let send = |text: &'static str| {
+        let (h, key) = (&h, key.clone());
+        async move {
+            let body = json!({"content": text});
+            let r = h.call("POST", "/v1/envs/agent-a/sessions/app/messages", Some(&key), Some(body)).await;
+            assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+            wait_idle(h, &key, "app").await;
+            history(h, &key, "app", None).await
+        }
+    };
+    let all = send("deploy a container").await;
+    let deployed = all.iter().filter(|(_, e)| e["type"] == "TOOL_CALL_RESULT").nth(1).unwrap();
+    assert!(deployed.1["content"].as_str().unwrap().starts_with("deployed app api"), "{}", deployed.1);
+    // The app answers through the platform (it starts on this first request).
+    let r = h.send("GET", "/env/agent-a/apps/api/hello", &[], None).await;
+    assert_eq!((r.status, r.text.as_str()), (StatusCode::OK, "from the app /hello"));
+    let all = send("show the app logs").await;
+    let logs = all.iter().filter(|(_, e)| e["type"] == "TOOL_CALL_RESULT").last().unwrap();
+    let text = logs.1["content"].as_str().unwrap();
+    assert!(text.contains("system"), "the supervisor's notes are in the logs: {text}");
     if let Ok(s) = &h.sandboxes {
         s.kill_all().await;
     }
