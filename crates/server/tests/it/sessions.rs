@@ -981,7 +981,7 @@ async fn the_loop_deploys_a_container_app_from_the_workspace_and_reads_its_logs(
     let r = h.send("GET", "/env/agent-a/apps/api/hello", &[], None).await;
     assert_eq!((r.status, r.text.as_str()), (StatusCode::OK, "from the app /hello"));
     let all = send("show the app logs").await;
-    let logs = all.iter().filter(|(_, e)| e["type"] == "TOOL_CALL_RESULT").last().unwrap();
+    let logs = all.iter().rfind(|(_, e)| e["type"] == "TOOL_CALL_RESULT").unwrap();
     let text = logs.1["content"].as_str().unwrap();
     assert!(text.contains("system"), "the supervisor's notes are in the logs: {text}");
     if let Ok(s) = &h.sandboxes {
