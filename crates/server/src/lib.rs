@@ -197,8 +197,9 @@ impl AppState {
             let mut proxied = self.clone();
             proxied.sandboxes = Err("sandboxes are not reachable through the egress proxy".to_owned());
             proxied.functions = Err("functions cannot invoke functions".to_owned());
-            proxied.rebuild_agent();
             proxied.apps = Err("apps are not reachable through the egress proxy".to_owned());
+            // Last: the proxied runtime's backend must hold none of the above (they hold the registry).
+            proxied.rebuild_agent();
             s.set_egress(egress::handler(proxied));
         }
         self
