@@ -171,26 +171,6 @@ vb_ensure_postgres() {
   vb_die "PostgreSQL does not answer on 127.0.0.1:5432"
 }
 
-# vb_pg_max_connections N: makes the local PostgreSQL accept at least N connections (restarting it when
-# the setting changes). The scale-out suites run two test processes at once, each with its platform
-# pool and a small pool per open env database (hundreds of envs), which Debian's default of 100 does
-# not cover.
-vb_pg_max_connections() {
-  local want="$1" cur ver i
-  cur="$(psql -h 127.0.0.1 -U postgres -Atc 'SHOW max_connections' 2>/dev/null || echo 0)"
-  [ "${cur:-0}" -ge "$want" ] && return 0
-  vb_log "raising PostgreSQL max_connections from $cur to $want"
-  psql -q -h 127.0.0.1 -U postgres -c "ALTER SYSTEM SET max_connections = $want" >/dev/null
-  for ver in $(ls /etc/postgresql 2>/dev/null); do
-    vb_root pg_ctlcluster --skip-systemctl-redirect "$ver" main restart || true
-  done
-  for ((i = 0; i < 60; i++)); do
-    pg_isready -q -h 127.0.0.1 -p 5432 && return 0
-    sleep 0.5
-  done
-  vb_die "PostgreSQL does not answer on 127.0.0.1:5432 after its restart"
-}
-
 # vb_recreate_db NAME: drops and creates a database on the local PostgreSQL.
 vb_recreate_db() {
   psql -q -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -c "SET client_min_messages = warning" \
