@@ -371,7 +371,9 @@ async fn concurrent_streams_never_overshoot_the_env_budget_by_more_than_one_rese
             s => panic!("unexpected {s}: {}", r.text),
         }
     }
-    assert!(ok >= 4 && refused >= 1, "ok {ok}, refused {refused}");
+    // Three reservations of 30 always fit; a fourth of the last 10 fits unless it is admitted while a
+    // finished call is both settled and still reserved (counted twice for an instant: the safe side).
+    assert!(ok >= 3 && refused >= 1, "ok {ok}, refused {refused}");
     let used = usage(&h).await["llm_tokens_out"];
     assert!((70..=100).contains(&used), "output tokens billed: {used}");
     // Nothing is left: the next call is refused at once.
