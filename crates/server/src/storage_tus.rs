@@ -279,17 +279,32 @@ async fn signed_upload(state: &AppState, env: &str, id: &str, h: &HeaderMap) -> 
     Ok((env, Access::Trusted))
 }
 
+/// Who may touch an existing upload: the gate's caller (keyed routes) or a signed-upload token for it
+/// (the `sign` routes, `env` from the path). The TUS version is checked first.
+async fn upload_access(
+    state: &AppState,
+    caller: Option<&Caller>,
+    env: &str,
+    id: &str,
+    h: &HeaderMap,
+) -> Result<(EnvId, Access), Response> {
+    if let Some(r) = version_refusal(h) {
+        return Err(r);
+    }
+    match caller {
+        Some(caller) => env_access(state, caller, h).await,
+        None => signed_upload(state, env, id, h).await,
+    }
+}
+
 /// `HEAD …/upload/resumable/{id}`: where the upload stands.
 pub async fn head(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((_, id)): Path<(String, String)>,
+    Path((env, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = version_refusal(&headers) {
-        return r;
-    }
-    match env_access(&state, &caller, &headers).await {
+    match upload_access(&state, Some(&caller), &env, &id, &headers).await {
         Ok((env, access)) => head_upload(&state, &env, &access, &id).await,
         Err(r) => r,
     }
@@ -301,10 +316,7 @@ pub async fn head_signed(
     Path((env, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = version_refusal(&headers) {
-        return r;
-    }
-    match signed_upload(&state, &env, &id, &headers).await {
+    match upload_access(&state, None, &env, &id, &headers).await {
         Ok((env, access)) => head_upload(&state, &env, &access, &id).await,
         Err(r) => r,
     }
@@ -326,18 +338,10 @@ async fn head_upload(state: &AppState, env: &EnvId, access: &Access, id: &str) -
 pub async fn patch(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((_, id)): Path<(String, String)>,
+    Path((env, id)): Path<(String, String)>,
     req: Request,
 ) -> Response {
-    let (parts, body) = req.into_parts();
-    let mut stream: BodyStream = Box::pin(body.into_data_stream().map_err(|e| e.to_string()));
-    if let Some(r) = version_refusal(&parts.headers) {
-        return refuse(&mut stream, r).await;
-    }
-    match env_access(&state, &caller, &parts.headers).await {
-        Ok((env, access)) => patch_upload(&state, &env, &access, &id, &parts.headers, stream).await,
-        Err(r) => refuse(&mut stream, r).await,
-    }
+    patch_with(&state, Some(&caller), &env, &id, req).await
 }
 
 /// `PATCH …/upload/resumable/sign/{id}`.
@@ -346,13 +350,14 @@ pub async fn patch_signed(
     Path((env, id)): Path<(String, String)>,
     req: Request,
 ) -> Response {
+    patch_with(&state, None, &env, &id, req).await
+}
+
+async fn patch_with(state: &AppState, caller: Option<&Caller>, env: &str, id: &str, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let mut stream: BodyStream = Box::pin(body.into_data_stream().map_err(|e| e.to_string()));
-    if let Some(r) = version_refusal(&parts.headers) {
-        return refuse(&mut stream, r).await;
-    }
-    match signed_upload(&state, &env, &id, &parts.headers).await {
-        Ok((env, access)) => patch_upload(&state, &env, &access, &id, &parts.headers, stream).await,
+    match upload_access(state, caller, env, id, &parts.headers).await {
+        Ok((env, access)) => patch_upload(state, &env, &access, id, &parts.headers, stream).await,
         Err(r) => refuse(&mut stream, r).await,
     }
 }
@@ -400,13 +405,10 @@ async fn refuse(stream: &mut BodyStream, r: Response) -> Response {
 pub async fn terminate(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((_, id)): Path<(String, String)>,
+    Path((env, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = version_refusal(&headers) {
-        return r;
-    }
-    match env_access(&state, &caller, &headers).await {
+    match upload_access(&state, Some(&caller), &env, &id, &headers).await {
         Ok((env, access)) => terminate_upload(&state, &env, &access, &id).await,
         Err(r) => r,
     }
@@ -418,10 +420,7 @@ pub async fn terminate_signed(
     Path((env, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = version_refusal(&headers) {
-        return r;
-    }
-    match signed_upload(&state, &env, &id, &headers).await {
+    match upload_access(&state, None, &env, &id, &headers).await {
         Ok((env, access)) => terminate_upload(&state, &env, &access, &id).await,
         Err(r) => r,
     }
