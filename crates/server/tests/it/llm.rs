@@ -574,3 +574,60 @@ async fn protocol_specific_options_reach_upstreams_of_their_protocol_only() {
     assert!(oa.get("unknown_field").is_none(), "unknown fields are not forwarded: {oa}");
     assert_eq!(oa["stream"], true, "the gateway's own fields win");
 }
+
+#[tokio::test]
+async fn a_recording_provider_writes_what_replay_plays_back_by_content() {
+    let m = mock().await;
+    let mut h = Harness::new().await;
+    let recorded = json!({
+        "providers": {"oa": {"kind": "openai", "base_url": format!("http://{}/oa/v1", m.addr),
+                              "record": "rec.json", "volatile": ["deployment "]}},
+        "models": [{"name": "demo", "routes": [{"provider": "oa"}]}],
+    });
+    h.use_models(&recorded.to_string());
+    let key = h.create_env("shop").await.secret().to_owned();
+    // A conversation with a tool call: its id and the deployment id differ from run to run.
+    let conversation = |call: &str, deployment: &str, outcome: &str| {
+        json!({"model": "demo", "messages": [
+            {"role": "user", "content": "deploy it"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": call, "type": "function",
+                "function": {"name": "deploy_site", "arguments": "{\"dir\":\"dist\"}"}}]},
+            {"role": "tool", "tool_call_id": call, "content": format!("deployment {deployment} {outcome}")},
+        ]})
+    };
+    let live = post(&h, "chat/completions", &key, conversation("call_1", "dpl_aaa", "published")).await;
+    assert_eq!(live.status, StatusCode::OK, "{}", live.text);
+    let said = live.json["choices"][0]["message"]["content"].clone();
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(h.dir.path().join("rec.json")).unwrap()).unwrap();
+    assert_eq!(file["volatile"], json!(["deployment "]));
+    assert_eq!(file["recordings"].as_array().unwrap().len(), 1, "{file}");
+    assert!(file["recordings"][0]["note"].as_str().unwrap().contains("tool result"), "{file}");
+
+    h.use_models(
+        &json!({"providers": {"tape": {"kind": "replay", "recordings": "rec.json"}},
+                "models": [{"name": "demo", "routes": [{"provider": "tape"}]}]})
+        .to_string(),
+    );
+    let calls_before = m.hits("oa");
+    let r = post(&h, "chat/completions", &key, conversation("call_zz", "dpl_bbb", "published")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.headers["x-vibebase-replayed"], "true");
+    assert_eq!(r.json["choices"][0]["message"]["content"], said);
+    assert_eq!(m.hits("oa"), calls_before, "the upstream is not asked");
+    // Other content is not the recorded request.
+    let r = post(&h, "chat/completions", &key, conversation("call_1", "dpl_aaa", "failed")).await;
+    assert_eq!((r.status, r.json["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("replay_no_recording")), "{}", r.text);
+}
+
+#[test]
+fn replay_and_record_settings_are_checked_at_start() {
+    let dir = std::env::temp_dir();
+    let bad = json!({"providers": {"t": {"kind": "replay", "recordings": "x.json", "record": "y.json"}}});
+    assert!(gateway::Config::from_json(&bad.to_string(), &dir).is_err());
+    let missing = json!({"providers": {"t": {"kind": "replay"}}});
+    assert!(gateway::Config::from_json(&missing.to_string(), &dir).is_err());
+    let file = dir.join(format!("vb-bad-rec-{}.json", std::process::id()));
+    std::fs::write(&file, r#"{"recordings": [{"response": {"text": "x"}}]}"#).unwrap();
+    assert!(gateway::replay::Recordings::load(&file).is_err(), "a recording needs a request or a key");
+    std::fs::remove_file(&file).unwrap();
+}

@@ -259,12 +259,13 @@ async fn a_run_with_a_tool_call_streams_ag_ui_events_and_resumes_after_last_even
         "vibebase.model_response",
         "vibebase.sandbox_attach",
         "TOOL_CALL_RESULT",
+        // The turn changed the workspace: its checkpoint comes before the next model call.
+        "vibebase.checkpoint",
         "vibebase.model_request",
         "TEXT_MESSAGE_START",
         "TEXT_MESSAGE_CONTENT",
         "TEXT_MESSAGE_END",
         "vibebase.model_response",
-        "vibebase.checkpoint",
         "RUN_FINISHED",
     ];
     assert_eq!(k, expected, "{all:#?}");
@@ -277,7 +278,7 @@ async fn a_run_with_a_tool_call_streams_ag_ui_events_and_resumes_after_last_even
     assert_eq!(result["toolCallId"], all[3].1["toolCallId"], "the result answers the call");
     assert!(result["toolCallId"].as_str().unwrap().starts_with("call_"));
     assert!(result["content"].as_str().unwrap().contains("hello-from-sandbox"), "{result}");
-    let text = &all[11].1["delta"];
+    let text = &all[12].1["delta"];
     assert!(text.as_str().unwrap().starts_with("saw: exit code: 0"), "{text}");
     assert_eq!(mock.calls.load(Ordering::SeqCst), 2);
     // Turns and tool calls are in the ledger, metered with their log rows.
@@ -811,9 +812,12 @@ async fn revert_restores_the_workspace_and_the_site_of_a_checkpoint_but_not_the_
 
     // Run 1 writes and deploys; a schema change; run 2 overwrites and deploys again.
     let events = run("site").await;
+    // One checkpoint per turn that changed something: the write, then the deploy.
     let first = checkpoints(&events);
-    assert_eq!(first.len(), 1, "{events:#?}");
-    let (cp1, v1) = first[0].clone();
+    assert_eq!(first.len(), 2, "{events:#?}");
+    assert!(first[0].1["snapshot"].as_str().is_some(), "{}", first[0].1);
+    assert_eq!(first[0].1["deployment"], Value::Null, "not deployed yet: {}", first[0].1);
+    let (cp1, v1) = first[1].clone();
     assert!(v1["snapshot"].as_str().is_some_and(|s| !s.is_empty()), "{v1}");
     assert!(v1["deployment"].as_str().is_some(), "{v1}");
     assert_eq!(v1["migration"], Value::Null, "no migration yet: {v1}");
@@ -821,9 +825,9 @@ async fn revert_restores_the_workspace_and_the_site_of_a_checkpoint_but_not_the_
     // A run that only changed the schema records a checkpoint too, with the migration position.
     let events = run("safe").await;
     let cps = checkpoints(&events);
-    assert_eq!(cps.len(), 2, "{events:#?}");
-    assert_eq!(cps[1].1["migration"], json!(1), "{}", cps[1].1);
-    assert_eq!(cps[1].1["deployment"], v1["deployment"]);
+    assert_eq!(cps.len(), 3, "{events:#?}");
+    assert_eq!(cps[2].1["migration"], json!(1), "{}", cps[2].1);
+    assert_eq!(cps[2].1["deployment"], v1["deployment"]);
     let events = run("redo").await;
     let cps = checkpoints(&events);
     let v3 = cps.last().unwrap().1.clone();
