@@ -268,6 +268,21 @@ test('the demo passes with the server killed in the middle of the turn and start
   await checkSite(site, 'c');
 });
 
+test("a request the transcript has no recording for fails the run, saying so", { skip: !!record }, async () => {
+  const env = `demo-d-${tag}`;
+  assert.equal((await api('POST', '/v1/envs', { id: env })).status, 201);
+  const created = await api('POST', `/v1/envs/${env}/sessions`, { id: 'other', model: 'vibebase-demo' });
+  assert.equal(created.status, 201, JSON.stringify(created.json));
+  const sent = await api('POST', `/v1/envs/${env}/sessions/other/messages`, { content: 'Build a chat app instead.' });
+  assert.equal(sent.status, 202, JSON.stringify(sent.json));
+  let end;
+  await watch(env, 'other', async (e) => {
+    if (e.type === 'RUN_FINISHED' || e.type === 'RUN_ERROR') end = e;
+  });
+  assert.equal(end.type, 'RUN_ERROR', JSON.stringify(end));
+  assert.equal(end.code, 'replay_no_recording', JSON.stringify(end));
+});
+
 test('no page raised an uncaught error or logged one', () => {
   assert.deepEqual(pageErrors, []);
 });
