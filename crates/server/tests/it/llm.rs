@@ -616,7 +616,12 @@ async fn a_recording_provider_writes_what_replay_plays_back_by_content() {
     assert_eq!(m.hits("oa"), calls_before, "the upstream is not asked");
     // Other content is not the recorded request.
     let r = post(&h, "chat/completions", &key, conversation("call_1", "dpl_aaa", "failed")).await;
-    assert_eq!((r.status, r.json["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("replay_no_recording")), "{}", r.text);
+    assert_eq!(
+        (r.status, r.json["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("replay_no_recording")),
+        "{}",
+        r.text
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::session::{EventStream, Printer, Style, run_end};
-use super::{Client, Connection, Failure, Reply, progress, s};
+use super::{Client, Connection, Failure, Reply, out, progress, s};
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -56,11 +56,12 @@ pub(super) async fn run(args: DemoArgs) -> Result<Option<ExitCode>, Failure> {
             end?;
             let summary = json!({"env": env_id, "session": id, "site": site, "secret_key": secret});
             if c.conn.json {
-                println!("{summary}");
+                out(&summary.to_string());
             } else {
-                println!("\nYour app is live at {site}");
-                println!("env:     {env_id} (its secret key, shown once: {secret})");
-                println!("session: {id} (go on with `vibebase session send --env {env_id} {id} '…'`)");
+                out(&format!(
+                    "\nYour app is live at {site}\nenv:     {env_id} (its secret key, shown once: {secret})\n\
+                     session: {id} (go on with `vibebase session send --env {env_id} {id} '…'`)"
+                ));
             }
             return Ok(None);
         }
