@@ -13,7 +13,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { chromium } from 'playwright-core';
+import * as ui from './ui.mjs';
 
 const run = promisify(execFile);
 const base = process.env.VB_URL;
@@ -23,9 +23,6 @@ assert.ok(base && admin && cli, 'VB_URL, VB_ADMIN_KEY and VB_BIN are required');
 
 const appDir = path.join(import.meta.dirname, 'app');
 const id = `browser-${Math.random().toString(36).slice(2, 10)}`;
-const password = 'correct-horse-battery';
-// Waits are for a browser on a busy 2-core CI machine, not for the server to become consistent.
-const timeout = 20_000;
 
 const schema = `
 create table todos (
@@ -71,36 +68,8 @@ async function buildAndDeploy(version) {
   deployments[version] = deployment;
 }
 
-/** A page at `url` (the site by default) in a fresh browser context (its own storage: a different visitor). */
-async function visitor(url = site) {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  page.setDefaultTimeout(timeout);
-  page.on('pageerror', (e) => pageErrors.push(e.message));
-  page.on('console', (m) => m.type() === 'error' && pageErrors.push(`${m.text()} (${m.location().url})`));
-  await page.goto(url);
-  return page;
-}
-
-/** Signs up (`Sign up`) or in (`Sign in`) through the app's form. */
-async function signUp(page, email, button = 'Sign up') {
-  await page.getByPlaceholder('Email').fill(email);
-  await page.getByPlaceholder('Password').fill(password);
-  await page.getByRole('button', { name: button }).click();
-  await page.getByTestId('user').filter({ hasText: email }).waitFor();
-}
-
-async function addTodo(page, title) {
-  await page.getByPlaceholder('What needs doing?').fill(title);
-  await page.getByRole('button', { name: 'Add' }).click();
-  await page.getByRole('listitem').filter({ hasText: title }).waitFor();
-}
-
-/** The titles shown once the signed-in user's list has loaded. */
-async function shownTodos(page) {
-  await page.getByRole('listitem').or(page.getByText('Nothing to do yet.')).first().waitFor();
-  return (await page.getByRole('listitem').allTextContents()).map((t) => t.trim());
-}
+const visitor = (url = site) => ui.visitor(browser, url, pageErrors);
+const { signUp, addTodo, shownTodos } = ui;
 
 const shownVersion = (page) => page.getByTestId('version').textContent();
 
@@ -119,8 +88,7 @@ before(async () => {
 
   work = process.env.VB_WORK || (await mkdtemp(path.join(tmpdir(), 'vb-browser-')));
   await buildAndDeploy('v1');
-  // CI runs as root, where Chromium's own sandbox cannot start.
-  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox'] });
+  browser = await ui.launch();
 });
 
 after(async () => {

@@ -12,8 +12,14 @@ use protocol::EnvId;
 use protocol::sandbox::CreateSandboxRequest;
 use sandbox::AgentClient;
 
+use crate::template;
 use crate::tools::{self, Outcome, Placement};
 use crate::{Agent, AgentError};
+
+/// What the model is told when the sandbox died under a tool.
+const SANDBOX_DIED: &str = "the sandbox died while this tool ran, so its outcome is unknown. The next call to it \
+     gets a fresh sandbox with the workspace of the session's last checkpoint (installed dependencies come from \
+     the app template; run npm install if you added any since).";
 
 /// The registries a tool sandbox may reach (installing packages); nothing else.
 const TOOL_EGRESS: &[&str] = &["registry.npmjs.org"];
@@ -94,11 +100,9 @@ impl Agent {
                 match tools::run_in_sandbox(&client, name, &arguments).await {
                     Ok(o) => Ok(o),
                     Err(tools::SandboxLost(why)) => {
-                        holder.detach(hand, &sandbox, "died").await?;
-                        Ok(Outcome::error(format!(
-                            "the sandbox {hand:?} died while this tool ran ({why}). The next call to it gets a \
-                             fresh sandbox (restored from the session's last checkpoint, if it has one)."
-                        )))
+                        // The cause goes to the log; the model's text stays the same whatever it was.
+                        holder.detach(hand, &sandbox, &format!("died: {why}")).await?;
+                        Ok(Outcome::error(SANDBOX_DIED))
                     }
                 }
             }
@@ -139,16 +143,10 @@ impl Agent {
                 tools::MAX_HANDS
             ))));
         }
-        let record = match self.start_sandbox(env, holder).await {
+        let record = match self.start_sandbox(env, holder, binding.snapshot.as_deref()).await {
             Ok(r) => r,
             Err(o) => return Ok(Err(o)),
         };
-        if let Some(snap) = &binding.snapshot
-            && let Err(e) = sandboxes.restore(env, &record.id, snap).await
-        {
-            let _ = sandboxes.kill(env, &record.id).await;
-            return Ok(Err(Outcome::error(format!("could not restore the workspace: {e}"))));
-        }
         if let Err(e) = holder.attach(hand, &record.id).await {
             // Nobody would ever use or kill it.
             let _ = sandboxes.kill(env, &record.id).await;
@@ -160,24 +158,63 @@ impl Agent {
             .map_err(|e| Outcome::error(format!("the new sandbox is unreachable: {e}"))))
     }
 
-    /// Creates a tool sandbox for `holder` (every hand's sandbox is made here).
+    /// Makes a tool sandbox for `holder`, ready to use: from the app template (when configured), the
+    /// workspace restored from `snapshot`, the env file written. Every hand's sandbox is made here; one
+    /// that fails on the way is killed.
     async fn start_sandbox<H: SandboxHolder>(
         &self,
         env: &EnvId,
         holder: &H,
+        snapshot: Option<&str>,
     ) -> Result<protocol::sandbox::SandboxRecord, Outcome> {
         let Some(sandboxes) = &self.inner.sandboxes else {
             return Err(Outcome::error("this platform instance cannot run sandboxes"));
         };
+        let template = if self.inner.config.app_template {
+            match template::ensure(sandboxes, &self.inner.template_build, env, &holder.actor()).await {
+                Ok(name) => Some(name.to_owned()),
+                Err(e) => return Err(Outcome::error(format!("could not prepare the app template: {e}"))),
+            }
+        } else {
+            None
+        };
         let req = CreateSandboxRequest {
             session: Some(holder.session().to_owned()),
             timeout_seconds: Some(self.inner.config.sandbox_timeout.as_secs()),
+            memory_mb: Some(1024),
             allow_egress: TOOL_EGRESS.iter().map(|h| (*h).to_owned()).collect(),
+            template: template.clone(),
             ..Default::default()
         };
-        sandboxes
+        let record = sandboxes
             .create(&holder.actor(), env, req)
             .await
-            .map_err(|e| Outcome::error(format!("could not start a sandbox: {e}")))
+            .map_err(|e| Outcome::error(format!("could not start a sandbox: {e}")))?;
+        if let Some(snap) = snapshot
+            && let Err(e) = sandboxes.restore(env, &record.id, snap).await
+        {
+            let _ = sandboxes.kill(env, &record.id).await;
+            return Err(Outcome::error(format!("could not restore the workspace: {e}")));
+        }
+        if template.is_some()
+            && let Err(e) = self.write_env_file(env, sandboxes, &record.id).await
+        {
+            let _ = sandboxes.kill(env, &record.id).await;
+            return Err(Outcome::error(format!("could not write {}: {e}", template::ENV_FILE)));
+        }
+        Ok(record)
+    }
+
+    /// Writes the env's publishable key where the template's Vite build reads it (after a restore, so
+    /// a rotated key replaces the one a snapshot holds).
+    async fn write_env_file(&self, env: &EnvId, sandboxes: &sandbox::Sandboxes, sandbox: &str) -> Result<(), String> {
+        let Some(backend) = self.inner.backend.get() else { return Ok(()) };
+        let key = backend.publishable_key(env).await?;
+        let client = sandboxes.agent(env, sandbox).map_err(|e| e.to_string())?;
+        client
+            .write_file(template::ENV_FILE, template::env_file(&key).as_bytes(), None)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 }

@@ -10,12 +10,14 @@
 //!
 //! The loop holds the credentials; the model sees none; the sandbox holds only the token minted for it.
 
+pub mod demo;
 pub mod event;
 mod hands;
 pub mod history;
 pub mod log;
 pub mod mcp;
 mod run;
+pub mod template;
 pub mod tools;
 
 use std::collections::HashMap;
@@ -129,6 +131,9 @@ pub struct AgentConfig {
     pub sandbox_timeout: Duration,
     /// An MCP session unused this long ends (and its sandbox is killed).
     pub mcp_idle_timeout: Duration,
+    /// Start tool sandboxes from the built-in app template ([`template`]), made on first use with
+    /// `npm ci` (the npm registry must be reachable then).
+    pub app_template: bool,
 }
 
 impl Default for AgentConfig {
@@ -141,6 +146,7 @@ impl Default for AgentConfig {
             compact_at: 0.75,
             sandbox_timeout: Duration::from_secs(3600),
             mcp_idle_timeout: Duration::from_secs(30 * 60),
+            app_template: false,
         }
     }
 }
@@ -169,6 +175,8 @@ struct Inner {
     backend: std::sync::OnceLock<Arc<dyn tools::Backend>>,
     /// This instance's MCP sessions.
     mcp: mcp::Sessions,
+    /// Held while this instance builds the app template.
+    template_build: tokio::sync::Mutex<()>,
 }
 
 /// (env, session) → the signal channel of the run this instance drives.
@@ -193,6 +201,7 @@ impl Agent {
                 drivers: Mutex::default(),
                 backend: std::sync::OnceLock::new(),
                 mcp: mcp::Sessions::default(),
+                template_build: tokio::sync::Mutex::new(()),
             }),
         };
         agent.register_delete_hook();

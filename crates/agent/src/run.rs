@@ -115,14 +115,17 @@ impl Agent {
     }
 
     /// Model call after model call until the model answers without tools.
+    /// A turn whose tools may have changed the workspace or the backend ends with a checkpoint, so a
+    /// sandbox lost in a later turn is replaced by one that has this turn's work.
     async fn turns(&self, env: &EnvId, id: &str, mut signal: watch::Receiver<Signal>) -> Result<(), Stop> {
-        let mut changed_workspace = false;
         loop {
             check(&signal)?;
             let history = self.close_open(env, id).await?;
             // Calls still waiting for a person (a driver stopped while they waited) come first.
             if !history.awaiting_approval.is_empty() {
-                changed_workspace |= self.run_calls(env, id, &history.awaiting_approval, true, &mut signal).await?;
+                if self.run_calls(env, id, &history.awaiting_approval, true, &mut signal).await? {
+                    self.checkpoint(env, id).await?;
+                }
                 continue;
             }
             if history.turns_in_run >= self.inner.config.max_turns {
@@ -154,10 +157,9 @@ impl Agent {
             if calls.is_empty() {
                 break;
             }
-            changed_workspace |= self.run_calls(env, id, &calls, false, &mut signal).await?;
-        }
-        if changed_workspace {
-            self.checkpoint(env, id).await?;
+            if self.run_calls(env, id, &calls, false, &mut signal).await? {
+                self.checkpoint(env, id).await?;
+            }
         }
         Ok(())
     }
@@ -476,10 +478,14 @@ impl Agent {
     /// Records a checkpoint: the workspace snapshot of the main hand (so a fresh sandbox of any hand,
     /// after a crash or a revert, starts from it; other hands' workspaces are not kept), the env's
     /// migration position and its published deployment.
+    /// Installed dependencies (`node_modules`) are left out: they come back from the template or the
+    /// lockfile. Without a live main sandbox (it died in this turn, or only other hands were used) the
+    /// checkpoint keeps the last snapshot.
     async fn checkpoint(&self, env: &EnvId, id: &str) -> Result<(), AgentError> {
-        let mut snapshot = None;
-        if let (Some(sandboxes), Some(sb)) = (&self.inner.sandboxes, self.session(env, id).await?.sandbox_id) {
-            match sandboxes.snapshot(env, &sb).await {
+        let session = self.session(env, id).await?;
+        let mut snapshot = session.workspace_snapshot.clone();
+        if let (Some(sandboxes), Some(sb)) = (&self.inner.sandboxes, session.sandbox_id) {
+            match sandboxes.snapshot(env, &sb, CHECKPOINT_EXCLUDES).await {
                 Ok(snap) => {
                     self.inner.log.set_sandbox(env, id, Some(&sb), Some(&snap.id)).await?;
                     snapshot = Some(snap.id);
@@ -546,6 +552,9 @@ impl SandboxHolder for LoopHolder<'_> {
         Ok(())
     }
 }
+
+/// What a checkpoint's workspace snapshot leaves out.
+const CHECKPOINT_EXCLUDES: &[&str] = &["node_modules"];
 
 /// What the summarizing model call is told.
 const SUMMARIZER: &str = "You summarize a conversation between a user and a coding agent so the agent can go on \

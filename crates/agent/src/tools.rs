@@ -52,6 +52,12 @@ pub struct BackendCall<'a> {
 pub trait Backend: Send + Sync {
     fn call<'a>(&'a self, call: BackendCall<'a>) -> std::pin::Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
 
+    /// The env's current publishable key (written into the workspace for the app's browser client).
+    fn publishable_key<'a>(
+        &'a self,
+        env: &'a protocol::EnvId,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>>;
+
     /// Where the env's backend stands now, for a checkpoint.
     fn position<'a>(
         &'a self,

@@ -34,6 +34,14 @@ pub struct ProviderConfig {
     /// Recordings file of a `replay` provider (relative to the models file).
     #[serde(default)]
     pub recordings: Option<String>,
+    /// A recordings file (relative to the models file) that every answer of this network provider is
+    /// added to, for a `replay` provider to play back.
+    #[serde(default)]
+    pub record: Option<String>,
+    /// Prefixes whose following word is masked in recording keys (ids, URLs: values that differ from
+    /// run to run); written into the file `record` makes.
+    #[serde(default)]
+    pub volatile: Vec<String>,
     /// Time to connect and receive the response headers.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
@@ -129,6 +137,9 @@ pub struct Config {
     /// Directory the models file lives in (recordings paths are relative to it).
     #[serde(skip)]
     pub base_dir: std::path::PathBuf,
+    /// Recordings built into the binary, by replay provider name ([`Config::add_builtin_replay`]).
+    #[serde(skip)]
+    pub builtin_recordings: HashMap<String, &'static str>,
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -219,8 +230,11 @@ impl Config {
                     }
                 }
                 ProviderKind::Replay => {
-                    if p.recordings.is_none() {
+                    if p.recordings.is_none() && !self.builtin_recordings.contains_key(name) {
                         return bad(format!("provider {name}: a replay provider needs `recordings`"));
+                    }
+                    if p.record.is_some() {
+                        return bad(format!("provider {name}: a replay provider cannot `record`"));
                     }
                 }
             }
@@ -258,6 +272,21 @@ impl Config {
             return bad("max_attempts must be at least 1".to_owned());
         }
         Ok(())
+    }
+
+    /// Adds a model answered by recordings built into the binary (a replay provider of the same name),
+    /// unless the file defines a model or provider of that name already (the file wins).
+    pub fn add_builtin_replay(&mut self, name: &str, recordings: &'static str) {
+        if self.providers.contains_key(name) || self.model(name).is_some() {
+            return;
+        }
+        let provider: ProviderConfig = serde_json::from_value(serde_json::json!({"kind": "replay"}))
+            .unwrap_or_else(|e| unreachable!("a replay provider's defaults parse: {e}"));
+        self.providers.insert(name.to_owned(), provider);
+        self.builtin_recordings.insert(name.to_owned(), recordings);
+        let model: ModelConfig = serde_json::from_value(serde_json::json!({"name": name, "routes": [{"provider": name}]}))
+            .unwrap_or_else(|e| unreachable!("a replay model's defaults parse: {e}"));
+        self.models.push(model);
     }
 
     /// The model a caller's name (or alias) refers to.

@@ -41,6 +41,7 @@ struct Provider {
     config: ProviderConfig,
     api_key: Option<String>,
     replay: Option<replay::Recordings>,
+    recorder: Option<Arc<replay::Recorder>>,
     breaker: Mutex<Breaker>,
 }
 
@@ -89,13 +90,25 @@ impl Gateway {
                 })?),
                 None => None,
             };
-            let replay = match (&p.kind, &p.recordings) {
-                (ProviderKind::Replay, Some(file)) => Some(replay::Recordings::load(&config.base_dir.join(file))?),
+            let replay = match (&p.kind, &p.recordings, config.builtin_recordings.get(name)) {
+                (ProviderKind::Replay, Some(file), _) => Some(replay::Recordings::load(&config.base_dir.join(file))?),
+                (ProviderKind::Replay, None, Some(text)) => Some(replay::Recordings::parse(text, name)?),
                 _ => None,
             };
+            let recorder = p
+                .record
+                .as_ref()
+                .map(|file| Arc::new(replay::Recorder::new(config.base_dir.join(file), p.volatile.clone())));
             providers.insert(
                 name.clone(),
-                Provider { name: name.clone(), config: p.clone(), api_key, replay, breaker: Mutex::default() },
+                Provider {
+                    name: name.clone(),
+                    config: p.clone(),
+                    api_key,
+                    replay,
+                    recorder,
+                    breaker: Mutex::default(),
+                },
             );
         }
         let http = reqwest::Client::builder()
@@ -233,6 +246,7 @@ impl Gateway {
             settle,
             finished: false,
             background_settlement: false,
+            record: None,
         };
         let mut last_err = None;
         let order = self.route_order(model);
@@ -375,6 +389,10 @@ impl Gateway {
                 _ => Attempt::Retry(GatewayError::unavailable(format!("the upstream answered {status}"))),
             });
         }
+        answer.record = provider.recorder.as_ref().map(|r| {
+            let (key, note) = r.start(req);
+            (r.clone(), key, note)
+        });
         answer.source = Source::Http {
             resp: Box::new(resp),
             decoder: upstream::Decoder::new(cfg.kind),
@@ -551,6 +569,8 @@ pub struct Answer {
     finished: bool,
     /// Settle after the last event without making the caller wait for the ledger write.
     background_settlement: bool,
+    /// Where the whole answer is recorded (key, note), when its provider records.
+    record: Option<(Arc<replay::Recorder>, String, String)>,
 }
 
 impl Answer {
@@ -581,6 +601,9 @@ impl Answer {
                 Ok(true) => {}
                 Ok(false) => {
                     self.finished = true;
+                    if let Some((recorder, key, note)) = self.record.take() {
+                        recorder.add(key, note, self.completion.clone());
+                    }
                     let mut usage = self.completion.usage;
                     if usage.input_tokens == 0 && usage.output_tokens == 0 {
                         usage = self.settle.estimate();

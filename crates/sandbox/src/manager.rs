@@ -514,10 +514,15 @@ impl Sandboxes {
         dir: &str,
         limit: usize,
         code: &'static str,
+        exclude: &[&str],
     ) -> Result<Vec<u8>, SandboxError> {
         let agent = self.agent(env, id)?;
+        let mut argv: Vec<String> = ["tar", "-C", dir, "-czf", "-"].map(str::to_owned).to_vec();
+        // GNU tar: an unanchored pattern leaves out every file or directory of that name, at any depth.
+        argv.extend(exclude.iter().map(|e| format!("--exclude={e}")));
+        argv.push(".".to_owned());
         let spec = crate::proto::ExecSpec {
-            argv: ["tar", "-C", dir, "-czf", "-", "."].map(str::to_owned).to_vec(),
+            argv,
             timeout_ms: Some(600_000),
             ..Default::default()
         };
@@ -538,12 +543,14 @@ impl Sandboxes {
     /// bytes: what a static deployment from a sandbox is made of.
     pub async fn archive_dir(&self, env: &EnvId, id: &str, path: &str, limit: usize) -> Result<Vec<u8>, SandboxError> {
         let dir = if path.starts_with('/') { path.to_owned() } else { format!("{}/{path}", crate::agent::WORKSPACE) };
-        self.tar_dir(env, id, &dir, limit, "archive_failed").await
+        self.tar_dir(env, id, &dir, limit, "archive_failed", &[]).await
     }
 
-    /// Archives the sandbox's workspace (`tar | gzip`, run inside the sandbox) into the object store.
-    pub async fn snapshot(&self, env: &EnvId, id: &str) -> Result<SnapshotRecord, SandboxError> {
-        let stdout = self.tar_dir(env, id, crate::agent::WORKSPACE, MAX_SNAPSHOT_BYTES, "snapshot_failed").await?;
+    /// Archives the sandbox's workspace (`tar | gzip`, run inside the sandbox) into the object store,
+    /// without the files and directories named in `exclude` (at any depth).
+    pub async fn snapshot(&self, env: &EnvId, id: &str, exclude: &[&str]) -> Result<SnapshotRecord, SandboxError> {
+        let stdout =
+            self.tar_dir(env, id, crate::agent::WORKSPACE, MAX_SNAPSHOT_BYTES, "snapshot_failed", exclude).await?;
         let snap = format!("snap{}", self.inner.platform.random_id(16).to_ascii_lowercase());
         let size = stdout.len() as u64;
         self.inner

@@ -153,6 +153,16 @@ impl Backend for AgentBackend {
         Box::pin(async move { self.run(call).await.unwrap_or_else(|o| o) })
     }
 
+    fn publishable_key<'a>(
+        &'a self,
+        env: &'a protocol::EnvId,
+    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>> {
+        Box::pin(async move {
+            let record = self.platform.get_env(env).await.map_err(|e| ApiError::from(e).message)?;
+            Ok(record.keys.publishable)
+        })
+    }
+
     fn position<'a>(
         &'a self,
         env: &'a protocol::EnvId,

@@ -161,7 +161,7 @@ pub async fn snapshot(
     Path(p): Path<SandboxPath>,
 ) -> ApiResult<(StatusCode, Json<SnapshotRecord>)> {
     let env = env_of(&caller)?;
-    let snap = sandboxes(&state)?.snapshot(env, &p.sandbox).await?;
+    let snap = sandboxes(&state)?.snapshot(env, &p.sandbox, &[]).await?;
     audit(&state, &caller, "sandboxes:Snapshot", env, &snap.id).await;
     Ok((StatusCode::CREATED, Json(snap)))
 }

@@ -2,6 +2,7 @@
 //! say what went wrong: 0 ok, 1 other error, 2 bad usage, 3 not authorized, 4 not found, 5 conflict,
 //! 6 quota or rate limit, 7 cannot reach the server.
 
+mod demo;
 mod session;
 
 use std::io::Write as _;
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct Connection {
     /// Platform URL.
     #[arg(long, global = true, env = "VIBEBASE_URL", default_value = "http://127.0.0.1:8787")]
@@ -114,6 +115,9 @@ pub enum ClientCommand {
         #[command(flatten)]
         conn: Connection,
     },
+    /// From nothing to a deployed app: create an env and have one prompt build a todo app with sign-in
+    /// and per-user row-level security, played by the built-in replay model; prints the site's URL.
+    Demo(demo::DemoArgs),
     /// Manage the platform's workspace templates.
     Template {
         #[command(subcommand)]
@@ -1352,6 +1356,7 @@ async fn dispatch(command: ClientCommand) -> Result<Option<ExitCode>, Failure> {
         }
         ClientCommand::Apps { command, conn } => return apps(&Client::new(conn)?, command).await,
         ClientCommand::Session { command, conn } => return session::run(&Client::new(conn)?, command).await,
+        ClientCommand::Demo(args) => return demo::run(args).await,
         ClientCommand::Template { command, conn } => {
             let c = Client::new(conn)?;
             let names = |v: &Value| {

@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// driving instance died is resumed by another (or by this one after a restart) after it.
     #[arg(long, default_value_t = 15, env = "VIBEBASE_AGENT_LEASE_SECONDS", value_parser = clap::value_parser!(u64).range(1..=600))]
     agent_lease_seconds: u64,
+    /// Start agent sandboxes with an empty workspace instead of the built-in app template (Vite +
+    /// React + supabase-js, made on first use with `npm ci`, which needs the npm registry).
+    #[arg(long, env = "VIBEBASE_NO_APP_TEMPLATE")]
+    no_app_template: bool,
     /// SMTP relay for end-user auth mail (smtp://host[:port]); without it mail goes to each env's outbox.
     #[arg(long, env = "VIBEBASE_SMTP_URL")]
     smtp_url: Option<String>,
@@ -171,13 +175,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let platform = Platform::new(config, db, blobs, &admin_key, Arc::new(SystemClock), Arc::new(OsEntropy));
-    let gateway = match &args.models {
-        Some(path) => {
-            let models = gateway::Config::load(path).with_context(|| format!("--models {}", path.display()))?;
-            gateway::Gateway::new(platform.clone(), models).with_context(|| format!("--models {}", path.display()))?
-        }
-        None => gateway::Gateway::empty(platform.clone()),
+    let mut models = match &args.models {
+        Some(path) => gateway::Config::load(path).with_context(|| format!("--models {}", path.display()))?,
+        None => gateway::Config::from_json("{}", &data_dir).context("default models")?,
     };
+    // The demo's replay model (`vibebase demo`): it answers only the requests its transcript recorded.
+    models.add_builtin_replay(agent::demo::MODEL, agent::demo::TRANSCRIPT);
+    let gateway = gateway::Gateway::new(platform.clone(), models).context("--models")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let background = platform.spawn_background(stop_rx.clone());
     tracing::info!(
@@ -205,6 +209,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             lease_ttl: std::time::Duration::from_secs(args.agent_lease_seconds),
             // Look for orphaned sessions several times per lease.
             sweep_every: std::time::Duration::from_millis((args.agent_lease_seconds * 1000 / 4).clamp(250, 2000)),
+            app_template: !args.no_app_template,
             ..Default::default()
         })
         .with_apps_config(apps_config)

@@ -157,7 +157,7 @@ fn session_text(v: &Value) -> String {
 }
 
 /// `Some(Ok)` for RUN_FINISHED, `Some(Err)` for RUN_ERROR (exit 1, its code and message), else `None`.
-fn run_end(event: &Value) -> Option<Result<(), Failure>> {
+pub(super) fn run_end(event: &Value) -> Option<Result<(), Failure>> {
     match event["type"].as_str() {
         Some("RUN_FINISHED") => Some(Ok(())),
         Some("RUN_ERROR") => {
@@ -170,14 +170,14 @@ fn run_end(event: &Value) -> Option<Result<(), Failure>> {
 
 /// How events are shown without `--json`.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Style {
+pub(super) enum Style {
     /// The answer: text to stdout as it streams; tool calls and their results as progress on stderr.
     Answer,
     /// One line per event with its sequence number.
     Log,
 }
 
-struct Printer {
+pub(super) struct Printer {
     json: bool,
     style: Style,
     seq: i64,
@@ -188,11 +188,11 @@ struct Printer {
 }
 
 impl Printer {
-    fn new(json: bool, style: Style) -> Self {
+    pub(super) fn new(json: bool, style: Style) -> Self {
         Self { json, style, seq: 0, tools: Default::default(), mid_line: false }
     }
 
-    fn print(&mut self, e: &Value) {
+    pub(super) fn print(&mut self, e: &Value) {
         let mut stdout = std::io::stdout().lock();
         if self.json {
             let _ = writeln!(stdout, "{e}");
@@ -262,12 +262,13 @@ fn first_line(text: &str, max: usize) -> String {
     out
 }
 
-/// Reconnect attempts in a row before giving up (each after `RECONNECT_DELAY`).
-const MAX_RECONNECTS: u32 = 10;
+/// Reconnect attempts in a row before giving up (each after `RECONNECT_DELAY`): long enough for a
+/// server to restart.
+const MAX_RECONNECTS: u32 = 60;
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 /// A session's event stream from a sequence number on; reconnects with `Last-Event-ID` after a drop.
-struct EventStream<'a> {
+pub(super) struct EventStream<'a> {
     c: &'a Client,
     path: String,
     /// The last sequence number received.
@@ -282,7 +283,7 @@ struct EventStream<'a> {
 }
 
 impl<'a> EventStream<'a> {
-    fn new(c: &'a Client, path: String, after: i64, follow: bool) -> Self {
+    pub(super) fn new(c: &'a Client, path: String, after: i64, follow: bool) -> Self {
         Self {
             c,
             path,
@@ -297,7 +298,7 @@ impl<'a> EventStream<'a> {
     }
 
     /// The next event and its sequence number; `None` at the end of a `--no-follow` stream.
-    async fn next(&mut self) -> Result<Option<(i64, Value)>, Failure> {
+    pub(super) async fn next(&mut self) -> Result<Option<(i64, Value)>, Failure> {
         loop {
             if let Some(frame) = self.frames.pop_front() {
                 self.last = frame.0;
