@@ -284,8 +284,9 @@ impl Config {
             .unwrap_or_else(|e| unreachable!("a replay provider's defaults parse: {e}"));
         self.providers.insert(name.to_owned(), provider);
         self.builtin_recordings.insert(name.to_owned(), recordings);
-        let model: ModelConfig = serde_json::from_value(serde_json::json!({"name": name, "routes": [{"provider": name}]}))
-            .unwrap_or_else(|e| unreachable!("a replay model's defaults parse: {e}"));
+        let model: ModelConfig =
+            serde_json::from_value(serde_json::json!({"name": name, "routes": [{"provider": name}]}))
+                .unwrap_or_else(|e| unreachable!("a replay model's defaults parse: {e}"));
         self.models.push(model);
     }
 

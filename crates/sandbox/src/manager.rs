@@ -521,11 +521,7 @@ impl Sandboxes {
         // GNU tar: an unanchored pattern leaves out every file or directory of that name, at any depth.
         argv.extend(exclude.iter().map(|e| format!("--exclude={e}")));
         argv.push(".".to_owned());
-        let spec = crate::proto::ExecSpec {
-            argv,
-            timeout_ms: Some(600_000),
-            ..Default::default()
-        };
+        let spec = crate::proto::ExecSpec { argv, timeout_ms: Some(600_000), ..Default::default() };
         let done = agent.run(spec, None, crate::client::OutputLimit(limit)).await?;
         // GNU tar exits 1 when a file changed while it was read: the archive is still whole.
         if done.truncated || !(0..=1).contains(&done.exit_code) {
