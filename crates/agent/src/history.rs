@@ -78,13 +78,19 @@ impl History {
         // Tool calls seen, in order.
         let mut calls: Vec<Call> = Vec::new();
 
-        fn flush(msgs: &mut Vec<Message>, assistant: &mut Option<Message>, results: &mut Vec<Part>) {
+        fn flush(msgs: &mut Vec<Message>, assistant: &mut Option<Message>, results: &mut Vec<Part>, calls: &[Call]) {
             if let Some(a) = assistant.take()
                 && !a.content.is_empty()
             {
                 msgs.push(a);
             }
             if !results.is_empty() {
+                // In the order of the calls: calls to different hands finish in any order.
+                let place = |p: &Part| match p {
+                    Part::ToolResult { call_id, .. } => calls.iter().rposition(|c| &c.id == call_id),
+                    _ => None,
+                };
+                results.sort_by_key(place);
                 msgs.push(Message { role: Role::User, content: std::mem::take(results) });
             }
         }
@@ -92,12 +98,12 @@ impl History {
         for e in events {
             match e {
                 Event::Custom { name, value } if name == custom::USER_MESSAGE => {
-                    flush(&mut h.messages, &mut assistant, &mut results);
+                    flush(&mut h.messages, &mut assistant, &mut results, &calls);
                     let text = value["content"].as_str().unwrap_or_default().to_owned();
                     h.messages.push(Message { role: Role::User, content: vec![Part::Text { text }] });
                 }
                 Event::Custom { name, .. } if name == custom::MODEL_REQUEST => {
-                    flush(&mut h.messages, &mut assistant, &mut results);
+                    flush(&mut h.messages, &mut assistant, &mut results, &calls);
                     assistant = Some(Message { role: Role::Assistant, content: Vec::new() });
                     h.turns_in_run += 1;
                     h.turns_total += 1;
@@ -174,7 +180,7 @@ impl History {
                 Event::StateSnapshot { .. } | Event::Custom { .. } => {}
             }
         }
-        flush(&mut h.messages, &mut assistant, &mut results);
+        flush(&mut h.messages, &mut assistant, &mut results, &calls);
         for c in calls {
             match (c.ended, c.answered) {
                 (true, false) if c.requested && !c.decided => h.awaiting_approval.push((c.id, c.name, c.arguments)),
@@ -282,5 +288,40 @@ mod tests {
         assert_eq!(h.unfinished, vec![("c2".to_owned(), "bash".to_owned())]);
         assert_eq!(h.open_text.as_deref(), Some("m"));
         assert!(h.open_run.is_some());
+    }
+
+    #[test]
+    fn results_of_parallel_calls_fold_in_the_order_of_the_calls() {
+        let call = |id: &str| {
+            vec![
+                Event::ToolCallStart {
+                    tool_call_id: id.into(),
+                    tool_call_name: "bash".into(),
+                    parent_message_id: None,
+                },
+                Event::ToolCallEnd { tool_call_id: id.into() },
+            ]
+        };
+        let result = |id: &str| Event::ToolCallResult {
+            message_id: format!("r-{id}"),
+            tool_call_id: id.into(),
+            content: id.into(),
+            role: Some("tool".into()),
+            is_error: false,
+        };
+        let mut events = vec![user("go"), Event::custom(custom::MODEL_REQUEST, json!({}))];
+        events.extend(call("a"));
+        events.extend(call("b"));
+        events.extend([result("b"), Event::custom(custom::SANDBOX_ATTACH, json!({})), result("a")]);
+        let h = History::fold(&events);
+        let ids: Vec<&str> = h.messages[2]
+            .content
+            .iter()
+            .filter_map(|p| match p {
+                Part::ToolResult { call_id, .. } => Some(call_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
     }
 }

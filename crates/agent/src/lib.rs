@@ -32,7 +32,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::event::{Event, custom};
-pub use crate::log::{Caps, Log, Session, valid_session_id};
+pub use crate::log::{Bindings, Caps, Log, Session, valid_session_id};
 pub use protocol::agent::{
     ApprovalRequest, CreateSessionRequest, Decision, RevertRequest, RevertResult, RunStarted, SendMessageRequest,
     SessionRecord,
@@ -415,14 +415,16 @@ impl Agent {
             };
             backend.roll_back_site(env, id, d).await.map_err(AgentError::RevertFailed)?;
         }
+        let hands = self.inner.log.bindings(env, id).await?.hands;
         self.inner.log.restore_workspace(env, id, holder, snapshot.as_deref()).await?;
         let mut events = Vec::new();
-        if let Some(sb) = &session.sandbox_id {
+        for (hand, sb) in &hands {
             if let Some(sandboxes) = &self.inner.sandboxes {
                 // Nobody uses it any more; its workspace is the one being undone.
                 let _ = sandboxes.kill(env, sb).await;
             }
-            events.push(Event::custom(custom::SANDBOX_DETACH, json!({"sandbox": sb, "reason": "reverted"})));
+            let detach = json!({"sandbox": sb, "hand": hand, "reason": "reverted"});
+            events.push(Event::custom(custom::SANDBOX_DETACH, detach));
         }
         events.push(Event::custom(
             custom::REVERTED,

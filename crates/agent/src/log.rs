@@ -42,7 +42,7 @@ pub struct Session {
     pub last_seq: i64,
     /// The run in progress or the last one.
     pub run_id: Option<String>,
-    /// The sandbox attached to the session, if one is.
+    /// The sandbox attached to the session's main hand, if one is (other hands: [`Log::bindings`]).
     pub sandbox_id: Option<String>,
     /// The workspace snapshot a fresh sandbox is restored from.
     pub workspace_snapshot: Option<String>,
@@ -98,6 +98,14 @@ fn record(r: &Row) -> Result<Session, StoreError> {
         approval_tools: serde_json::from_str(&r.text(14)?).unwrap_or_default(),
         always_allowed: serde_json::from_str(&r.text(15)?).unwrap_or_default(),
     })
+}
+
+/// The sandboxes a session's hands hold, and the workspace a new one starts from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bindings {
+    /// (hand, sandbox), sorted by hand.
+    pub hands: Vec<(String, String)>,
+    pub snapshot: Option<String>,
 }
 
 /// Session ids are AG-UI thread ids chosen by clients: 1..=128 of `A-Z a-z 0-9 - _ . :`.
@@ -394,7 +402,67 @@ impl Log {
         Ok(())
     }
 
-    /// Detaches the session's sandbox and sets the workspace its next sandbox starts from (`None`: an
+    /// The session's attached hands: the main hand's sandbox is the session's `sandbox_id` (as before
+    /// there were several), the others are rows of `agent_hands`.
+    pub async fn bindings(&self, env: &EnvId, id: &str) -> Result<Bindings, AgentError> {
+        let (env, id) = (env.to_string(), id.to_owned());
+        let bindings = self
+            .db
+            .tx(move |c: &mut dyn Conn| {
+                let params: [Value; 2] = [env.as_str().into(), id.as_str().into()];
+                let Some(row) = c.query_opt(
+                    "SELECT sandbox_id, workspace_snapshot FROM agent_sessions WHERE env_id = $1 AND id = $2",
+                    &params,
+                )?
+                else {
+                    return Ok(None);
+                };
+                let mut hands: Vec<(String, String)> =
+                    row.opt_text(0)?.map(|sb| (crate::tools::MAIN_HAND.to_owned(), sb)).into_iter().collect();
+                for r in c.query(
+                    "SELECT hand, sandbox_id FROM agent_hands WHERE env_id = $1 AND session_id = $2 ORDER BY hand",
+                    &params,
+                )? {
+                    hands.push((r.text(0)?, r.text(1)?));
+                }
+                hands.sort();
+                Ok::<_, StoreError>(Some(Bindings { hands, snapshot: row.opt_text(1)? }))
+            })
+            .await?;
+        bindings.ok_or(AgentError::NotFound)
+    }
+
+    /// Binds `hand` of a session to `sandbox` (or to none).
+    pub async fn set_hand(
+        &self,
+        env: &EnvId,
+        id: &str,
+        hand: &str,
+        sandbox: Option<&str>,
+        now: i64,
+    ) -> Result<(), AgentError> {
+        if hand == crate::tools::MAIN_HAND {
+            return self.set_sandbox(env, id, sandbox, None).await;
+        }
+        let (env, id, hand, sandbox) = (env.to_string(), id.to_owned(), hand.to_owned(), sandbox.map(str::to_owned));
+        self.db
+            .tx(move |c: &mut dyn Conn| {
+                let key: [Value; 3] = [env.as_str().into(), id.as_str().into(), hand.as_str().into()];
+                c.execute("DELETE FROM agent_hands WHERE env_id = $1 AND session_id = $2 AND hand = $3", &key)?;
+                if let Some(sb) = sandbox {
+                    c.execute(
+                        "INSERT INTO agent_hands (env_id, session_id, hand, sandbox_id, attached_at) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                        &[env.as_str().into(), id.as_str().into(), hand.as_str().into(), sb.into(), now.into()],
+                    )?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Detaches every hand of the session and sets the workspace its next sandbox starts from (`None`: an
     /// empty one), as `holder` (a revert holds the lease).
     pub async fn restore_workspace(
         &self,
@@ -518,7 +586,10 @@ impl Log {
 
     /// Removes every session of `env` (the env is being deleted).
     pub async fn delete_env(&self, env: &EnvId) -> Result<(), AgentError> {
-        Ok(self.db.delete_env_rows(env.as_str(), &["agent_events", "agent_approvals", "agent_sessions"]).await?)
+        Ok(self
+            .db
+            .delete_env_rows(env.as_str(), &["agent_events", "agent_approvals", "agent_hands", "agent_sessions"])
+            .await?)
     }
 }
 

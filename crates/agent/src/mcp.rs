@@ -1,14 +1,14 @@
 //! The tool registry served as an MCP server: JSON-RPC parsing and dispatch, and the MCP sessions, with
 //! no HTTP (the streamable HTTP transport is `server::mcp`). Outside agents (Claude Code, Cursor, Codex)
 //! call the same tools a session's run calls, the same way ([`crate::hands`]): each MCP session gets its
-//! own sandbox of the env, started on its first tool call that needs one, metered under the MCP session
-//! id, and killed when the session ends or idles out.
+//! own sandboxes of the env (named hands, as in a session), each started on the first tool call that
+//! needs it, metered under the MCP session id, and killed when the session ends or idles out.
 //!
 //! MCP sessions live in this instance's memory, bounded per env and per instance: a client whose session
 //! this instance does not know (another instance, a restart, an idle-out) gets "session not found" and
 //! initializes again, as the transport specifies.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +16,7 @@ use platform::Actor;
 use protocol::EnvId;
 use serde_json::{Map, Value, json};
 
-use crate::hands::SandboxHolder;
+use crate::hands::{Binding, SandboxHolder};
 use crate::tools;
 use crate::{Agent, AgentError};
 
@@ -151,22 +151,22 @@ pub struct McpSession {
     /// The negotiated protocol version.
     pub protocol_version: &'static str,
     last_used_ms: AtomicI64,
-    /// The attached sandbox; taken (and killed) when the session ends.
-    sandbox: Mutex<Option<String>>,
+    /// The attached sandboxes by hand; taken (and killed) when the session ends.
+    sandbox: Mutex<BTreeMap<String, String>>,
     /// Set when the session ends: a sandbox started for it afterwards is killed at once.
     closed: AtomicBool,
-    /// Concurrent tool calls start one sandbox, not one each.
+    /// Concurrent tool calls start one sandbox per hand, not one each.
     starting: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl McpSession {
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+    fn slot(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
         self.sandbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The sandbox attached now.
+    /// The sandbox attached to the main hand now.
     pub fn sandbox(&self) -> Option<String> {
-        self.slot().clone()
+        self.slot().get(tools::MAIN_HAND).cloned()
     }
 }
 
@@ -197,28 +197,29 @@ impl SandboxHolder for McpHolder<'_> {
         self.actor.clone()
     }
 
-    fn start_lock(&self) -> Option<Arc<tokio::sync::Mutex<()>>> {
-        Some(self.session.starting.clone())
+    fn start_lock(&self) -> Arc<tokio::sync::Mutex<()>> {
+        self.session.starting.clone()
     }
 
-    async fn binding(&self) -> Result<(Option<String>, Option<String>), AgentError> {
-        Ok((self.session.sandbox(), None))
+    async fn binding(&self, hand: &str) -> Result<Binding, AgentError> {
+        let slot = self.session.slot();
+        Ok(Binding { sandbox: slot.get(hand).cloned(), snapshot: None, attached: slot.len() })
     }
 
-    async fn attach(&self, sandbox: &str) -> Result<(), AgentError> {
+    async fn attach(&self, hand: &str, sandbox: &str) -> Result<(), AgentError> {
         let mut slot = self.session.slot();
         // Checked under the slot's lock, which ending the session also takes: no sandbox outlives it.
         if self.session.closed.load(Ordering::SeqCst) {
             return Err(AgentError::NotFound);
         }
-        *slot = Some(sandbox.to_owned());
+        slot.insert(hand.to_owned(), sandbox.to_owned());
         Ok(())
     }
 
-    async fn detach(&self, sandbox: &str, _reason: &str) -> Result<(), AgentError> {
+    async fn detach(&self, hand: &str, sandbox: &str, _reason: &str) -> Result<(), AgentError> {
         let mut slot = self.session.slot();
-        if slot.as_deref() == Some(sandbox) {
-            *slot = None;
+        if slot.get(hand).map(String::as_str) == Some(sandbox) {
+            slot.remove(hand);
         }
         Ok(())
     }
@@ -356,16 +357,18 @@ impl Agent {
     }
 
     async fn close_mcp(&self, session: &McpSession) {
-        let sandbox = {
+        let hands = {
             let mut slot = session.slot();
             session.closed.store(true, Ordering::SeqCst);
-            slot.take()
+            std::mem::take(&mut *slot)
         };
-        if let (Some(sb), Some(sandboxes)) = (sandbox, &self.inner.sandboxes)
-            && let Err(e) = sandboxes.kill(&session.env, &sb).await
-            && !matches!(e, sandbox::SandboxError::NotFound)
-        {
-            tracing::warn!(error = %e, session = %session.id, "could not kill an MCP session's sandbox");
+        let Some(sandboxes) = &self.inner.sandboxes else { return };
+        for sb in hands.values() {
+            if let Err(e) = sandboxes.kill(&session.env, sb).await
+                && !matches!(e, sandbox::SandboxError::NotFound)
+            {
+                tracing::warn!(error = %e, session = %session.id, "could not kill an MCP session's sandbox");
+            }
         }
     }
 

@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::event::{Event, custom};
-use crate::hands::SandboxHolder;
+use crate::hands::{Binding, SandboxHolder};
 use crate::history::History;
 use crate::tools::{self, Outcome};
 use crate::{Agent, AgentError};
@@ -39,6 +39,9 @@ impl From<AgentError> for Stop {
         }
     }
 }
+
+/// A recorded tool call: (id, name, arguments).
+type Call = (String, String, String);
 
 /// What the heartbeat (or an interrupt on this instance) tells the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,9 +207,11 @@ impl Agent {
         Ok(History::fold_log(&self.inner.log.read_all(env, id).await?))
     }
 
-    /// Runs recorded tool calls (id, name, arguments) in order, asking a person first where the session
-    /// says so (`requested`: the question was asked already, by a driver that stopped). Returns whether
-    /// any of them may have changed the workspace.
+    /// Runs recorded tool calls (id, name, arguments), asking a person first where the session says so
+    /// (`requested`: the question was asked already, by a driver that stopped). The calls of one hand
+    /// (tools without a sandbox go with the main hand) run in order; different hands run concurrently.
+    /// Every call's intent is in the log already (the answer's events were written before this runs).
+    /// Returns whether any of them may have changed the workspace.
     async fn run_calls(
         &self,
         env: &EnvId,
@@ -214,6 +219,49 @@ impl Agent {
         calls: &[(String, String, String)],
         requested: bool,
         signal: &mut watch::Receiver<Signal>,
+    ) -> Result<bool, Stop> {
+        let mut groups: Vec<(String, Vec<Call>)> = Vec::new();
+        for call in calls {
+            let hand = match tools::split_hand(&call.1, &call.2) {
+                Ok((Some(hand), _)) => hand,
+                _ => tools::MAIN_HAND.to_owned(),
+            };
+            match groups.iter_mut().find(|(h, _)| *h == hand) {
+                Some((_, group)) => group.push(call.clone()),
+                None => groups.push((hand, vec![call.clone()])),
+            }
+        }
+        let starting = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+        let runs = groups.iter().map(|(_, group)| {
+            let (mut signal, starting) = (signal.clone(), starting.clone());
+            async move { self.run_hand_calls(env, id, group, requested, &mut signal, starting).await }
+        });
+        let mut changed = false;
+        let mut stop = None;
+        for outcome in futures_util::future::join_all(runs).await {
+            match outcome {
+                Ok(c) => changed |= c,
+                // A lost lease outranks the rest: this driver must write nothing more.
+                Err(Stop::LeaseLost) => stop = Some(Stop::LeaseLost),
+                Err(e) if stop.is_none() => stop = Some(e),
+                Err(_) => {}
+            }
+        }
+        match stop {
+            Some(e) => Err(e),
+            None => Ok(changed),
+        }
+    }
+
+    /// Runs the calls of one hand in order (see [`Self::run_calls`]).
+    async fn run_hand_calls(
+        &self,
+        env: &EnvId,
+        id: &str,
+        calls: &[(String, String, String)],
+        requested: bool,
+        signal: &mut watch::Receiver<Signal>,
+        starting: std::sync::Arc<tokio::sync::Mutex<()>>,
     ) -> Result<bool, Stop> {
         let mut changed = false;
         for (i, (call_id, name, arguments)) in calls.iter().enumerate() {
@@ -242,7 +290,8 @@ impl Agent {
                 }
                 self.append(env, id, vec![decided]).await?;
             }
-            let outcome = self.run_tool(env, id, name, arguments).await?;
+            let holder = LoopHolder { agent: self, env, id, starting: starting.clone() };
+            let outcome = self.run_tool_for(env, &holder, name, arguments).await?;
             changed |= tools::mutates_workspace(name) || tools::changes_backend(name);
             self.append(env, id, vec![result(call_id, outcome)]).await?;
         }
@@ -426,15 +475,12 @@ impl Agent {
         Ok(calls)
     }
 
-    async fn run_tool(&self, env: &EnvId, id: &str, name: &str, arguments: &str) -> Result<Outcome, Stop> {
-        let holder = LoopHolder { agent: self, env, id };
-        Ok(self.run_tool_for(env, &holder, name, arguments).await?)
-    }
-
-    /// Records a checkpoint: the workspace snapshot (so a fresh sandbox, after a crash or a revert,
-    /// starts from it), the env's migration position and its published deployment.
+    /// Records a checkpoint: the workspace snapshot of the main hand (so a fresh sandbox of any hand,
+    /// after a crash or a revert, starts from it; other hands' workspaces are not kept), the env's
+    /// migration position and its published deployment.
     /// Installed dependencies (`node_modules`) are left out: they come back from the template or the
-    /// lockfile. Without a live sandbox (it died in this turn) the checkpoint keeps the last snapshot.
+    /// lockfile. Without a live main sandbox (it died in this turn, or only other hands were used) the
+    /// checkpoint keeps the last snapshot.
     async fn checkpoint(&self, env: &EnvId, id: &str) -> Result<(), AgentError> {
         let session = self.session(env, id).await?;
         let mut snapshot = session.workspace_snapshot.clone();
@@ -463,11 +509,14 @@ impl Agent {
     }
 }
 
-/// A run keeps its sandbox in the session's log (and its row), so a resumed run finds it.
+/// A run keeps its hands' sandboxes in the session's row and `agent_hands` (and says so in its log), so
+/// a resumed run, on any instance, finds them.
 struct LoopHolder<'a> {
     agent: &'a Agent,
     env: &'a EnvId,
     id: &'a str,
+    /// Shared by the calls of one answer.
+    starting: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SandboxHolder for LoopHolder<'_> {
@@ -479,21 +528,26 @@ impl SandboxHolder for LoopHolder<'_> {
         platform::Actor { name: format!("agent:{}", self.id), request_id: format!("agent-{}", self.id) }
     }
 
-    async fn binding(&self) -> Result<(Option<String>, Option<String>), AgentError> {
-        let s = self.agent.session(self.env, self.id).await?;
-        Ok((s.sandbox_id, s.workspace_snapshot))
+    fn start_lock(&self) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        self.starting.clone()
     }
 
-    async fn attach(&self, sandbox: &str) -> Result<(), AgentError> {
-        self.agent.inner.log.set_sandbox(self.env, self.id, Some(sandbox), None).await?;
-        let attach = Event::custom(custom::SANDBOX_ATTACH, json!({"sandbox": sandbox}));
+    async fn binding(&self, hand: &str) -> Result<Binding, AgentError> {
+        let b = self.agent.inner.log.bindings(self.env, self.id).await?;
+        let sandbox = b.hands.iter().find(|(h, _)| h == hand).map(|(_, sb)| sb.clone());
+        Ok(Binding { sandbox, snapshot: b.snapshot, attached: b.hands.len() })
+    }
+
+    async fn attach(&self, hand: &str, sandbox: &str) -> Result<(), AgentError> {
+        self.agent.inner.log.set_hand(self.env, self.id, hand, Some(sandbox), self.agent.now()).await?;
+        let attach = Event::custom(custom::SANDBOX_ATTACH, json!({"sandbox": sandbox, "hand": hand}));
         self.agent.append(self.env, self.id, vec![attach]).await?;
         Ok(())
     }
 
-    async fn detach(&self, sandbox: &str, reason: &str) -> Result<(), AgentError> {
-        self.agent.inner.log.set_sandbox(self.env, self.id, None, None).await?;
-        let detach = Event::custom(custom::SANDBOX_DETACH, json!({"sandbox": sandbox, "reason": reason}));
+    async fn detach(&self, hand: &str, sandbox: &str, reason: &str) -> Result<(), AgentError> {
+        self.agent.inner.log.set_hand(self.env, self.id, hand, None, self.agent.now()).await?;
+        let detach = Event::custom(custom::SANDBOX_DETACH, json!({"sandbox": sandbox, "hand": hand, "reason": reason}));
         self.agent.append(self.env, self.id, vec![detach]).await?;
         Ok(())
     }

@@ -84,7 +84,7 @@ pub struct BackendPosition {
 }
 
 /// Backend tools: (name, needs the sandbox).
-const BACKEND_TOOLS: [(&str, bool); 7] = [
+const BACKEND_TOOLS: [(&str, bool); 12] = [
     ("env_info", false),
     ("apply_migration", false),
     ("query_data", false),
@@ -92,7 +92,53 @@ const BACKEND_TOOLS: [(&str, bool); 7] = [
     ("deploy_function", true),
     ("deploy_app", true),
     ("read_logs", false),
+    ("list_buckets", false),
+    ("create_bucket", false),
+    ("update_bucket", false),
+    ("upload_file", true),
+    ("list_objects", false),
 ];
+
+/// Sandbox tools (each has a spec in [`specs`]).
+const SANDBOX_TOOLS: [&str; 9] =
+    ["bash", "read_file", "write_file", "edit_file", "glob", "grep", "start_process", "process_output", "stop_process"];
+
+/// The hand a tool call names when it names none.
+pub const MAIN_HAND: &str = "main";
+/// Most hands (sandboxes) one session or MCP session may hold at once.
+pub const MAX_HANDS: usize = 4;
+
+/// Hand names: 1..=32 of `a-z 0-9 -`.
+pub fn valid_hand(name: &str) -> bool {
+    (1..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// True for the tools that run in (or read from) a sandbox, and so take a `sandbox` argument.
+pub fn takes_sandbox(name: &str) -> bool {
+    matches!(placement(name), Some(Placement::Sandbox | Placement::Backend { needs_sandbox: true }))
+}
+
+/// The hand a call names, and its arguments without the `sandbox` argument (which only the hands
+/// read). `Ok((None, arguments))` for a tool that takes no sandbox; `Err` for a bad hand name.
+pub fn split_hand(name: &str, arguments: &str) -> Result<(Option<String>, String), Outcome> {
+    if !takes_sandbox(name) {
+        return Ok((None, arguments.to_owned()));
+    }
+    // Arguments that are not an object are left for the tool to refuse.
+    let Ok(serde_json::Value::Object(mut args)) = serde_json::from_str::<Value>(arguments) else {
+        return Ok((Some(MAIN_HAND.to_owned()), arguments.to_owned()));
+    };
+    let hand = match args.remove("sandbox") {
+        None | Some(Value::Null) => MAIN_HAND.to_owned(),
+        Some(Value::String(h)) if valid_hand(&h) => h,
+        Some(other) => {
+            return Err(Outcome::error(format!(
+                "invalid arguments: sandbox names a sandbox of the session: 1..=32 of a-z 0-9 -, not {other}"
+            )));
+        }
+    };
+    Ok((Some(hand), Value::Object(args).to_string()))
+}
 
 /// The most a tool answer carries back to the model (longer output is cut, saying so).
 pub const MAX_OUTPUT: usize = 64 * 1024;
@@ -104,7 +150,7 @@ pub fn placement(name: &str) -> Option<Placement> {
     if let Some((_, needs_sandbox)) = BACKEND_TOOLS.iter().find(|(n, _)| *n == name) {
         return Some(Placement::Backend { needs_sandbox: *needs_sandbox });
     }
-    specs().iter().any(|t| t.name == name).then_some(Placement::Sandbox)
+    SANDBOX_TOOLS.contains(&name).then_some(Placement::Sandbox)
 }
 
 /// The registry, as the model sees it.
@@ -112,7 +158,7 @@ pub fn specs() -> Vec<Tool> {
     fn tool(name: &str, description: &str, parameters: Value) -> Tool {
         Tool { name: name.to_owned(), description: Some(description.to_owned()), parameters }
     }
-    vec![
+    let mut tools = vec![
         tool(
             "bash",
             "Run a bash command in the workspace (/home/user) of the session's sandbox. Returns exit code, stdout and stderr.",
@@ -225,7 +271,64 @@ pub fn specs() -> Vec<Tool> {
                 "kind": {"type": "string", "enum": ["function", "app"]}, "name": {"type": "string"}
             }, "required": ["kind", "name"]}),
         ),
-    ]
+        tool(
+            "list_buckets",
+            "The environment's storage buckets, with whether each is public and its upload limits.",
+            json!({"type": "object", "properties": {}}),
+        ),
+        tool(
+            "create_bucket",
+            "Create a storage bucket (files served at /storage/v1). A public bucket's files are readable by \
+             anyone at their public URL; who may upload, read or delete in any bucket is decided by \
+             row-level security policies on storage.objects (write them with apply_migration).",
+            json!({"type": "object", "properties": bucket_settings(true), "required": ["name"]}),
+        ),
+        tool(
+            "update_bucket",
+            "Change a bucket's settings; settings left out stay as they are (null removes a limit).",
+            json!({"type": "object", "properties": bucket_settings(false), "required": ["name"]}),
+        ),
+        tool(
+            "upload_file",
+            "Upload a file of the workspace into a bucket as the object `path` (seed data, images); the \
+             content type is guessed from the name unless given.",
+            json!({"type": "object", "properties": {
+                "bucket": {"type": "string"}, "path": {"type": "string", "description": "the object's name in the bucket"},
+                "file": {"type": "string", "description": "the workspace file to upload"},
+                "content_type": {"type": "string"}, "upsert": {"type": "boolean", "description": "replace an existing object"}
+            }, "required": ["bucket", "path", "file"]}),
+        ),
+        tool(
+            "list_objects",
+            "List the folders and objects of a bucket directly under a prefix (folder).",
+            json!({"type": "object", "properties": {
+                "bucket": {"type": "string"}, "prefix": {"type": "string"}
+            }, "required": ["bucket"]}),
+        ),
+    ];
+    for t in &mut tools {
+        if takes_sandbox(&t.name) {
+            t.parameters["properties"]["sandbox"] = json!({
+                "type": "string",
+                "description": "The sandbox to run in (default main). Each name (1..=32 of a-z 0-9 -, at most 4 \
+                                per session) is a sandbox of its own, started from the session's last checkpoint; \
+                                calls to different sandboxes in one answer run in parallel."
+            });
+        }
+    }
+    tools
+}
+
+/// The settings of `create_bucket` and `update_bucket`.
+fn bucket_settings(create: bool) -> Value {
+    let nullable = |t: &str| if create { json!(t) } else { json!([t, "null"]) };
+    json!({
+        "name": {"type": "string"},
+        "public": {"type": "boolean"},
+        "file_size_limit": {"type": nullable("integer"), "minimum": 1, "description": "bytes"},
+        "allowed_mime_types": {"type": nullable("array"), "items": {"type": "string"},
+            "description": "for example [\"image/*\"]; any type when absent"}
+    })
 }
 
 /// True for the tools whose effect a checkpoint records beyond the workspace (schema, deployments).
@@ -486,6 +589,31 @@ mod tests {
         assert_eq!(placement("deploy_site"), Some(Placement::Backend { needs_sandbox: true }));
         assert_eq!(placement("apply_migration"), Some(Placement::Backend { needs_sandbox: false }));
         assert_eq!(placement("rm_rf_everything"), None);
+        let names: Vec<String> = specs().into_iter().map(|t| t.name).collect();
+        for n in SANDBOX_TOOLS.iter().chain(BACKEND_TOOLS.iter().map(|(n, _)| n)) {
+            assert!(names.iter().any(|s| s == n), "{n} has no spec");
+        }
+        assert_eq!(names.len(), SANDBOX_TOOLS.len() + BACKEND_TOOLS.len());
+    }
+
+    #[test]
+    fn sandbox_tools_take_a_hand_and_others_do_not() {
+        for t in specs() {
+            let has = t.parameters["properties"].get("sandbox").is_some();
+            assert_eq!(has, takes_sandbox(&t.name), "{}", t.name);
+        }
+        assert!(takes_sandbox("upload_file") && takes_sandbox("bash") && !takes_sandbox("create_bucket"));
+        let (hand, rest) = split_hand("bash", r#"{"command": "ls", "sandbox": "web-2"}"#).unwrap();
+        assert_eq!((hand.as_deref(), rest.as_str()), (Some("web-2"), r#"{"command":"ls"}"#));
+        let (hand, rest) = split_hand("bash", r#"{"command": "ls"}"#).unwrap();
+        assert_eq!((hand.as_deref(), rest.as_str()), (Some("main"), r#"{"command":"ls"}"#));
+        let (hand, rest) = split_hand("apply_migration", r#"{"sql": "x", "sandbox": "b"}"#).unwrap();
+        assert_eq!((hand, rest.as_str()), (None, r#"{"sql": "x", "sandbox": "b"}"#));
+        for bad in [r#""Web""#, r#""""#, "7", r#""a/b""#, &format!("\"{}\"", "a".repeat(33))] {
+            let e = split_hand("bash", &format!(r#"{{"command": "ls", "sandbox": {bad}}}"#)).unwrap_err();
+            assert!(e.is_error && e.content.contains("sandbox"), "{bad}: {e:?}");
+        }
+        assert_eq!(split_hand("bash", "not json").unwrap(), (Some("main".to_owned()), "not json".to_owned()));
     }
 
     #[test]

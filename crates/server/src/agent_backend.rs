@@ -18,6 +18,7 @@ pub struct AgentBackend {
     pub platform: Platform,
     pub appdb: appdb::AppDbs,
     pub hosting: hosting::Hosting,
+    pub storage: storage::Storage,
     pub sandboxes: Option<sandbox::Sandboxes>,
     pub functions: Option<functions::Functions>,
     pub apps: Option<functions::apps::Apps>,
@@ -70,9 +71,75 @@ struct FunctionArgs {
     dir: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadArgs {
+    bucket: String,
+    path: String,
+    file: String,
+    content_type: Option<String>,
+    #[serde(default)]
+    upsert: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListObjectsArgs {
+    bucket: String,
+    #[serde(default)]
+    prefix: String,
+}
+
+/// The largest workspace file `upload_file` carries (bigger files go through the storage API from the
+/// sandbox, which streams them).
+const MAX_TOOL_UPLOAD: usize = 50 * 1024 * 1024;
+/// The most entries `list_objects` shows.
+const MAX_LISTED: usize = 500;
+
+/// The settings of `create_bucket` / `update_bucket`: the bucket's name, and its settings as the
+/// storage API reads them.
+fn bucket_args(arguments: &str) -> Result<(String, storage::BucketChange), Outcome> {
+    let args = if arguments.trim().is_empty() { "{}" } else { arguments };
+    let v: serde_json::Value =
+        serde_json::from_str(args).map_err(|e| Outcome::error(format!("invalid arguments: {e}")))?;
+    let Some(fields) = v.as_object() else { return Err(Outcome::error("invalid arguments: expected an object")) };
+    if let Some(k) =
+        fields.keys().find(|k| !["name", "public", "file_size_limit", "allowed_mime_types"].contains(&k.as_str()))
+    {
+        return Err(Outcome::error(format!("invalid arguments: unknown field `{k}`")));
+    }
+    let Some(name) = v.get("name").and_then(serde_json::Value::as_str) else {
+        return Err(Outcome::error("invalid arguments: name must be a string"));
+    };
+    let change = crate::storage_api::bucket_settings(&v).map_err(refused)?;
+    Ok((name.to_owned(), change))
+}
+
+/// A bucket in one line.
+fn describe(b: &storage::Bucket) -> String {
+    let mut line = format!("{} ({}", b.id, if b.public { "public" } else { "private" });
+    if let Some(l) = b.file_size_limit {
+        line.push_str(&format!(", files up to {l} bytes"));
+    }
+    if !b.allowed_mime_types.is_empty() {
+        line.push_str(&format!(", types {}", b.allowed_mime_types.join(" ")));
+    }
+    line.push(')');
+    line
+}
+
 fn parse<T: for<'de> Deserialize<'de>>(arguments: &str) -> Result<T, Outcome> {
     let args = if arguments.trim().is_empty() { "{}" } else { arguments };
     serde_json::from_str(args).map_err(|e| Outcome::error(format!("invalid arguments: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+/// The loop's authority over storage: the service role, as the env's secret key has it.
+fn service_role() -> storage::Access {
+    storage::Access::Request(appdb::RequestAuth::service_role())
 }
 
 /// An API error as the model reads it.
@@ -270,8 +337,123 @@ impl AgentBackend {
                     a.name, v.version, a.name
                 )))
             }
+            "list_buckets" => {
+                parse::<Empty>(call.arguments)?;
+                self.storage_op(env);
+                let buckets = self.storage.list_buckets(env, &service_role()).await.map_err(refused)?;
+                if buckets.is_empty() {
+                    return Ok(Outcome::ok("(no buckets)"));
+                }
+                Ok(Outcome::ok(buckets.iter().map(describe).collect::<Vec<_>>().join("\n")))
+            }
+            "create_bucket" => {
+                let (name, c) = bucket_args(call.arguments)?;
+                self.storage_op(env);
+                let bucket = storage::NewBucket {
+                    id: name.clone(),
+                    public: c.public.unwrap_or(false),
+                    file_size_limit: c.file_size_limit.flatten(),
+                    allowed_mime_types: c.allowed_mime_types.flatten(),
+                };
+                self.storage.create_bucket(env, &service_role(), bucket).await.map_err(refused)?;
+                let b = self.storage.get_bucket(env, &service_role(), &name).await.map_err(refused)?;
+                let access = if b.public {
+                    "anyone may read its files at their public URL (/storage/v1/object/public/<bucket>/<path>)"
+                } else {
+                    "reads need a key or a signed URL"
+                };
+                Ok(Outcome::ok(format!(
+                    "created bucket {}; {access}; row-level security policies on storage.objects decide who may \
+                     upload (apply_migration)",
+                    describe(&b)
+                )))
+            }
+            "update_bucket" => {
+                let (name, change) = bucket_args(call.arguments)?;
+                self.storage_op(env);
+                self.storage.update_bucket(env, &service_role(), &name, change).await.map_err(refused)?;
+                let b = self.storage.get_bucket(env, &service_role(), &name).await.map_err(refused)?;
+                Ok(Outcome::ok(format!("updated bucket {}", describe(&b))))
+            }
+            "upload_file" => {
+                let a: UploadArgs = parse(call.arguments)?;
+                // Checked before anything is read from the sandbox.
+                storage::names::bucket_id(&a.bucket).map_err(refused)?;
+                storage::names::object_name(&a.path).map_err(refused)?;
+                let bucket = self.storage.get_bucket(env, &service_role(), &a.bucket).await.map_err(refused)?;
+                let (Some(sandboxes), Some(sandbox)) = (&self.sandboxes, call.sandbox) else {
+                    return Err(Outcome::error("this platform instance cannot run sandboxes"));
+                };
+                let client = sandboxes.agent(env, sandbox).map_err(refused)?;
+                let bytes = client
+                    .read_file(&a.file, MAX_TOOL_UPLOAD)
+                    .await
+                    .map_err(|e| Outcome::error(format!("could not read {} from the workspace: {e}", a.file)))?;
+                self.storage_op(env);
+                let content_type =
+                    a.content_type.unwrap_or_else(|| hosting::compress::content_type(&a.path).to_owned());
+                let options = storage::UploadOptions {
+                    content_type: content_type.clone(),
+                    cache_control: "max-age=3600".to_owned(),
+                    upsert: a.upsert,
+                    user_metadata: None,
+                    content_length: Some(bytes.len() as u64),
+                    owner: None,
+                };
+                let size = bytes.len();
+                let mut body = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(Bytes::from(bytes))]);
+                self.storage
+                    .upload(env, &service_role(), &a.bucket, &a.path, options, &mut body)
+                    .await
+                    .map_err(refused)?;
+                let mut text = format!("uploaded {}/{} ({size} bytes, {content_type})", a.bucket, a.path);
+                if bucket.public {
+                    let record = self.platform.get_env(env).await.map_err(refused)?;
+                    let api = record.urls.api.trim_end_matches('/');
+                    text.push_str(&format!("; public URL {api}/storage/v1/object/public/{}/{}", a.bucket, a.path));
+                }
+                Ok(Outcome::ok(text))
+            }
+            "list_objects" => {
+                let a: ListObjectsArgs = parse(call.arguments)?;
+                self.storage_op(env);
+                let options = storage::ListOptions {
+                    prefix: a.prefix,
+                    limit: MAX_LISTED + 1,
+                    offset: 0,
+                    search: String::new(),
+                    sort_column: "name".to_owned(),
+                    sort_desc: false,
+                };
+                let items = self.storage.list(env, &service_role(), &a.bucket, options).await.map_err(refused)?;
+                if items.is_empty() {
+                    return Ok(Outcome::ok("(nothing under this prefix)"));
+                }
+                let mut lines: Vec<String> = items
+                    .iter()
+                    .take(MAX_LISTED)
+                    .map(|item| {
+                        let name = item["name"].as_str().unwrap_or_default();
+                        if item["id"].is_null() {
+                            return format!("{name}/");
+                        }
+                        let meta = &item["metadata"];
+                        let size = meta["size"].as_i64().unwrap_or(0);
+                        format!("{name} ({size} bytes, {})", meta["mimetype"].as_str().unwrap_or("?"))
+                    })
+                    .collect();
+                if items.len() > MAX_LISTED {
+                    lines.push(format!("[more than {MAX_LISTED} entries; list a narrower prefix]"));
+                }
+                Ok(Outcome::ok(lines.join("\n")))
+            }
             other => Err(Outcome::error(format!("there is no backend tool named {other:?}"))),
         }
+    }
+
+    /// One storage operation of the env, done by the loop.
+    fn storage_op(&self, env: &protocol::EnvId) {
+        self.platform.meter(env, protocol::Meter::StorageOps, ("surface", "agent"), 1);
     }
 
     /// A tar.gz of a directory of the session's sandbox, made inside the sandbox.

@@ -151,6 +151,7 @@ impl AppState {
             platform: self.platform.clone(),
             appdb: self.appdb.clone(),
             hosting: self.hosting.clone(),
+            storage: self.storage.clone(),
             sandboxes: self.sandboxes.as_ref().ok().cloned(),
             functions: self.functions.as_ref().ok().cloned(),
             apps: self.apps.as_ref().ok().cloned(),

@@ -26,13 +26,19 @@ const MAX_JSON: usize = 1024 * 1024;
 /// Largest multipart header block or text field before the file part.
 const MAX_FIELD: usize = 64 * 1024;
 
-pub(crate) fn err(e: StorageError) -> Response {
-    if matches!(e, StorageError::Internal(_)) {
-        tracing::error!(error = %e, "storage failed");
-        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.code(), "internal error").into_response();
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        if matches!(e, StorageError::Internal(_)) {
+            tracing::error!(error = %e, "storage failed");
+            return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.code(), "internal error");
+        }
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError::new(status, e.code(), e.to_string())
     }
-    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    ApiError::new(status, e.code(), e.to_string()).into_response()
+}
+
+pub(crate) fn err(e: StorageError) -> Response {
+    ApiError::from(e).into_response()
 }
 
 fn invalid(message: impl Into<String>) -> Response {
@@ -146,7 +152,8 @@ fn decode(s: &str) -> String {
 }
 
 /// Bucket settings of a create or update body.
-fn bucket_settings(v: &Value) -> Result<BucketChange, StorageError> {
+/// A bucket's settings as `POST`/`PUT /bucket` take them (fields left out: `None`).
+pub(crate) fn bucket_settings(v: &Value) -> Result<BucketChange, StorageError> {
     let public = match v.get("public") {
         None | Some(Value::Null) => None,
         Some(Value::Bool(b)) => Some(*b),

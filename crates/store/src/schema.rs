@@ -310,6 +310,19 @@ CREATE TABLE apps (
 );
 "#,
     ),
+    (
+        8,
+        r#"
+CREATE TABLE agent_hands (
+    env_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    hand TEXT NOT NULL,
+    sandbox_id TEXT NOT NULL,
+    attached_at BIGINT NOT NULL,
+    PRIMARY KEY (env_id, session_id, hand)
+);
+"#,
+    ),
 ];
 
 /// The schema version this binary writes.

@@ -302,3 +302,53 @@ async fn other_envs_keys_and_sessions_are_refused_for_every_tool() {
     let r = post(&h, "mcp-a", a.secret(), Some(&session), rpc(3, "ping", json!({}))).await;
     assert_eq!(r.json["result"], json!({}), "A's session is intact: {}", r.text);
 }
+
+#[tokio::test]
+async fn named_hands_and_bucket_tools_over_mcp_stay_in_the_session_and_its_env() {
+    let h = Harness::new().await;
+    let sandboxes = need_sandboxes(&h).clone();
+    let a = h.create_env("mcp-a").await;
+    let b = h.create_env("mcp-b").await;
+    let session = initialize(&h, "mcp-a", a.secret()).await;
+    let b_session = initialize(&h, "mcp-b", b.secret()).await;
+    let call_a = |tool: &'static str, args: Value| call(&h, "mcp-a", a.secret(), &session, tool, args);
+
+    // Each hand is a sandbox of its own.
+    let r = call_a("write_file", json!({"path": "pic.svg", "content": "<svg/>", "sandbox": "assets"})).await;
+    assert_eq!(r["isError"], false, "{r}");
+    let r = call_a("read_file", json!({"path": "pic.svg"})).await;
+    assert_eq!(r["isError"], true, "the main hand does not see the assets hand's files: {r}");
+    let r = call_a("read_file", json!({"path": "pic.svg", "sandbox": "assets"})).await;
+    assert_eq!(text(&r), "<svg/>");
+    let r = call_a("bash", json!({"command": "true", "sandbox": "../x"})).await;
+    assert!(r["isError"] == true && text(&r).starts_with("invalid arguments: sandbox"), "{r}");
+    assert_eq!(sandboxes.list(&env_id("mcp-a")).len(), 2);
+
+    // Bucket tools act on the session's env only.
+    let r = call_a("create_bucket", json!({"name": "pics", "public": true})).await;
+    assert_eq!(r["isError"], false, "{r}");
+    let r =
+        call_a("upload_file", json!({"bucket": "pics", "path": "p.svg", "file": "pic.svg", "sandbox": "assets"})).await;
+    assert!(text(&r).starts_with("uploaded pics/p.svg (6 bytes, image/svg+xml)"), "{r}");
+    let r = call_a("upload_file", json!({"bucket": "pics", "path": "q.svg", "file": "pic.svg"})).await;
+    assert!(r["isError"] == true && text(&r).contains("could not read pic.svg"), "the main hand has no such file: {r}");
+    let public = h.send("GET", "/env/mcp-a/storage/v1/object/public/pics/p.svg", &[], None).await;
+    assert_eq!((public.status, public.text.as_str()), (StatusCode::OK, "<svg/>"));
+    let r = call(&h, "mcp-b", b.secret(), &b_session, "list_buckets", json!({})).await;
+    assert_eq!(text(&r), "(no buckets)");
+    let r = call(&h, "mcp-b", b.secret(), &b_session, "list_objects", json!({"bucket": "pics"})).await;
+    assert!(r["isError"] == true && text(&r).starts_with("error NoSuchBucket"), "{r}");
+    let r = call(&h, "mcp-b", b.secret(), &b_session, "update_bucket", json!({"name": "pics", "public": false})).await;
+    assert!(r["isError"] == true && text(&r).starts_with("error NoSuchBucket"), "{r}");
+    let r = call_a("list_objects", json!({"bucket": "pics"})).await;
+    assert_eq!(text(&r), "p.svg (6 bytes, image/svg+xml)");
+    let r = call_a("update_bucket", json!({"name": "pics", "public": false, "file_size_limit": 1048576})).await;
+    assert_eq!(text(&r), "updated bucket pics (private, files up to 1048576 bytes)");
+
+    // Ending the session kills every hand.
+    let auth = [("authorization", format!("Bearer {}", a.secret())), ("mcp-session-id", session.clone())];
+    let r = h.send("DELETE", "/env/mcp-a/mcp", &auth, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(sandboxes.list(&env_id("mcp-a")).is_empty());
+    sandboxes.kill_all().await;
+}

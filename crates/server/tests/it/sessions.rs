@@ -28,13 +28,18 @@ fn chunk(delta: Value, finish: Option<&str>) -> String {
     format!("data: {c}\n\n")
 }
 
-/// The tool calls the scripted model makes for a user message containing the key, in order.
+/// A command that writes SIDE into side.txt, says it is ready and waits for a `go` file.
+const WAIT_FOR_GO: &str = "echo SIDE > side.txt; touch ready; \
+    for i in $(seq 600); do [ -e go ] && echo released SIDE && exit 0; sleep 0.1; done; exit 1";
+
+/// The tool calls the scripted model makes for a user message containing the key, in order, one per
+/// answer; a call named `parallel` is an answer with several calls (`[[name, arguments], …]`).
 fn script(user_text: &str) -> Vec<(&'static str, Value)> {
     let open = "create table notes (id bigint primary key, body text);";
     let safe = "create table notes (id bigint primary key, body text, owner uuid default auth.uid()); \
                 alter table notes enable row level security; \
                 create policy own on notes for all using (owner = auth.uid());";
-    let scripts: [(&str, Vec<(&str, Value)>); 11] = [
+    let scripts: [(&str, Vec<(&str, Value)>); 16] = [
         ("tool", vec![("bash", json!({"command": "echo hello-from-sandbox > out.txt && cat out.txt"}))]),
         ("rls", vec![("apply_migration", json!({"sql": open}))]),
         ("safe", vec![("apply_migration", json!({"sql": safe}))]),
@@ -77,6 +82,64 @@ fn script(user_text: &str) -> Vec<(&'static str, Value)> {
             ],
         ),
         ("peek", vec![("read_file", json!({"path": "dist/index.html"}))]),
+        (
+            "buckets",
+            vec![
+                ("write_file", json!({"path": "seed/hello.txt", "content": "hello bucket"})),
+                (
+                    "create_bucket",
+                    json!({"name": "media", "public": true, "allowed_mime_types": ["text/*", "image/*"]}),
+                ),
+                ("upload_file", json!({"bucket": "media", "path": "docs/hello.txt", "file": "seed/hello.txt"})),
+                ("list_objects", json!({"bucket": "media", "prefix": "docs"})),
+                ("list_buckets", json!({})),
+            ],
+        ),
+        (
+            "bad storage",
+            vec![
+                ("create_bucket", json!({"name": "bad/name"})),
+                ("create_bucket", json!({"name": "odd", "allowed_mime_types": ["not a type"]})),
+                ("create_bucket", json!({"name": "odd", "colour": "red"})),
+                ("create_bucket", json!({"name": "media"})),
+                ("upload_file", json!({"bucket": "media", "path": "a.txt", "file": "missing.txt"})),
+                (
+                    "upload_file",
+                    json!({"bucket": "media", "path": "x.bin", "file": "seed/hello.txt", "content_type": "application/zip"}),
+                ),
+                ("upload_file", json!({"bucket": "nope", "path": "a.txt", "file": "seed/hello.txt"})),
+                ("upload_file", json!({"bucket": "media", "path": "docs/hello.txt", "file": "seed/hello.txt"})),
+                ("upload_file", json!({"bucket": "media", "path": "../escape.txt", "file": "seed/hello.txt"})),
+            ],
+        ),
+        (
+            // Two hands in one answer: each waits (at most a minute) for a `go` file only the test writes,
+            // once it has seen both waiting, so the answer can only finish if they ran at the same time.
+            "two hands",
+            vec![(
+                "parallel",
+                json!([
+                    ["bash", {"command": WAIT_FOR_GO.replace("SIDE", "main-side")}],
+                    ["bash", {"command": WAIT_FOR_GO.replace("SIDE", "web-side"), "sandbox": "web"}],
+                    ["read_file", {"path": "side.txt", "sandbox": "web"}],
+                ]),
+            )],
+        ),
+        ("look at web", vec![("read_file", json!({"path": "side.txt", "sandbox": "web"}))]),
+        (
+            "too many hands",
+            vec![(
+                "parallel",
+                json!([
+                    ["bash", {"command": "true", "sandbox": "h1"}],
+                    ["bash", {"command": "true", "sandbox": "h2"}],
+                    ["bash", {"command": "true", "sandbox": "h3"}],
+                    ["bash", {"command": "true", "sandbox": "h4"}],
+                    ["bash", {"command": "true", "sandbox": "h5"}],
+                    ["bash", {"command": "true", "sandbox": "Not-A-Name"}],
+                ]),
+            )],
+        ),
     ];
     scripts.into_iter().find(|(k, _)| user_text.contains(k)).map(|(_, s)| s).unwrap_or_default()
 }
@@ -100,9 +163,23 @@ async fn completions(State(m): State<Mock>, body: String) -> Response {
     }
     let user_at = messages.iter().rposition(|m| m["role"] == "user").unwrap();
     let user_text = messages[user_at]["content"].as_str().unwrap_or_default().to_owned();
-    let step = messages[user_at..].iter().filter(|m| m["role"] == "tool").count();
+    let step = messages[user_at..].iter().filter(|m| m["role"] == "assistant" && m["tool_calls"].is_array()).count();
     let script = script(&user_text);
-    let frames: Vec<(String, u64)> = if let Some((name, args)) = script.get(step) {
+    let frames: Vec<(String, u64)> = if let Some(("parallel", calls)) = script.get(step) {
+        let mut f: Vec<(String, u64)> = calls
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let call = json!({"index": i, "id": format!("call_p{i}"), "type": "function",
+                    "function": {"name": c[0], "arguments": c[1].to_string()}});
+                (chunk(json!({"role": "assistant", "tool_calls": [call]}), None), 0)
+            })
+            .collect();
+        f.push((chunk(json!({}), Some("tool_calls")), 0));
+        f
+    } else if let Some((name, args)) = script.get(step) {
         let mut args = args.clone();
         if args.get("pid").is_some() {
             // The pid the first tool of the script started.
@@ -991,4 +1068,188 @@ async fn the_loop_deploys_a_container_app_from_the_workspace_and_reads_its_logs(
     if let Ok(s) = &h.sandboxes {
         s.kill_all().await;
     }
+}
+
+/// Sends `text` to session `s`, waits for the run and returns the tool results of that run.
+async fn run_script(h: &Harness, key: &str, s: &str, text: &str) -> (Vec<(i64, Value)>, Vec<Value>) {
+    let before = h.call("GET", &format!("/v1/envs/agent-a/sessions/{s}"), Some(key), None).await.json["last_seq"]
+        .as_i64()
+        .unwrap();
+    let r = h
+        .call("POST", &format!("/v1/envs/agent-a/sessions/{s}/messages"), Some(key), Some(json!({"content": text})))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    wait_idle(h, key, s).await;
+    let events = history(h, key, s, Some(before)).await;
+    let results = events.iter().filter(|(_, e)| e["type"] == "TOOL_CALL_RESULT").map(|(_, e)| e.clone()).collect();
+    (events, results)
+}
+
+fn content(result: &Value) -> &str {
+    result["content"].as_str().unwrap()
+}
+
+#[tokio::test]
+async fn bucket_tools_create_a_bucket_upload_a_workspace_file_and_refuse_bad_arguments_whole() {
+    let (h, _mock, key) = setup().await;
+    if h.sandboxes.is_err() {
+        panic!("this test needs real sandboxes (root, bubblewrap): {:?}", h.sandboxes.as_ref().err());
+    }
+    let r = h.call("POST", "/v1/envs/agent-a/sessions", Some(&key), Some(json!({"id": "st", "model": "m"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let (_, results) = run_script(&h, &key, "st", "buckets").await;
+    assert_eq!(results.len(), 5, "{results:#?}");
+    assert!(results.iter().all(|r| r["metadata"]["isError"] != true), "{results:#?}");
+    assert!(content(&results[1]).starts_with("created bucket media (public, types text/* image/*)"), "{}", results[1]);
+    let api =
+        h.call("GET", "/v1/envs/agent-a", Some(&h.admin), None).await.json["urls"]["api"].as_str().unwrap().to_owned();
+    assert_eq!(
+        content(&results[2]),
+        format!(
+            "uploaded media/docs/hello.txt (12 bytes, text/plain; charset=utf-8); public URL \
+             {api}/storage/v1/object/public/media/docs/hello.txt"
+        )
+    );
+    assert_eq!(content(&results[3]), "hello.txt (12 bytes, text/plain; charset=utf-8)");
+    assert_eq!(content(&results[4]), "media (public, types text/* image/*)");
+
+    // The object is there for the storage API: publicly, and with a key.
+    let public = h.send("GET", "/env/agent-a/storage/v1/object/public/media/docs/hello.txt", &[], None).await;
+    assert_eq!((public.status, public.text.as_str()), (StatusCode::OK, "hello bucket"));
+    let auth = [("authorization", format!("Bearer {key}")), ("apikey", key.clone())];
+    let keyed = h.send("GET", "/env/agent-a/storage/v1/object/media/docs/hello.txt", &auth, None).await;
+    assert_eq!((keyed.status, keyed.text.as_str()), (StatusCode::OK, "hello bucket"));
+
+    // Bad arguments are error results that read as the API's errors, and write nothing.
+    let (_, results) = run_script(&h, &key, "st", "bad storage").await;
+    let texts: Vec<&str> = results.iter().map(content).collect();
+    assert_eq!(results.len(), 9, "{texts:#?}");
+    assert!(results.iter().all(|r| r["metadata"]["isError"] == true), "{texts:#?}");
+    let expect = [
+        "error InvalidBucketName:",
+        "error InvalidRequest: invalid mime type",
+        "invalid arguments: unknown field `colour`",
+        "error Duplicate:",
+        "could not read missing.txt from the workspace",
+        "error InvalidMimeType:",
+        "error NoSuchBucket:",
+        "error Duplicate:",
+        "error InvalidKey:",
+    ];
+    for (text, start) in texts.iter().zip(expect) {
+        assert!(text.starts_with(start), "{text:?} should start with {start:?}");
+    }
+    let buckets = h.send("GET", "/env/agent-a/storage/v1/bucket", &auth, None).await;
+    let names: Vec<&str> = buckets.json.as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect();
+    assert_eq!(names, ["media"], "{}", buckets.text);
+    let mut headers = auth.to_vec();
+    headers.push(("content-type", "application/json".to_owned()));
+    for (prefix, expected) in [("", json!(["docs"])), ("docs", json!(["hello.txt"]))] {
+        let list = h
+            .send(
+                "POST",
+                "/env/agent-a/storage/v1/object/list/media",
+                &headers,
+                Some(json!({"prefix": prefix}).to_string()),
+            )
+            .await;
+        let names: Vec<&str> = list.json.as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
+        assert_eq!(json!(names), expected, "{}", list.text);
+    }
+    let keyed = h.send("GET", "/env/agent-a/storage/v1/object/media/docs/hello.txt", &auth, None).await;
+    assert_eq!(keyed.text, "hello bucket", "the refused upsert left the object as it was");
+    h.sandboxes.as_ref().unwrap().kill_all().await;
+}
+
+/// The session's live sandboxes whose workspace has a `ready` file.
+async fn ready_hands(sandboxes: &sandbox::Sandboxes, env: &protocol::EnvId, session: &str) -> Vec<String> {
+    let mut ready = Vec::new();
+    for sb in sandboxes.list(env).into_iter().filter(|s| s.session.as_deref() == Some(session)) {
+        if let Ok(agent) = sandboxes.agent(env, &sb.id)
+            && agent.read_file("ready", 16).await.is_ok()
+        {
+            ready.push(sb.id);
+        }
+    }
+    ready
+}
+
+#[tokio::test]
+async fn hands_of_one_answer_run_at_once_keep_their_bindings_across_a_restart_and_are_capped() {
+    let (h, _mock, key) = setup().await;
+    let Ok(sandboxes) = h.sandboxes.clone() else {
+        panic!("this test needs real sandboxes (root, bubblewrap): {:?}", h.sandboxes.as_ref().err());
+    };
+    let env = protocol::EnvId::parse("agent-a").unwrap();
+    let r = h.call("POST", "/v1/envs/agent-a/sessions", Some(&key), Some(json!({"id": "hands", "model": "m"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let r = h
+        .call("POST", "/v1/envs/agent-a/sessions/hands/messages", Some(&key), Some(json!({"content": "two hands"})))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    // Each call waits for a `go` that is written only once both wait: calls run one after another
+    // would never get there (the first would wait in vain, the second never start).
+    let mut ready = Vec::new();
+    for _ in 0..600 {
+        ready = ready_hands(&sandboxes, &env, "hands").await;
+        if ready.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready.len(), 2, "the two hands' calls were never in flight at the same time");
+    for sb in &ready {
+        sandboxes.agent(&env, sb).unwrap().write_file("go", b"", None).await.unwrap();
+    }
+    wait_idle(&h, &key, "hands").await;
+    let all = history(&h, &key, "hands", None).await;
+    let results: Vec<&Value> = all.iter().filter(|(_, e)| e["type"] == "TOOL_CALL_RESULT").map(|(_, e)| e).collect();
+    let texts: Vec<&str> = results.iter().map(|r| content(r)).collect();
+    assert_eq!(results.len(), 3, "{all:#?}");
+    assert!(texts.iter().any(|t| t.contains("released main-side")), "{texts:?}");
+    assert!(texts.iter().any(|t| t.contains("released web-side")), "{texts:?}");
+    assert!(texts.contains(&"web-side\n"), "the web hand's later call ran in the web hand: {texts:?}");
+    // Every intent was written before any call ran.
+    let last_intent = all.iter().filter(|(_, e)| e["type"] == "TOOL_CALL_END").map(|(s, _)| *s).max().unwrap();
+    let first_attach = all.iter().find(|(_, e)| e["name"] == "vibebase.sandbox_attach").unwrap().0;
+    assert!(last_intent < first_attach, "{all:#?}");
+    let mut attached: Vec<&str> = all
+        .iter()
+        .filter(|(_, e)| e["name"] == "vibebase.sandbox_attach")
+        .map(|(_, e)| e["value"]["hand"].as_str().unwrap())
+        .collect();
+    attached.sort();
+    assert_eq!(attached, ["main", "web"]);
+    let bindings = agent::Log::new(h.platform.db().clone()).bindings(&env, "hands").await.unwrap();
+    let hands: Vec<&str> = bindings.hands.iter().map(|(hand, _)| hand.as_str()).collect();
+    assert_eq!(hands, ["main", "web"]);
+    assert!(kinds(&all).contains(&"vibebase.checkpoint".to_owned()), "a checkpoint snapshots the main hand");
+
+    // A restarted runtime (nothing in memory) finds the web hand's sandbox from the store.
+    let restarted = agent::Agent::new(
+        h.platform.clone(),
+        h.gateway.clone().unwrap(),
+        Some(sandboxes.clone()),
+        agent::AgentConfig { default_model: Some("m".into()), ..Default::default() },
+    );
+    let msg = agent::SendMessageRequest { content: "look at web".into(), model: None, run_id: None };
+    restarted.send(&env, "hands", msg).await.unwrap();
+    wait_idle(&h, &key, "hands").await;
+    let tail = history(&h, &key, "hands", Some(all.last().unwrap().0)).await;
+    let result = tail.iter().find(|(_, e)| e["type"] == "TOOL_CALL_RESULT").unwrap();
+    assert_eq!(content(&result.1), "web-side\n", "{tail:#?}");
+    assert!(!kinds(&tail).iter().any(|k| k.starts_with("vibebase.sandbox_")), "no sandbox was started or dropped");
+
+    // At most four hands at once; a bad hand name is a bad argument.
+    let r = h.call("POST", "/v1/envs/agent-a/sessions", Some(&key), Some(json!({"id": "many", "model": "m"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let (_, results) = run_script(&h, &key, "many", "too many hands").await;
+    let texts: Vec<&str> = results.iter().map(content).collect();
+    assert_eq!(results.len(), 6, "{texts:#?}");
+    assert_eq!(texts.iter().filter(|t| t.starts_with("too many sandboxes")).count(), 1, "{texts:#?}");
+    assert_eq!(texts.iter().filter(|t| t.starts_with("invalid arguments: sandbox")).count(), 1, "{texts:#?}");
+    assert_eq!(results.iter().filter(|r| r["metadata"]["isError"] != true).count(), 4, "{texts:#?}");
+    let live = sandboxes.list(&env).into_iter().filter(|s| s.session.as_deref() == Some("many")).count();
+    assert_eq!(live, 4);
+    sandboxes.kill_all().await;
 }
