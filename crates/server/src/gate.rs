@@ -111,7 +111,16 @@ pub async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Re
         Err(e) => return e.into_response(),
     };
     req.extensions_mut().insert(caller.clone());
-    let response = next.run(req).await;
+    let idempotency_key = (spec.surface == Surface::Platform && crate::idempotency::applies(req.method()))
+        .then(|| req.headers().get(crate::idempotency::HEADER).cloned())
+        .flatten();
+    let response = match idempotency_key {
+        Some(key) => {
+            let now = state.platform.clock().now_ms();
+            crate::idempotency::run(state.platform.db(), now, &caller, &key, req, next).await
+        }
+        None => next.run(req).await,
+    };
     if spec.access.plane == Plane::Control
         && spec.method != "GET"
         && let Some(err) = response.extensions().get::<ApiError>()

@@ -15,6 +15,7 @@ pub mod extract;
 pub mod functions_api;
 pub mod gate;
 pub mod handlers;
+pub mod idempotency;
 pub mod mcp;
 pub mod metrics;
 pub mod openapi;
@@ -94,6 +95,7 @@ impl AppState {
         let gateway = gateway::Gateway::empty(platform.clone());
         let agent_config = agent::AgentConfig::default();
         let agent = agent::Agent::new(platform.clone(), gateway.clone(), None, agent_config.clone());
+        idempotency::register_delete_hook(&platform);
         let appdb = appdb::AppDbs::new(platform.clone());
         appdb.register_delete_hook();
         // Every env database holds its auth tables, so migrations can reference `auth.users`.

@@ -323,6 +323,26 @@ CREATE TABLE agent_hands (
 );
 "#,
     ),
+    (
+        9,
+        r#"
+CREATE TABLE idempotency_keys (
+    scope TEXT NOT NULL,
+    idem_key TEXT NOT NULL,
+    env_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL,
+    status BIGINT,
+    content_type TEXT,
+    body TEXT,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    PRIMARY KEY (scope, idem_key)
+);
+CREATE INDEX idempotency_keys_expiry ON idempotency_keys (expires_at);
+CREATE INDEX idempotency_keys_env ON idempotency_keys (env_id);
+"#,
+    ),
 ];
 
 /// The schema version this binary writes.

@@ -9,6 +9,7 @@ mod functions;
 mod gotrue;
 mod harness;
 mod hosting;
+mod idempotency;
 mod ledger;
 mod llm;
 mod matrix;
