@@ -504,7 +504,15 @@ impl Agent {
             None => tools::BackendPosition::default(),
         };
         let value = json!({"snapshot": snapshot, "migration": position.migration, "deployment": position.deployment});
-        self.append(env, id, vec![Event::custom(custom::CHECKPOINT, value)]).await?;
+        // AG-UI clients follow the app's state through STATE_SNAPSHOT; the custom event is the checkpoint.
+        let state = Event::StateSnapshot {
+            snapshot: json!({
+                "workspace": {"snapshot": snapshot},
+                "database": {"migration": position.migration},
+                "site": {"deployment": position.deployment},
+            }),
+        };
+        self.append(env, id, vec![Event::custom(custom::CHECKPOINT, value), state]).await?;
         Ok(())
     }
 }

@@ -338,6 +338,7 @@ async fn a_run_with_a_tool_call_streams_ag_ui_events_and_resumes_after_last_even
         "TOOL_CALL_RESULT",
         // The turn changed the workspace: its checkpoint comes before the next model call.
         "vibebase.checkpoint",
+        "STATE_SNAPSHOT",
         "vibebase.model_request",
         "TEXT_MESSAGE_START",
         "TEXT_MESSAGE_CONTENT",
@@ -346,6 +347,8 @@ async fn a_run_with_a_tool_call_streams_ag_ui_events_and_resumes_after_last_even
         "RUN_FINISHED",
     ];
     assert_eq!(k, expected, "{all:#?}");
+    let state = &all.iter().find(|(_, e)| e["type"] == "STATE_SNAPSHOT").unwrap().1;
+    assert!(state["snapshot"]["workspace"]["snapshot"].as_str().is_some(), "the app's state after the turn: {state}");
     assert_eq!(all[0].1["runId"], json!(run_id));
     assert_eq!(all[0].1["threadId"], json!(id));
     let args: String =
@@ -355,7 +358,7 @@ async fn a_run_with_a_tool_call_streams_ag_ui_events_and_resumes_after_last_even
     assert_eq!(result["toolCallId"], all[3].1["toolCallId"], "the result answers the call");
     assert!(result["toolCallId"].as_str().unwrap().starts_with("call_"));
     assert!(result["content"].as_str().unwrap().contains("hello-from-sandbox"), "{result}");
-    let text = &all[12].1["delta"];
+    let text = &all[13].1["delta"];
     assert!(text.as_str().unwrap().starts_with("saw: exit code: 0"), "{text}");
     assert_eq!(mock.calls.load(Ordering::SeqCst), 2);
     // Turns and tool calls are in the ledger, metered with their log rows.
