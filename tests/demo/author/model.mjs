@@ -14,8 +14,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 const port = Number(process.argv[2] ?? 0);
+// The demo app's own files are in app/; what it shares with the browser suite's todo app (the schema,
+// the sign-in form, the styles) is read from there.
 const app = path.join(import.meta.dirname, 'app');
-const read = (p) => fs.readFileSync(path.join(app, p), 'utf8');
+const shared = path.join(import.meta.dirname, '../../browser/app');
+const read = (p) => fs.readFileSync(fs.existsSync(path.join(app, p)) ? path.join(app, p) : path.join(shared, p), 'utf8');
 
 // One command, quiet on success: a build's timing line would make each run's output different.
 const BUILD =
