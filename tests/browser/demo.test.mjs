@@ -135,7 +135,8 @@ async function watch(env, session, onEvent) {
   }
 }
 
-/** Resolves when the session's build tool call has been running for a moment. */
+/** Resolves once the session's build runs: its intent is logged and the command has started in the
+ * sandbox (its install log exists), so the build has at least npm install and vite build ahead. */
 async function duringBuild(env, session) {
   const names = new Map();
   const args = new Map();
@@ -145,7 +146,15 @@ async function duringBuild(env, session) {
     // The intent is recorded (TOOL_CALL_END) right before the tool runs.
     return e.type === 'TOOL_CALL_END' && names.get(e.toolCallId) === 'bash' && args.get(e.toolCallId).includes('npm run build');
   });
-  await sleep(400);
+  for (let i = 0; i < 400; i++) {
+    const listed = await api('GET', `/v1/envs/${env}/sandboxes`);
+    for (const sb of listed.json?.items ?? []) {
+      const stat = await api('GET', `/v1/envs/${env}/sandboxes/${sb.id}/files/stat?path=/tmp/install.log`);
+      if (stat.status === 200) return;
+    }
+    await sleep(25);
+  }
+  assert.fail('the build did not start in a sandbox');
 }
 
 /** The session's tool results, in order. */
